@@ -1,0 +1,5 @@
+"""`python -m dvkit` runs the command-line interface."""
+
+from dvkit.cli.main import main
+
+main()

@@ -1,0 +1,535 @@
+"""The catalog: adapters, bases, runs and evaluations in SQLite, weights as content-addressed blobs.
+
+Reads use plain `sqlite3` and return dicts (fast start-up for read-only commands); the
+record-returning methods validate them into pydantic models. Writes run in `BEGIN IMMEDIATE`
+transactions through sqlite-utils, and a blob is renamed into place inside the transaction that
+registers it, so `gc` (which takes the same lock) never sees a blob that is about to be used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dvkit.catalog.blobs import BlobStore, StagedBlob, hash_file
+from dvkit.catalog.home import DB_NAME, default_init_path, find_home
+from dvkit.catalog.schema import connect, ensure_current
+from dvkit.errors import (
+    CatalogNotWritableError,
+    ConflictError,
+    DvkitError,
+    NotFoundError,
+)
+from dvkit.names import Ref, parse_ref, validate_name, validate_tag
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+    from dvkit.catalog.records import AdapterRecord, BaseModelRecord
+
+_ADAPTER_COLUMNS = "a.id, a.name, a.version, a.record"
+
+
+@dataclass
+class ImportResult:
+    adapter: AdapterRecord
+    duplicate: bool
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    temporaries: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.corrupt or self.orphans or self.temporaries)
+
+
+@dataclass
+class GcReport:
+    removed: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+
+
+class Catalog:
+    """A dvkit catalog folder. Open one with `Catalog.open()` or create it with `Catalog.init()`."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = Path(home)
+        self.db_path = self.home / DB_NAME
+        self.blobs = BlobStore(self.home)
+        self._conn = connect(self.db_path)
+        self._db: Database | None = None
+        try:
+            ensure_current(self._conn, self.db_path)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # ---- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, home: str | Path | None = None) -> Catalog:
+        """Open the catalog at `home`, or the one found via DVKIT_HOME / the nearest registry/."""
+        return cls(find_home(Path(home) if home is not None else None))
+
+    @classmethod
+    def init(cls, path: str | Path | None = None) -> tuple[Catalog, bool]:
+        """Create a catalog (or open an existing one); returns it and whether it was created."""
+        home = default_init_path(Path(path) if path is not None else None).resolve()
+        created = not (home / DB_NAME).exists()
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+            if created and not os.access(home, os.W_OK):
+                raise PermissionError(f"{home} is read-only")
+            catalog = cls(home)
+            if created:
+                catalog._conn.execute("PRAGMA journal_mode = WAL")
+        except PermissionError as exc:
+            raise CatalogNotWritableError(f"cannot create a catalog in {home}: {exc}") from None
+        except (FileExistsError, NotADirectoryError):
+            raise CatalogNotWritableError(
+                f"cannot create a catalog in {home}: not a folder"
+            ) from None
+        return catalog, created
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- adapters: reading -----------------------------------------------------------------
+
+    def adapter_rows(
+        self,
+        kind: str | None = None,
+        base: str | None = None,
+        tags: Sequence[str] = (),
+        search: str | None = None,
+        all_versions: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Adapters as plain dicts, newest version per name unless `all_versions`."""
+        where, params = ["1"], []
+        if kind:
+            where.append("a.kind = ?")
+            params.append(kind)
+        if base:
+            where.append("a.base = ?")
+            params.append(base)
+        for tag in tags:
+            where.append("a.id IN (SELECT adapter_id FROM tags WHERE tag = ?)")
+            params.append(tag)
+        if search:
+            where.append(
+                "(a.name LIKE ? OR a.description LIKE ? OR json_extract(a.record, '$.token') LIKE ?"
+                " OR a.id IN (SELECT adapter_id FROM tags WHERE tag LIKE ?))"
+            )
+            params += [f"%{search}%"] * 4
+        sql = f"""
+            WITH matching AS (
+                SELECT {_ADAPTER_COLUMNS},
+                       ROW_NUMBER() OVER (PARTITION BY a.name ORDER BY a.version DESC) AS rank,
+                       COUNT(*) OVER (PARTITION BY a.name) AS versions
+                FROM adapters a WHERE {" AND ".join(where)}
+            )
+            SELECT * FROM matching {"" if all_versions else "WHERE rank = 1"}
+            ORDER BY name, version
+        """
+        rows = self._conn.execute(sql, params).fetchall()
+        tag_map = self._tags_by_adapter()
+        return [self._row_dict(row, tag_map, versions=row["versions"]) for row in rows]
+
+    def adapter_row(self, ref: str | Ref) -> dict[str, Any]:
+        """One adapter version (`cat` = newest, `cat@3`) as a plain dict."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        row = self._resolve(ref)
+        return self._row_dict(row, self._tags_by_adapter(row["id"]))
+
+    def list(
+        self,
+        kind: str | None = None,
+        base: str | None = None,
+        tags: Sequence[str] = (),
+        search: str | None = None,
+        all_versions: bool = False,
+    ) -> list[AdapterRecord]:
+        """Adapters matching the filters, newest version per name unless `all_versions`."""
+        from dvkit.catalog.records import AdapterRecord
+
+        rows = self.adapter_rows(kind, base, tags, search, all_versions)
+        return [AdapterRecord.model_validate(row) for row in rows]
+
+    def show(self, ref: str | Ref) -> AdapterRecord:
+        """The record of one adapter version."""
+        from dvkit.catalog.records import AdapterRecord
+
+        return AdapterRecord.model_validate(self.adapter_row(ref))
+
+    def versions(self, name: str) -> list[int]:
+        rows = self._conn.execute(
+            "SELECT version FROM adapters WHERE name = ? ORDER BY version", (name,)
+        )
+        return [row[0] for row in rows]
+
+    def read_blob(self, sha256: str) -> bytes:
+        """The bytes of a stored weight file, after checking them against their address."""
+        import hashlib
+
+        path = self.blobs.path(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise DvkitError(f"weights file {path} is missing (run: dvkit verify)") from None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise DvkitError(f"weights file {path} is corrupt (run: dvkit verify)")
+        return data
+
+    def _resolve(self, ref: Ref) -> sqlite3.Row:
+        if ref.version is None:
+            sql = (
+                f"SELECT {_ADAPTER_COLUMNS} FROM adapters a WHERE a.name = ? "
+                "ORDER BY a.version DESC"
+            )
+            row = self._conn.execute(sql, (ref.name,)).fetchone()
+        else:
+            sql = f"SELECT {_ADAPTER_COLUMNS} FROM adapters a WHERE a.name = ? AND a.version = ?"
+            row = self._conn.execute(sql, (ref.name, ref.version)).fetchone()
+        if row is not None:
+            return row
+        known = self.versions(ref.name)
+        if not known:
+            raise NotFoundError(f"no adapter named {ref.name!r} (see: dvkit list)")
+        listed = ", ".join(str(v) for v in known)
+        raise NotFoundError(f"{ref.name!r} has no version {ref.version} (versions: {listed})")
+
+    def _tags_by_adapter(self, adapter_id: int | None = None) -> dict[int, list[str]]:
+        if adapter_id is None:
+            rows = self._conn.execute("SELECT adapter_id, tag FROM tags ORDER BY tag")
+        else:
+            rows = self._conn.execute(
+                "SELECT adapter_id, tag FROM tags WHERE adapter_id = ? ORDER BY tag", (adapter_id,)
+            )
+        tags: dict[int, list[str]] = {}
+        for owner, tag in rows:
+            tags.setdefault(owner, []).append(tag)
+        return tags
+
+    @staticmethod
+    def _row_dict(
+        row: sqlite3.Row, tag_map: dict[int, list[str]], versions: int | None = None
+    ) -> dict[str, Any]:
+        record = json.loads(row["record"])
+        record.update(id=row["id"], name=row["name"], version=row["version"])
+        record["tags"] = tag_map.get(row["id"], [])
+        if versions is not None:
+            record["versions"] = versions
+        return record
+
+    # ---- adapters: writing -----------------------------------------------------------------
+
+    def import_file(
+        self,
+        path: str | Path,
+        name: str | None = None,
+        tags: Sequence[str] = (),
+        description: str | None = None,
+    ) -> ImportResult:
+        """Register a dvkit adapter file. The same weights twice are reported, not duplicated."""
+        from dvkit.catalog.records import AdapterRecord
+        from dvkit.io.adapter_file import read_adapter_info
+
+        path = Path(path)
+        info = read_adapter_info(path, verify_hash=False)
+        name = validate_name(name or info.name)
+        tags = [validate_tag(tag) for tag in tags]
+        existing = self._same_weights(info.kind, info.base_fingerprint, info.weights_hash)
+        if existing is not None:
+            return ImportResult(self.show(existing), duplicate=True)
+        staged = self.blobs.stage_file(path)
+        try:
+            info = read_adapter_info(staged.path)
+        except BaseException:
+            self.blobs.discard(staged)
+            raise
+        record = AdapterRecord(
+            kind=info.kind,
+            name=name,
+            base=info.base,
+            base_fingerprint=info.base_fingerprint,
+            architecture=info.architecture,
+            token=info.token,
+            initializer=info.initializer,
+            num_vectors=info.num_vectors,
+            hidden_ratio=info.hidden_ratio,
+            placement=info.placement,
+            training=info.training,
+            blob=staged.sha256,
+            size=staged.size,
+            weights_hash=info.weights_hash,
+            params=info.params,
+            description=info.description if description is None else description,
+        )
+        return self.register(record, staged, tags)
+
+    def register(
+        self, record: AdapterRecord, staged: StagedBlob, tags: Sequence[str] = ()
+    ) -> ImportResult:
+        """Add `record` as the next version of its name, moving `staged` into the blob store."""
+        try:
+            with self._write() as db:
+                existing = self._same_weights(
+                    record.kind, record.base_fingerprint, record.weights_hash
+                )
+                if existing is not None:
+                    self.blobs.discard(staged)
+                    return ImportResult(self.show(existing), duplicate=True)
+                self._check_kind(record.name, record.kind)
+                record.version = self._next_version(record.name)
+                db.execute(
+                    "INSERT OR IGNORE INTO blobs (sha256, size, created) VALUES (?, ?, ?)",
+                    (staged.sha256, staged.size, record.created.isoformat()),
+                )
+                self.blobs.commit(staged)
+                record.id = db["adapters"].insert(self._adapter_columns(record)).last_pk
+                for tag in tags:
+                    db.execute("INSERT OR IGNORE INTO tags VALUES (?, ?)", (record.id, tag))
+        except BaseException:
+            self.blobs.discard(staged)
+            raise
+        record.tags = sorted(set(tags))
+        return ImportResult(record, duplicate=False)
+
+    def rm(self, ref: str | Ref, all_versions: bool = False) -> list[str]:
+        """Remove one version (`cat` = newest, `cat@2`) or every version of a name."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        row = self._resolve(ref)
+        with self._write() as db:
+            if all_versions:
+                rows = db.execute(
+                    "SELECT id, version, blob FROM adapters WHERE name = ? ORDER BY version",
+                    (ref.name,),
+                ).fetchall()
+            else:
+                rows = db.execute(
+                    "SELECT id, version, blob FROM adapters WHERE id = ?", (row["id"],)
+                ).fetchall()
+            for adapter_id, _, _ in rows:
+                db.execute("DELETE FROM adapters WHERE id = ?", (adapter_id,))
+            blobs = sorted({blob for _, _, blob in rows})
+            unreferenced = [sha for sha in blobs if not self._blob_in_use(sha)]
+            for sha in unreferenced:
+                db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha,))
+        self._remove_blob_files(unreferenced)
+        return [f"{ref.name}@{version}" for _, version, _ in rows]
+
+    def tag(self, ref: str | Ref, add: Sequence[str] = (), remove: Sequence[str] = ()) -> list[str]:
+        """Add and remove tags of one adapter version; returns its tags afterwards."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        add = [validate_tag(tag) for tag in add]
+        remove = [validate_tag(tag) for tag in remove]
+        adapter_id = self._resolve(ref)["id"]
+        with self._write() as db:
+            for tag in add:
+                db.execute("INSERT OR IGNORE INTO tags VALUES (?, ?)", (adapter_id, tag))
+            for tag in remove:
+                db.execute("DELETE FROM tags WHERE adapter_id = ? AND tag = ?", (adapter_id, tag))
+        return self._tags_by_adapter(adapter_id).get(adapter_id, [])
+
+    def _same_weights(self, kind: str, base_fingerprint: str, weights_hash: str) -> Ref | None:
+        row = self._conn.execute(
+            "SELECT name, version FROM adapters WHERE weights_hash = ? AND kind = ? "
+            "AND base_fingerprint = ? ORDER BY id LIMIT 1",
+            (weights_hash, kind, base_fingerprint),
+        ).fetchone()
+        return Ref(row[0], row[1]) if row else None
+
+    def _check_kind(self, name: str, kind: str) -> None:
+        row = self._conn.execute(
+            "SELECT kind FROM adapters WHERE name = ? LIMIT 1", (name,)
+        ).fetchone()
+        if row and row[0] != kind:
+            raise ConflictError(
+                f"{name!r} is already a {row[0]} adapter; "
+                f"choose another name for this {kind} adapter"
+            )
+
+    def _next_version(self, name: str) -> int:
+        row = self._conn.execute(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM adapters WHERE name = ?", (name,)
+        ).fetchone()
+        return row[0]
+
+    @staticmethod
+    def _adapter_columns(record: AdapterRecord) -> dict[str, Any]:
+        return {
+            "name": record.name,
+            "version": record.version,
+            "kind": record.kind,
+            "base": record.base,
+            "base_fingerprint": record.base_fingerprint,
+            "blob": record.blob,
+            "weights_hash": record.weights_hash,
+            "description": record.description,
+            "created": record.created.isoformat(),
+            "record": record.stored_json(),
+        }
+
+    # ---- bases -----------------------------------------------------------------------------
+
+    def add_base(self, record: BaseModelRecord) -> None:
+        """Register a base model; a name already used for other weights is refused."""
+        validate_name(record.name, "base name")
+        with self._write() as db:
+            row = db.execute(
+                "SELECT fingerprint FROM bases WHERE name = ?", (record.name,)
+            ).fetchone()
+            if row and row[0] != record.fingerprint:
+                raise ConflictError(
+                    f"base {record.name!r} already exists with other weights "
+                    f"(fingerprint {row[0][:12]}); choose another name"
+                )
+            if row is None:
+                db.execute(
+                    "INSERT INTO bases (name, source, fingerprint, created, record) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (
+                        record.name,
+                        record.source,
+                        record.fingerprint,
+                        record.created.isoformat(),
+                        record.stored_json(),
+                    ),
+                )
+
+    def base_rows(self) -> list[dict[str, Any]]:
+        rows = self._conn.execute("SELECT record FROM bases ORDER BY name").fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def base_row(self, name: str) -> dict[str, Any]:
+        validate_name(name, "base name")
+        row = self._conn.execute("SELECT record FROM bases WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no base named {name!r} (see: dvkit base list)")
+        return json.loads(row[0])
+
+    def base(self, name: str) -> BaseModelRecord:
+        from dvkit.catalog.records import BaseModelRecord
+
+        return BaseModelRecord.model_validate(self.base_row(name))
+
+    # ---- integrity -------------------------------------------------------------------------
+
+    def verify(self, on_blob: Callable[[str], None] | None = None) -> VerifyReport:
+        """Re-hash every blob; report missing, corrupt, orphan and leftover temporary files."""
+        report = VerifyReport()
+        referenced = self._referenced_blobs()
+        rows = self._conn.execute("SELECT sha256 FROM blobs ORDER BY sha256").fetchall()
+        for (sha,) in rows:
+            path = self.blobs.path(sha)
+            if not path.is_file():
+                report.missing.append(sha)
+            elif hash_file(path) != sha:
+                report.corrupt.append(sha)
+            report.checked += 1
+            if on_blob:
+                on_blob(sha)
+        known = {sha for (sha,) in rows}
+        report.orphans = [sha for sha, _ in self.blobs.stored() if sha not in known]
+        report.orphans += sorted(known - referenced)
+        report.temporaries = [p.name for p in self.blobs.temporaries(stale_only=True)]
+        return report
+
+    def gc(self) -> GcReport:
+        """Remove unreferenced blobs, blob files without a row and stale temporary files."""
+        report = GcReport()
+        with self._write() as db:
+            unreferenced = sorted(self._blob_shas() - self._referenced_blobs())
+            for sha in unreferenced:
+                db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha,))
+            known = self._blob_shas()
+            for sha, path in self.blobs.stored():
+                if sha not in known:
+                    report.freed_bytes += _unlink(path)
+                    report.removed.append(f"blobs/{path.parent.name}/{path.name}")
+            for path in self.blobs.temporaries(stale_only=True):
+                report.freed_bytes += _unlink(path)
+                report.removed.append(f"tmp/{path.name}")
+        return report
+
+    def _blob_shas(self) -> set[str]:
+        return {sha for (sha,) in self._conn.execute("SELECT sha256 FROM blobs")}
+
+    def _referenced_blobs(self) -> set[str]:
+        return {sha for (sha,) in self._conn.execute("SELECT DISTINCT blob FROM adapters")}
+
+    def _blob_in_use(self, sha: str) -> bool:
+        query = "SELECT 1 FROM adapters WHERE blob = ? LIMIT 1"
+        return self._conn.execute(query, (sha,)).fetchone() is not None
+
+    def _remove_blob_files(self, shas: Sequence[str]) -> None:
+        """Delete blob files, re-checking under the write lock that no row took them meanwhile."""
+        if not shas:
+            return
+        with self._write():
+            known = self._blob_shas()
+            for sha in shas:
+                if sha not in known:
+                    self.blobs.remove(sha)
+
+    # ---- transactions ----------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Database]:
+        if self._db is None:
+            from sqlite_utils import Database
+
+            self._db = Database(self._conn)
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _operational_error(self.home, exc) from None
+        try:
+            yield self._db
+            self._conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            self._rollback()
+            raise _operational_error(self.home, exc) from None
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+
+def _operational_error(home: Path, exc: sqlite3.OperationalError) -> DvkitError:
+    text = str(exc)
+    if "readonly" in text or "unable to open" in text or "disk I/O" in text:
+        return CatalogNotWritableError(f"catalog {home} is not writable ({text})")
+    if "locked" in text or "busy" in text:
+        return DvkitError(f"catalog {home} is busy: another dvkit process holds it ({text})")
+    return DvkitError(f"catalog {home}: database error ({text})")
+
+
+def _unlink(path: Path) -> int:
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return size

@@ -1,0 +1,1 @@
+"""The `dvkit` command line: each module parses options, calls the library and renders."""

@@ -1,0 +1,197 @@
+"""Catalog commands: init, where, list, show, rm, tag, import, verify, gc."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dvkit.cli import render
+from dvkit.cli.context import home_option, open_catalog
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+class Kind(str, Enum):
+    subject = "subject"
+    motion = "motion"
+
+
+def init(
+    ctx: typer.Context,
+    path: Annotated[
+        Path | None, typer.Argument(help="Folder to create (default: $DVKIT_HOME or ./registry).")
+    ] = None,
+) -> None:
+    """Create a catalog folder (or confirm an existing one)."""
+    from dvkit.catalog import Catalog
+
+    with Catalog.init(path if path is not None else home_option(ctx))[0] as catalog:
+        print(f"catalog ready at {catalog.home}")
+
+
+def where(ctx: typer.Context) -> None:
+    """Print the path of the catalog folder in use."""
+    with open_catalog(ctx) as catalog:
+        print(catalog.home)
+
+
+def list_adapters(
+    ctx: typer.Context,
+    kind: Annotated[Kind | None, typer.Option("--kind", help="Only this kind.")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Only adapters of this base.")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="Only adapters with this tag (repeatable).")
+    ] = None,
+    search: Annotated[
+        str | None, typer.Option("--search", help="Text in name, description, token or tags.")
+    ] = None,
+    all_versions: Annotated[
+        bool, typer.Option("--all", help="Every version, not only the newest per name.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """List adapters (newest version of each name)."""
+    with open_catalog(ctx) as catalog:
+        rows = catalog.adapter_rows(
+            kind.value if kind else None, base, tag or (), search, all_versions
+        )
+    if as_json:
+        render.print_json(rows)
+    elif rows:
+        render.adapters_table(rows, all_versions)
+    else:
+        print("no adapters match" if (kind or base or tag or search) else "no adapters yet")
+
+
+def show(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Show one adapter version in full."""
+    with open_catalog(ctx) as catalog:
+        row = catalog.adapter_row(ref)
+        bases = {base["name"] for base in catalog.base_rows()}
+    if as_json:
+        render.print_json(row)
+        return
+    base_note = "" if row["base"] in bases else " (not in this catalog)"
+    fields: list[tuple[str, Any]] = [
+        ("kind", row["kind"]),
+        ("base", f"{row['base']} ({row['base_fingerprint'][:12]}){base_note}"),
+        ("token", row.get("token")),
+        ("initializer", row.get("initializer")),
+        ("vectors", row.get("num_vectors")),
+        ("parameters", f"{row['params']:,}"),
+        ("size", render.human_size(row["size"])),
+        ("hidden ratio", row.get("hidden_ratio")),
+        ("placement", row.get("placement")),
+        ("tags", row["tags"]),
+        ("description", row.get("description")),
+        ("created", row["created"]),
+        ("weights", row["weights_hash"]),
+        ("blob", row["blob"]),
+        ("training", row.get("training")),
+    ]
+    render.details(f"{row['name']}@{row['version']}", fields)
+
+
+def rm(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME (newest version) or NAME@VERSION.")],
+    all_versions: Annotated[
+        bool, typer.Option("--all-versions", help="Remove every version of NAME.")
+    ] = False,
+) -> None:
+    """Remove an adapter version; its weights file goes when nothing else uses it."""
+    with open_catalog(ctx) as catalog:
+        removed = catalog.rm(ref, all_versions=all_versions)
+    print(f"removed {', '.join(removed)}")
+
+
+def tag(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")],
+    tags: Annotated[list[str], typer.Argument(help="Tags to add (or remove with --remove).")],
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the tags instead.")] = False,
+) -> None:
+    """Add or remove tags of an adapter version."""
+    with open_catalog(ctx) as catalog:
+        now = catalog.tag(ref, remove=tags) if remove else catalog.tag(ref, add=tags)
+    print(f"{ref}: {', '.join(now) if now else 'no tags'}")
+
+
+def import_files(
+    ctx: typer.Context,
+    files: Annotated[list[Path], typer.Argument(help="dvkit adapter files (.safetensors).")],
+    name: Annotated[
+        str | None, typer.Option("--name", help="Register under this name (one file only).")
+    ] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag to add (repeatable).")] = None,
+    description: Annotated[
+        str | None, typer.Option("--description", help="Replace the file's description.")
+    ] = None,
+) -> None:
+    """Add adapter files to the catalog; name, kind and base come from each file's header."""
+    from dvkit.errors import DvkitError
+
+    if name is not None and len(files) > 1:
+        raise DvkitError("--name can only be used when importing one file")
+    with open_catalog(ctx) as catalog:
+        for file in files:
+            result = catalog.import_file(file, name=name, tags=tag or (), description=description)
+            ref = result.adapter.ref
+            if result.duplicate:
+                print(f"{file}: already in the catalog as {ref} (same weights)")
+            else:
+                print(
+                    f"{file}: imported as {ref} ({result.adapter.kind}, base {result.adapter.base})"
+                )
+
+
+def verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    """Re-hash every weights file; report missing, corrupt and orphan files."""
+    from dataclasses import asdict
+
+    with open_catalog(ctx) as catalog:
+        report = catalog.verify()
+    if as_json:
+        render.print_json({"ok": report.ok, **asdict(report)})
+    else:
+        for label, items in (
+            ("missing", report.missing),
+            ("corrupt", report.corrupt),
+            ("orphan", report.orphans),
+            ("leftover temporary", report.temporaries),
+        ):
+            for item in items:
+                print(f"{label}: {item}")
+        verdict = "ok" if report.ok else "problems found"
+        hint = "" if report.ok or report.missing or report.corrupt else " (run: dvkit gc)"
+        print(f"checked {report.checked} weights files: {verdict}{hint}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def gc(ctx: typer.Context) -> None:
+    """Delete orphan weights files and leftover temporary files."""
+    with open_catalog(ctx) as catalog:
+        report = catalog.gc()
+    for item in report.removed:
+        print(f"removed {item}")
+    print(f"freed {render.human_size(report.freed_bytes)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(init)
+    app.command()(where)
+    app.command("list")(list_adapters)
+    app.command()(show)
+    app.command()(rm)
+    app.command()(tag)
+    app.command("import")(import_files)
+    app.command()(verify)
+    app.command()(gc)

@@ -1,0 +1,82 @@
+"""Rendering for the terminal (rich, imported lazily) and for `--json`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str))
+    sys.stdout.write("\n")
+
+
+def human_size(size: int) -> str:
+    amount = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if amount < 1024 or unit == "GB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_count(count: int) -> str:
+    if count >= 1_000_000:
+        return f"{count / 1_000_000:.2f}M"
+    if count >= 1_000:
+        return f"{count / 1_000:.1f}K"
+    return str(count)
+
+
+def console():  # noqa: ANN201 - rich is imported lazily
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def adapters_table(rows: list[dict[str, Any]], all_versions: bool) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "KIND", "BASE", "PARAMS", "SIZE", "TAGS", "CREATED", "DESCRIPTION"):
+        table.add_column(column, no_wrap=column != "DESCRIPTION", overflow="ellipsis")
+    for row in rows:
+        name = f"{row['name']}@{row['version']}"
+        if not all_versions and row.get("versions", 1) > 1:
+            name += f" ({row['versions']} versions)"
+        cells = (
+            name,
+            row["kind"],
+            row["base"],
+            human_count(row["params"]),
+            human_size(row["size"]),
+            ", ".join(row["tags"]),
+            str(row["created"])[:10],
+            row.get("description", ""),
+        )
+        table.add_row(*(Text(cell) for cell in cells))
+    console().print(table)
+
+
+def details(title: str, fields: list[tuple[str, Any]]) -> None:
+    """A two-column key/value view; empty values are left out."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, show_header=False, title=title, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in fields:
+        if value not in (None, "", [], {}):
+            table.add_row(key, Text(_plain(value)))
+    console().print(table)
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)

@@ -1,0 +1,33 @@
+"""Errors a user can cause. The CLI prints each as one line on stderr and exits non-zero."""
+
+
+class DvkitError(Exception):
+    """Base class of every error caused by user input or catalog state."""
+
+
+class InvalidNameError(DvkitError):
+    """A name, reference or tag that breaks the naming rules."""
+
+
+class NotFoundError(DvkitError):
+    """An unknown adapter, version or base."""
+
+
+class CatalogNotFoundError(DvkitError):
+    """No catalog folder could be found or the folder holds no catalog."""
+
+
+class CatalogNotWritableError(DvkitError):
+    """The catalog folder or database cannot be written."""
+
+
+class SchemaTooNewError(DvkitError):
+    """The catalog was written by a newer dvkit whose schema this version does not know."""
+
+
+class AdapterFileError(DvkitError):
+    """A file that is not a valid dvkit adapter file (missing, corrupt or foreign)."""
+
+
+class ConflictError(DvkitError):
+    """An operation that would contradict what the catalog already holds."""

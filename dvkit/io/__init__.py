@@ -1,0 +1,1 @@
+"""File formats dvkit reads and writes."""

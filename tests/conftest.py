@@ -1,0 +1,119 @@
+"""Shared fixtures: catalogs in temporary folders and small adapter files built on the fly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from dvkit.catalog import Catalog
+from dvkit.cli.main import run
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test sees the developer's catalog: DVKIT_HOME unset, cwd in a fresh folder."""
+    monkeypatch.delenv("DVKIT_HOME", raising=False)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    catalog, created = Catalog.init(tmp_path / "registry")
+    catalog.close()
+    assert created
+    return tmp_path / "registry"
+
+
+@pytest.fixture
+def catalog(home: Path):
+    with Catalog.open(home) as opened:
+        yield opened
+
+
+@pytest.fixture
+def make_adapter(tmp_path: Path) -> Callable[..., Path]:
+    """Write a small dvkit adapter file and return its path."""
+    counter = iter(range(10**6))
+
+    def make(
+        name: str = "cat",
+        kind: str = "subject",
+        base: str = "tiny",
+        seed: int | None = None,
+        channels: int = 8,
+        description: str = "",
+        folder: Path | None = None,
+    ) -> Path:
+        import torch
+
+        from dvkit.io.adapter_file import TOKEN_EMBEDDING_KEY, AdapterFileInfo, write_adapter_file
+
+        index = next(counter)
+        generator = torch.Generator().manual_seed(index if seed is None else seed)
+        block = "down_blocks.0.attentions.0.transformer_blocks.0"
+        slots = ["attn2"] if kind == "subject" else ["attn1", "attn2", "ff"]
+        tensors = {}
+        for slot in slots:
+            prefix = f"{block}.{slot}_adapter"
+            tensors[f"{prefix}.down.weight"] = torch.randn(
+                channels // 2, channels, generator=generator
+            )
+            tensors[f"{prefix}.down.bias"] = torch.randn(channels // 2, generator=generator)
+            tensors[f"{prefix}.up.weight"] = torch.randn(
+                channels, channels // 2, generator=generator
+            )
+            tensors[f"{prefix}.up.bias"] = torch.randn(channels, generator=generator)
+        if kind == "subject":
+            tensors[TOKEN_EMBEDDING_KEY] = torch.randn(1, 16, generator=generator)
+        info = AdapterFileInfo(
+            kind=kind,
+            name=name,
+            base=base,
+            base_fingerprint=f"{base}-fingerprint",
+            architecture="dvkit-tiny",
+            token=f"<{name}>" if kind == "subject" else None,
+            initializer="cat" if kind == "subject" else None,
+            placement=slots,
+            training={"steps": 10},
+            description=description,
+        )
+        path = (folder or tmp_path) / f"{name}-{index}.safetensors"
+        write_adapter_file(path, tensors, info)
+        return path
+
+    return make
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+
+    def invoke(*args: str | Path) -> tuple[int, str, str]:
+        code = run([str(arg) for arg in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+@pytest.fixture
+def run_dvkit() -> Callable[..., subprocess.CompletedProcess]:
+    """Run `python -m dvkit` in a subprocess (for start-up, import and crash behaviour)."""
+
+    def invoke(*args: str | Path, env: dict[str, str] | None = None, **kwargs):
+        return subprocess.run(
+            [sys.executable, "-m", "dvkit", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            **kwargs,
+        )
+
+    return invoke

@@ -1,0 +1,210 @@
+import json
+
+import pytest
+
+
+def _one_error_line(code: int, out: str, err: str, expected: str) -> None:
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and expected in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_init_where_list_empty(cli, tmp_path) -> None:
+    code, out, _ = cli("init", tmp_path / "r")
+    assert code == 0 and "catalog ready" in out
+    code, out, _ = cli("--home", tmp_path / "r", "where")
+    assert (code, out.strip()) == (0, str((tmp_path / "r").resolve()))
+    code, out, _ = cli("--home", tmp_path / "r", "list")
+    assert (code, out.strip()) == (0, "no adapters yet")
+    code, out, _ = cli("--home", tmp_path / "r", "list", "--json")
+    assert (code, json.loads(out)) == (0, [])
+
+
+def test_init_default_path_and_discovery(cli, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli("init")[0] == 0
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    code, out, _ = cli("where")
+    assert (code, out.strip()) == (0, str(tmp_path / "registry"))
+    monkeypatch.setenv("DVKIT_HOME", str(tmp_path / "env-home"))
+    assert cli("init")[0] == 0
+    assert cli("where")[1].strip() == str(tmp_path / "env-home")
+
+
+def test_round_trip_import_show_verify_rm_gc(cli, home, make_adapter) -> None:
+    path = make_adapter("cat", "subject", description="a grey cat")
+    code, out, _ = cli("--home", home, "import", path, "--tag", "pet")
+    assert code == 0 and "imported as cat@1 (subject, base tiny)" in out
+    code, out, _ = cli("--home", home, "import", path)
+    assert code == 0 and "already in the catalog as cat@1" in out
+    code, out, _ = cli("--home", home, "show", "cat", "--json")
+    shown = json.loads(out)
+    assert (shown["name"], shown["version"], shown["kind"], shown["tags"]) == (
+        "cat",
+        1,
+        "subject",
+        ["pet"],
+    )
+    assert shown["token"] == "<cat>" and shown["description"] == "a grey cat"
+    code, out, _ = cli("--home", home, "show", "cat@1")
+    assert code == 0 and "cat@1" in out and "<cat>" in out and "a grey cat" in out
+    code, out, _ = cli("--home", home, "list")
+    assert code == 0 and "cat@1" in out and "pet" in out
+    code, out, _ = cli("--home", home, "verify")
+    assert code == 0 and "checked 1 weights files: ok" in out
+    code, out, _ = cli("--home", home, "rm", "cat")
+    assert (code, out.strip()) == (0, "removed cat@1")
+    code, out, _ = cli("--home", home, "verify")
+    assert code == 0 and "checked 0 weights files: ok" in out
+    code, out, _ = cli("--home", home, "gc")
+    assert (code, out.strip()) == (0, "freed 0 B")
+    assert not any((home / "blobs").rglob("*.safetensors"))
+
+
+def test_list_filters_and_versions(cli, home, make_adapter) -> None:
+    cli("--home", home, "import", make_adapter("cat", "subject"))
+    cli("--home", home, "import", make_adapter("cat", "subject"))
+    cli("--home", home, "import", make_adapter("surfing", "motion"), "--tag", "sport")
+    code, out, _ = cli("--home", home, "list", "--kind", "motion", "--json")
+    assert [row["name"] for row in json.loads(out)] == ["surfing"]
+    code, out, _ = cli("--home", home, "list", "--all", "--json")
+    assert [(r["name"], r["version"]) for r in json.loads(out)] == [
+        ("cat", 1),
+        ("cat", 2),
+        ("surfing", 1),
+    ]
+    code, out, _ = cli("--home", home, "list")
+    assert "cat@2 (2 versions)" in out
+    code, out, _ = cli("--home", home, "list", "--tag", "nothing")
+    assert out.strip() == "no adapters match"
+    code, out, err = cli("--home", home, "list", "--kind", "style")
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_tag_command(cli, home, make_adapter) -> None:
+    cli("--home", home, "import", make_adapter("cat"))
+    code, out, _ = cli("--home", home, "tag", "cat", "best", "v1")
+    assert (code, out.strip()) == (0, "cat: best, v1")
+    code, out, _ = cli("--home", home, "tag", "cat@1", "v1", "--remove")
+    assert (code, out.strip()) == (0, "cat@1: best")
+
+
+def test_rm_all_versions_and_shared_blob_kept(cli, home, make_adapter) -> None:
+    cli("--home", home, "import", make_adapter("cat"))
+    cli("--home", home, "import", make_adapter("cat"))
+    code, out, _ = cli("--home", home, "rm", "cat", "--all-versions")
+    assert (code, out.strip()) == (0, "removed cat@1, cat@2")
+
+
+def test_base_commands(cli, home) -> None:
+    from dvkit.catalog import Catalog
+    from dvkit.catalog.records import BaseModelRecord
+
+    code, out, _ = cli("--home", home, "base", "list")
+    assert (code, out.strip()) == (0, "no bases yet")
+    with Catalog.open(home) as catalog:
+        catalog.add_base(
+            BaseModelRecord(
+                name="ms",
+                source="ali-vilab/text-to-video-ms-1.7b",
+                fingerprint="f" * 64,
+                architecture="modelscope-t2v",
+            )
+        )
+    code, out, _ = cli("--home", home, "base", "list")
+    assert code == 0 and "ms" in out and "modelscope-t2v" in out
+    code, out, _ = cli("--home", home, "base", "show", "ms", "--json")
+    assert json.loads(out)["source"] == "ali-vilab/text-to-video-ms-1.7b"
+    _one_error_line(*cli("--home", home, "base", "show", "nope"), "no base named 'nope'")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("show", "Cat"), "invalid name 'Cat'"),
+        (("show", "a/b"), "invalid name 'a/b'"),
+        (("show", ".."), "invalid name '..'"),
+        (("show", ""), "must not be empty"),
+        (("show", "x" * 65), "longer than 64"),
+        (("show", "cat"), "no adapter named 'cat'"),
+        (("show", "cat@x"), "invalid version"),
+        (("rm", "cat@2"), "no adapter named 'cat'"),
+        (("tag", "cat", "Bad"), "invalid tag 'Bad'"),
+        (("import", "missing.safetensors"), "no such file"),
+        (("list", "--bogus"), "No such option"),
+    ],
+)
+def test_user_errors_are_one_line(cli, home, args, expected) -> None:
+    _one_error_line(*cli("--home", home, *args), expected)
+
+
+def test_import_errors_leave_catalog_unchanged(cli, home, make_adapter, tmp_path) -> None:
+    good = make_adapter("cat")
+    cli("--home", home, "import", good)
+    before = sorted(p.name for p in home.rglob("*"))
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not safetensors at all")
+    _one_error_line(*cli("--home", home, "import", garbage), "not a safetensors file")
+    import torch
+    from safetensors.torch import save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(3)}, foreign)
+    _one_error_line(*cli("--home", home, "import", foreign), "not a dvkit adapter file")
+    corrupt = make_adapter("dog")
+    data = bytearray(corrupt.read_bytes())
+    data[-3] ^= 0x55
+    corrupt.write_bytes(bytes(data))
+    _one_error_line(*cli("--home", home, "import", corrupt), "corrupt adapter file")
+    _one_error_line(
+        *cli("--home", home, "import", make_adapter("cat", "motion")), "already a subject"
+    )
+    _one_error_line(*cli("--home", home, "import", good, good, "--name", "x"), "one file")
+    assert sorted(p.name for p in home.rglob("*")) == before
+
+
+def test_no_catalog_error(cli, tmp_path) -> None:
+    _one_error_line(*cli("list"), "dvkit init")
+    _one_error_line(*cli("--home", tmp_path / "nothing", "show", "cat"), "dvkit init")
+
+
+def test_newer_schema_error(cli, home) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(home / "catalog.db")
+    conn.execute("PRAGMA user_version = 999")
+    conn.close()
+    _one_error_line(*cli("--home", home, "list"), "upgrade dvkit")
+
+
+def test_verify_exit_code_and_gc(cli, home, make_adapter) -> None:
+    cli("--home", home, "import", make_adapter("cat"))
+    orphan = home / "blobs" / "00" / ("00" * 32 + ".safetensors")
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"x")
+    code, out, _ = cli("--home", home, "verify")
+    assert code == 1 and "orphan: " in out and "run: dvkit gc" in out
+    code, out, _ = cli("--home", home, "verify", "--json")
+    assert code == 1 and json.loads(out)["orphans"] == ["00" * 32]
+    code, out, _ = cli("--home", home, "gc")
+    assert code == 0 and "removed blobs/00/" in out
+    assert cli("--home", home, "verify")[0] == 0
+
+
+def test_version_and_help(cli) -> None:
+    code, out, _ = cli("--version")
+    assert (code, out.strip()) == (0, __import__("dvkit").__version__)
+    code, out, _ = cli()
+    assert code == 0 and "import" in out and "verify" in out
+
+
+def test_python_dash_m_and_no_traceback(tmp_path, run_dvkit) -> None:
+    result = run_dvkit("--home", tmp_path / "none", "list")
+    assert result.returncode == 1
+    missing = tmp_path / "none"
+    assert result.stderr.strip().splitlines() == [
+        f"error: no catalog at {missing} (create one with: dvkit init {missing})"
+    ]
