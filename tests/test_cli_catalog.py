@@ -208,3 +208,15 @@ def test_python_dash_m_and_no_traceback(tmp_path, run_dvkit) -> None:
     assert result.stderr.strip().splitlines() == [
         f"error: no catalog at {missing} (create one with: dvkit init {missing})"
     ]
+
+
+def test_list_limit(cli, home, make_adapter) -> None:
+    for name in ("a", "b", "c"):
+        cli("--home", home, "import", make_adapter(name))
+    code, out, _ = cli("--home", home, "list", "--limit", "2")
+    assert code == 0 and "a@1" in out and "b@1" in out and "c@1" not in out
+    assert "... and 1 more (--limit 0 shows all)" in out
+    code, out, _ = cli("--home", home, "list", "--json", "--limit", "1")
+    assert [row["name"] for row in json.loads(out)] == ["a"]
+    code, out, _ = cli("--home", home, "list", "--limit", "0")
+    assert "c@1" in out and "more" not in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -51,17 +52,23 @@ def list_adapters(
     all_versions: Annotated[
         bool, typer.Option("--all", help="Every version, not only the newest per name.")
     ] = False,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="At most this many (default: 100 in a table).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """List adapters (newest version of each name)."""
+    if limit is None and not as_json:
+        limit = 100
+    filters = (kind.value if kind else None, base, tag or (), search, all_versions)
     with open_catalog(ctx) as catalog:
-        rows = catalog.adapter_rows(
-            kind.value if kind else None, base, tag or (), search, all_versions
-        )
+        texts = catalog.adapter_json(*filters)
     if as_json:
-        render.print_json(rows)
-    elif rows:
-        render.adapters_table(rows, all_versions)
+        render.print_json_texts(texts[:limit] if limit else texts)
+    elif texts:
+        render.adapters_table([json.loads(text) for text in texts[: limit or None]], all_versions)
+        if limit and len(texts) > limit:
+            print(f"... and {len(texts) - limit} more (--limit 0 shows all)")
     else:
         print("no adapters match" if (kind or base or tag or search) else "no adapters yet")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +24,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Run `dvkit` and return its exit status instead of exiting."""
     from dvkit.cli.app import app
 
+    logging.getLogger().addHandler(logging.NullHandler())  # library chatter stays off stderr
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="dvkit", standalone_mode=False)
