@@ -91,6 +91,21 @@ def m001_initial(db: Database) -> None:
     db.execute("CREATE INDEX evaluations_motion ON evaluations(motion_id)")
 
 
+@migrations()
+def m002_checkpoints(db: Database) -> None:
+    """Intermediate adapter weights kept from training, selectable by step."""
+    db.execute(
+        """CREATE TABLE checkpoints (
+            adapter_id INTEGER NOT NULL REFERENCES adapters(id) ON DELETE CASCADE,
+            step INTEGER NOT NULL,
+            blob TEXT NOT NULL REFERENCES blobs(sha256),
+            weights_hash TEXT NOT NULL,
+            PRIMARY KEY (adapter_id, step)
+        )"""
+    )
+    db.execute("CREATE INDEX checkpoints_blob ON checkpoints(blob)")
+
+
 def migrate(conn: sqlite3.Connection, db_path: Path) -> None:
     """Apply pending migrations under the database's write lock, so concurrent openers agree."""
     db = Database(conn)

@@ -77,7 +77,8 @@ class RunRecord(Record):
     status: Literal["running", "finished", "interrupted", "failed"] = "running"
     settings: dict[str, Any] = Field(default_factory=dict)
     data_fingerprints: list[str] = Field(default_factory=list)
-    loss_curve: list[tuple[int, float]] = Field(default_factory=list)
+    loss_curves: dict[str, list[tuple[int, float]]] = Field(default_factory=dict)
+    base: str = ""
     wall_seconds: float = 0.0
     device: str = "cpu"
     created: datetime = Field(default_factory=utc_now)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from dvkit.names import Ref, parse_ref, validate_name, validate_tag
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from dvkit.catalog.records import AdapterRecord, BaseModelRecord
+    from dvkit.catalog.records import AdapterRecord, BaseModelRecord, RunRecord
 
 _ADAPTER_COLUMNS = "a.id, a.name, a.version, a.record"
 
@@ -284,32 +284,81 @@ class Catalog:
         return self.register(record, staged, tags)
 
     def register(
-        self, record: AdapterRecord, staged: StagedBlob, tags: Sequence[str] = ()
+        self,
+        record: AdapterRecord,
+        staged: StagedBlob,
+        tags: Sequence[str] = (),
+        run: RunRecord | None = None,
+        checkpoints: Mapping[int, tuple[StagedBlob, str]] | None = None,
     ) -> ImportResult:
-        """Add `record` as the next version of its name, moving `staged` into the blob store."""
+        """Add `record` as the next version of its name, moving `staged` into the blob store.
+
+        `run` (its training provenance) and `checkpoints` (step → staged file and weights hash)
+        are registered in the same transaction.
+        """
+        checkpoints = dict(checkpoints or {})
+        all_staged = [staged, *(blob for blob, _ in checkpoints.values())]
         try:
             with self._write() as db:
                 existing = self._same_weights(
                     record.kind, record.base_fingerprint, record.weights_hash
                 )
                 if existing is not None:
-                    self.blobs.discard(staged)
+                    self._discard(all_staged)
                     return ImportResult(self.show(existing), duplicate=True)
-                self._check_kind(record.name, record.kind)
+                self.check_kind(record.name, record.kind)
                 record.version = self._next_version(record.name)
-                db.execute(
-                    "INSERT OR IGNORE INTO blobs (sha256, size, created) VALUES (?, ?, ?)",
-                    (staged.sha256, staged.size, record.created.isoformat()),
-                )
-                self.blobs.commit(staged)
+                created = record.created.isoformat()
+                self._store_blob(db, staged, created)
                 record.id = db["adapters"].insert(self._adapter_columns(record)).last_pk
                 for tag in tags:
                     db.execute("INSERT OR IGNORE INTO tags VALUES (?, ?)", (record.id, tag))
+                for step, (blob, weights_hash) in sorted(checkpoints.items()):
+                    self._store_blob(db, blob, created)
+                    db.execute(
+                        "INSERT INTO checkpoints VALUES (?, ?, ?, ?)",
+                        (record.id, step, blob.sha256, weights_hash),
+                    )
+                if run is not None:
+                    run.adapter_id = record.id
+                    record.run_id = db["runs"].insert(self._run_columns(run)).last_pk
+                    run.id = record.run_id
+                    db.execute(
+                        "UPDATE adapters SET record = ? WHERE id = ?",
+                        (record.stored_json(), record.id),
+                    )
         except BaseException:
-            self.blobs.discard(staged)
+            self._discard(all_staged)
             raise
         record.tags = sorted(set(tags))
         return ImportResult(record, duplicate=False)
+
+    def checkpoint_steps(self, ref: str | Ref) -> dict[int, str]:
+        """Kept training checkpoints of one adapter version: step → blob sha256."""
+        ref = parse_ref(ref) if isinstance(ref, str) else ref
+        adapter_id = self._resolve(ref)["id"]
+        rows = self._conn.execute(
+            "SELECT step, blob FROM checkpoints WHERE adapter_id = ? ORDER BY step", (adapter_id,)
+        )
+        return {step: blob for step, blob in rows}
+
+    def run_row(self, run_id: int) -> dict[str, Any]:
+        """A training run's record as a plain dict."""
+        row = self._conn.execute("SELECT id, record FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no training run {run_id}")
+        return {**json.loads(row["record"]), "id": row["id"]}
+
+    def _store_blob(self, db: Database, staged: StagedBlob, created: str) -> None:
+        db.execute(
+            "INSERT OR IGNORE INTO blobs (sha256, size, created) VALUES (?, ?, ?)",
+            (staged.sha256, staged.size, created),
+        )
+        self.blobs.commit(staged)
+
+    def _discard(self, staged: Sequence[StagedBlob]) -> None:
+        for blob in staged:
+            self.blobs.discard(blob)
 
     def rm(self, ref: str | Ref, all_versions: bool = False) -> list[str]:
         """Remove one version (`cat` = newest, `cat@2`) or every version of a name."""
@@ -325,9 +374,11 @@ class Catalog:
                 rows = db.execute(
                     "SELECT id, version, blob FROM adapters WHERE id = ?", (row["id"],)
                 ).fetchall()
+            blobs = {blob for _, _, blob in rows}
             for adapter_id, _, _ in rows:
+                blobs.update(self._checkpoint_blobs(adapter_id))
                 db.execute("DELETE FROM adapters WHERE id = ?", (adapter_id,))
-            blobs = sorted({blob for _, _, blob in rows})
+            blobs = sorted(blobs)
             unreferenced = [sha for sha in blobs if not self._blob_in_use(sha)]
             for sha in unreferenced:
                 db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha,))
@@ -358,7 +409,8 @@ class Catalog:
         ).fetchone()
         return Ref(row[0], row[1]) if row else None
 
-    def _check_kind(self, name: str, kind: str) -> None:
+    def check_kind(self, name: str, kind: str) -> None:
+        """Refuse a name already used by an adapter of the other kind."""
         row = self._conn.execute(
             "SELECT kind FROM adapters WHERE name = ? LIMIT 1", (name,)
         ).fetchone()
@@ -373,6 +425,17 @@ class Catalog:
             "SELECT COALESCE(MAX(version), 0) + 1 FROM adapters WHERE name = ?", (name,)
         ).fetchone()
         return row[0]
+
+    @staticmethod
+    def _run_columns(run: RunRecord) -> dict[str, Any]:
+        return {
+            "adapter_id": run.adapter_id,
+            "kind": run.kind,
+            "status": run.status,
+            "device": run.device,
+            "created": run.created.isoformat(),
+            "record": run.stored_json(),
+        }
 
     @staticmethod
     def _adapter_columns(record: AdapterRecord) -> dict[str, Any]:
@@ -475,11 +538,19 @@ class Catalog:
         return {sha for (sha,) in self._conn.execute("SELECT sha256 FROM blobs")}
 
     def _referenced_blobs(self) -> set[str]:
-        return {sha for (sha,) in self._conn.execute("SELECT DISTINCT blob FROM adapters")}
+        query = "SELECT blob FROM adapters UNION SELECT blob FROM checkpoints"
+        return {sha for (sha,) in self._conn.execute(query)}
 
     def _blob_in_use(self, sha: str) -> bool:
-        query = "SELECT 1 FROM adapters WHERE blob = ? LIMIT 1"
-        return self._conn.execute(query, (sha,)).fetchone() is not None
+        query = (
+            "SELECT 1 FROM adapters WHERE blob = ? UNION ALL "
+            "SELECT 1 FROM checkpoints WHERE blob = ? LIMIT 1"
+        )
+        return self._conn.execute(query, (sha, sha)).fetchone() is not None
+
+    def _checkpoint_blobs(self, adapter_id: int) -> list[str]:
+        query = "SELECT blob FROM checkpoints WHERE adapter_id = ?"
+        return [sha for (sha,) in self._conn.execute(query, (adapter_id,))]
 
     def _remove_blob_files(self, shas: Sequence[str]) -> None:
         """Delete blob files, re-checking under the write lock that no row took them meanwhile."""

@@ -1,0 +1,1 @@
+"""Model layer: bases, the built-in tiny base, DreamVideo adapters, injection, textual inversion."""

@@ -1,0 +1,66 @@
+"""The DreamVideo adapter: a zero-initialised bottleneck in parallel with a transformer layer."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+AdapterKind = Literal["subject", "motion"]
+ADAPTER_KINDS: tuple[AdapterKind, ...] = ("subject", "motion")
+DEFAULT_HIDDEN_RATIO = 0.5
+DEFAULT_COND_DIM = 1024  # OpenCLIP ViT-H/14 pooled image embedding, as in the official code
+
+
+def hidden_width(channels: int, hidden_ratio: float) -> int:
+    """The bottleneck width of an adapter over `channels` channels."""
+    return int(channels * hidden_ratio)
+
+
+class Adapter(nn.Module):
+    """`A(h) = up(GELU(down(h)))`, or with a condition `up(GELU(down(h + λ·cond(e))))`.
+
+    `up` (weight and bias) starts at zero, so a fresh adapter adds exactly nothing. Identity
+    (subject) adapters have no `cond`; motion adapters own `cond` (image-embedding dim → channels).
+    """
+
+    def __init__(
+        self, channels: int, hidden_ratio: float = DEFAULT_HIDDEN_RATIO, cond_dim: int | None = None
+    ) -> None:
+        super().__init__()
+        hidden = hidden_width(channels, hidden_ratio)
+        self.down = nn.Linear(channels, hidden)
+        self.act = nn.GELU()
+        self.up = nn.Linear(hidden, channels)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.cond = nn.Linear(cond_dim, channels) if cond_dim is not None else None
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        cond_scale: float | torch.Tensor = 1.0,
+    ) -> torch.Tensor:
+        """Adapter output for hidden states `h` shaped (N, L, C).
+
+        `cond` holds one embedding per video, shaped (B, cond_dim); `cond_scale` is λ, a number or
+        one value per video (B,). The N rows of `h` are B videos, video-major (N = B·F for spatial
+        layers, B·H·W for temporal ones), so each video's projected condition is repeated over its
+        N // B rows and broadcast over the L positions. The result has `h`'s dtype.
+        """
+        x = h.to(self.down.weight.dtype)
+        if cond is not None:
+            if self.cond is None:
+                raise ValueError("an identity adapter takes no condition")
+            projected = self.cond(cond.to(x.dtype))
+            if isinstance(cond_scale, torch.Tensor):
+                projected = projected * cond_scale.to(projected)[:, None]
+            else:
+                projected = projected * cond_scale
+            videos, rows = projected.shape[0], x.shape[0]
+            if rows % videos:
+                raise ValueError(f"{rows} hidden-state rows cannot be split over {videos} videos")
+            x = x + projected.repeat_interleave(rows // videos, dim=0).unsqueeze(1)
+        return self.up(self.act(self.down(x))).to(h.dtype)

@@ -1,0 +1,428 @@
+"""Attach DreamVideo adapters to a diffusers `UNet3DConditionModel` without changing it.
+
+Placement (DESIGN §1): identity ("subject") adapters sit beside `attn2` of every
+`BasicTransformerBlock` inside a spatial `Transformer2DModel`; motion adapters sit beside `attn1`,
+`attn2` and `ff` of every block inside a temporal `TransformerTemporalModel` (`transformer_in`
+included). A block then computes `h + layer(norm(h)) + A(h)`: a forward pre-hook on the norm
+that feeds the layer records `h`, and a forward hook on the layer adds `A(h)` to its output.
+Adapters live outside the UNet, so its module tree and state dict never change; `detach()`
+removes every hook.
+
+Tensor names (the file format): `<block path>.<slot>_adapter.<down|up|cond>.<weight|bias>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
+from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from dvkit.errors import ConflictError, DvkitError, NotFoundError
+from dvkit.models.adapters import (
+    ADAPTER_KINDS,
+    DEFAULT_COND_DIM,
+    DEFAULT_HIDDEN_RATIO,
+    Adapter,
+    AdapterKind,
+)
+
+if TYPE_CHECKING:
+    from diffusers import UNet3DConditionModel
+
+SLOTS: dict[AdapterKind, tuple[str, ...]] = {
+    "subject": ("attn2",),
+    "motion": ("attn1", "attn2", "ff"),
+}
+_CONTAINERS: dict[AdapterKind, type[nn.Module]] = {
+    "subject": Transformer2DModel,
+    "motion": TransformerTemporalModel,
+}
+_NORM_OF_SLOT = {"attn1": "norm1", "attn2": "norm2", "ff": "norm3"}
+_NAMES_SHOWN = 3
+
+
+class AdapterMismatchError(DvkitError):
+    """Adapter tensors whose names or shapes do not fit the base's UNet."""
+
+
+@dataclass(frozen=True)
+class AdapterSlot:
+    """One adapter position: the transformer block's module path, the layer beside it, the width."""
+
+    block: str
+    slot: str
+    channels: int
+
+    @property
+    def prefix(self) -> str:
+        """The tensor-name prefix of the adapter in this slot."""
+        return f"{self.block}.{self.slot}_adapter"
+
+
+def adapter_slots(unet: nn.Module, kind: AdapterKind) -> list[AdapterSlot]:
+    """Every slot an adapter of `kind` occupies in `unet`, in module order."""
+    if kind not in ADAPTER_KINDS:
+        raise ValueError(f"unknown adapter kind {kind!r}; expected one of {ADAPTER_KINDS}")
+    slots = []
+    for path, container in unet.named_modules():
+        if not isinstance(container, _CONTAINERS[kind]):
+            continue
+        for sub_path, block in container.named_modules():
+            if isinstance(block, BasicTransformerBlock):
+                block_path = f"{path}.{sub_path}" if path else sub_path
+                slots += [AdapterSlot(block_path, slot, block.dim) for slot in SLOTS[kind]]
+    return slots
+
+
+class AdapterWeights(nn.Module):
+    """The adapters of one kind for every slot of one UNet (one trained subject or motion).
+
+    Its own `state_dict()` names are internal; `tensors()` gives the file-format names.
+    """
+
+    def __init__(
+        self,
+        kind: AdapterKind,
+        slots: Sequence[AdapterSlot],
+        hidden_ratio: float = DEFAULT_HIDDEN_RATIO,
+        cond_dim: int | None = None,
+    ) -> None:
+        if (kind == "motion") != (cond_dim is not None):
+            raise ValueError("motion adapters need a cond_dim and identity adapters take none")
+        super().__init__()
+        self.kind = kind
+        self.slots = list(slots)
+        self.hidden_ratio = hidden_ratio
+        self.cond_dim = cond_dim
+        self.adapters = nn.ModuleDict(
+            {_module_key(s.prefix): Adapter(s.channels, hidden_ratio, cond_dim) for s in self.slots}
+        )
+
+    @classmethod
+    def create(
+        cls,
+        unet: nn.Module,
+        kind: AdapterKind,
+        hidden_ratio: float = DEFAULT_HIDDEN_RATIO,
+        cond_dim: int | None = None,
+        seed: int | None = None,
+    ) -> AdapterWeights:
+        """Fresh (zero-output) adapters for `unet`; motion ones default to `DEFAULT_COND_DIM`."""
+        if kind == "motion" and cond_dim is None:
+            cond_dim = DEFAULT_COND_DIM
+        slots = adapter_slots(unet, kind)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            return cls(kind, slots, hidden_ratio, cond_dim)
+
+    @classmethod
+    def from_tensors(
+        cls,
+        unet: nn.Module,
+        kind: AdapterKind,
+        tensors: Mapping[str, torch.Tensor],
+        hidden_ratio: float = DEFAULT_HIDDEN_RATIO,
+    ) -> AdapterWeights:
+        """Adapters holding `tensors` (file-format names), checked against `unet`'s slots.
+
+        The condition width of motion adapters is read from the tensors. Raises
+        `AdapterMismatchError` naming what is missing, unexpected or of the wrong shape.
+        """
+        slots = adapter_slots(unet, kind)
+        cond_dim = _cond_dim(tensors) if kind == "motion" else None
+        with torch.device("meta"):
+            expected = cls(kind, slots, hidden_ratio, cond_dim).tensors()
+        _check_tensors({key: tuple(value.shape) for key, value in expected.items()}, tensors)
+        weights = cls(kind, slots, hidden_ratio, cond_dim)
+        for slot in slots:
+            adapter = weights.adapter(slot.prefix)
+            adapter.load_state_dict(
+                {key: tensors[f"{slot.prefix}.{key}"] for key in adapter.state_dict()}
+            )
+        return weights
+
+    def adapter(self, prefix: str) -> Adapter | None:
+        """The adapter at a slot prefix, or None if this set has no adapter there."""
+        key = _module_key(prefix)
+        return self.adapters[key] if key in self.adapters else None
+
+    def parameters_by_name(self) -> dict[str, nn.Parameter]:
+        """The parameters under their file-format names."""
+        return {
+            f"{slot.prefix}.{key}": value
+            for slot in self.slots
+            for key, value in self.adapters[_module_key(slot.prefix)].named_parameters()
+        }
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """All weights under their file-format names (sharing storage with the modules)."""
+        return {name: value.detach() for name, value in self.parameters_by_name().items()}
+
+
+def create_adapter_state(
+    unet: nn.Module,
+    kind: AdapterKind,
+    hidden_ratio: float = DEFAULT_HIDDEN_RATIO,
+    cond_dim: int | None = None,
+    seed: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """The tensors of fresh adapters of `kind` for `unet` (see `AdapterWeights.create`)."""
+    return AdapterWeights.create(unet, kind, hidden_ratio, cond_dim, seed).tensors()
+
+
+@dataclass
+class _Selection:
+    """Where one loaded adapter acts in the next UNet calls.
+
+    `rows` lists the video rows that use it with one scale each in `scales`; `rows` None means
+    every row, at the single scale `scales`.
+    """
+
+    rows: torch.Tensor | None
+    scales: torch.Tensor | float
+
+
+class AdapterInjector:
+    """Adapters, keyed by name, hooked into one UNet and selected per row of the video batch.
+
+    Nothing is active after `load`: call `set_active` (same adapters on every row) or `set_rows`
+    (a choice per row) before running the UNet. Each adapter runs only on the rows that use it.
+    """
+
+    def __init__(self, unet: UNet3DConditionModel) -> None:
+        self.unet = unet
+        self._weights: dict[str, AdapterWeights] = {}
+        self._hooks: dict[str, list[RemovableHandle]] = {}
+        self._captured: dict[str, torch.Tensor] = {}
+        self._active: dict[str, _Selection] = {}
+        self._videos: int | None = None
+        self._cond: torch.Tensor | None = None
+        self._strength: torch.Tensor | None = None
+
+    @property
+    def loaded(self) -> dict[str, AdapterKind]:
+        """The kind of each loaded adapter, by name."""
+        return {name: weights.kind for name, weights in self._weights.items()}
+
+    def get(self, name: str) -> AdapterWeights:
+        """The weights of a loaded adapter."""
+        if name not in self._weights:
+            raise NotFoundError(f"no adapter named {name!r} is loaded")
+        return self._weights[name]
+
+    def load(
+        self,
+        name: str,
+        kind: AdapterKind,
+        tensors: Mapping[str, torch.Tensor],
+        hidden_ratio: float = DEFAULT_HIDDEN_RATIO,
+    ) -> AdapterWeights:
+        """Load adapter tensors under `name` (inactive until selected) and hook their slots."""
+        if name in self._weights:
+            raise ConflictError(f"an adapter named {name!r} is already loaded")
+        weights = AdapterWeights.from_tensors(self.unet, kind, tensors, hidden_ratio)
+        self._weights[name] = weights.to(self.unet.device)
+        for slot in weights.slots:
+            if slot.prefix not in self._hooks:
+                self._hooks[slot.prefix] = self._hook(slot)
+        return weights
+
+    def unload(self, name: str) -> None:
+        """Remove an adapter, and the hooks of slots no other loaded adapter uses."""
+        self.get(name)
+        del self._weights[name]
+        self._active.pop(name, None)
+        used = {slot.prefix for weights in self._weights.values() for slot in weights.slots}
+        for prefix in [prefix for prefix in self._hooks if prefix not in used]:
+            for handle in self._hooks.pop(prefix):
+                handle.remove()
+
+    def detach(self) -> None:
+        """Unload every adapter and remove every hook: the UNet is exactly as before."""
+        for name in list(self._weights):
+            self.unload(name)
+        self.clear()
+
+    def clear(self) -> None:
+        """Deactivate every adapter: the UNet gives its base output."""
+        self._select({}, None, None, 1.0)
+
+    def set_active(
+        self,
+        scales: Mapping[str, float],
+        image_embeds: torch.Tensor | None = None,
+        strength: float | torch.Tensor = 1.0,
+    ) -> None:
+        """Activate adapters on every row, each at its scale (the training and single-combo case).
+
+        `image_embeds` (B, cond_dim) is the appearance guidance of each video for motion adapters,
+        `strength` its λ (a number or (B,)). Without it motion adapters see no condition.
+        """
+        for name in scales:
+            self.get(name)
+        active = {name: _Selection(None, float(s)) for name, s in scales.items() if s != 0}
+        self._select(active, None, image_embeds, strength)
+
+    def set_rows(
+        self,
+        rows: Sequence[Mapping[str, float]],
+        image_embeds: torch.Tensor | None = None,
+        strength: float | torch.Tensor = 1.0,
+    ) -> None:
+        """Choose adapters per video row: `rows[b]` maps adapter names to scales for video `b`.
+
+        The next UNet calls must run on exactly `len(rows)` videos. Rows without adapters (or at
+        scale 0) give the base output; `image_embeds` and `strength` are as in `set_active`, with
+        one entry per row.
+        """
+        uses: dict[str, tuple[list[int], list[float]]] = {}
+        for row, scales in enumerate(rows):
+            for name, scale in scales.items():
+                self.get(name)
+                if scale != 0:
+                    indices, row_scales = uses.setdefault(name, ([], []))
+                    indices.append(row)
+                    row_scales.append(float(scale))
+        device = self.unet.device
+        active = {}
+        for name, (indices, row_scales) in uses.items():
+            if len(indices) == len(rows) and len(set(row_scales)) == 1:
+                active[name] = _Selection(None, row_scales[0])
+            else:
+                active[name] = _Selection(
+                    torch.tensor(indices, device=device), torch.tensor(row_scales, device=device)
+                )
+        self._select(active, len(rows), image_embeds, strength)
+
+    def train_adapter(self, name: str) -> list[nn.Parameter]:
+        """Make `name` the only trainable part and activate it alone on every row, at scale 1.
+
+        Freezes the UNet and every other adapter; returns the parameters to optimise. For motion
+        adapters, pass each step's image embeddings with `set_active({name: 1.0}, embeds)`.
+        """
+        weights = self.get(name)
+        self.unet.requires_grad_(False)
+        for other in self._weights.values():
+            other.requires_grad_(False)
+        weights.requires_grad_(True)
+        self.set_active({name: 1.0})
+        return list(weights.parameters())
+
+    def _select(
+        self,
+        active: dict[str, _Selection],
+        videos: int | None,
+        image_embeds: torch.Tensor | None,
+        strength: float | torch.Tensor,
+    ) -> None:
+        """Install a selection and its condition after checking the condition's batch size."""
+        cond = strength_per_video = None
+        if image_embeds is not None:
+            count = image_embeds.shape[0]
+            if videos is not None and count != videos:
+                raise ValueError(f"{count} image embeddings for {videos} rows")
+            cond = image_embeds.to(self.unet.device)
+            strength_per_video = torch.as_tensor(strength, device=cond.device, dtype=cond.dtype)
+            if strength_per_video.ndim == 0:
+                strength_per_video = strength_per_video.expand(count)
+            elif strength_per_video.shape != (count,):
+                raise ValueError(f"strength must be a number or hold {count} values")
+        self._active, self._videos = active, videos
+        self._cond, self._strength = cond, strength_per_video
+
+    def _hook(self, slot: AdapterSlot) -> list[RemovableHandle]:
+        """Hook one slot: record the norm's input, add the adapters' output to the layer's."""
+        block = self.unet.get_submodule(slot.block)
+        prefix = slot.prefix
+
+        def capture(_module: nn.Module, args: tuple) -> None:
+            self._captured[prefix] = args[0]
+
+        def add(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
+            return self._add_adapters(prefix, self._captured.pop(prefix), output)
+
+        norm = getattr(block, _NORM_OF_SLOT[slot.slot])
+        layer = getattr(block, slot.slot)
+        return [norm.register_forward_pre_hook(capture), layer.register_forward_hook(add)]
+
+    def _add_adapters(self, prefix: str, h: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """`output` plus, on the rows that use them, the scaled outputs of the active adapters."""
+        for name, selection in self._active.items():
+            adapter = self._weights[name].adapter(prefix)
+            if adapter is None:
+                continue
+            cond = self._cond if adapter.cond is not None else None
+            if selection.rows is None:
+                output = output + selection.scales * adapter(h, cond, self._strength)
+                continue
+            per_video = self._rows_per_video(h.shape[0])
+            offsets = torch.arange(per_video, device=h.device)
+            index = (selection.rows[:, None] * per_video + offsets).reshape(-1)
+            if cond is None:
+                delta = adapter(h[index])
+            else:
+                delta = adapter(h[index], cond[selection.rows], self._strength[selection.rows])
+            output = output.to(torch.promote_types(output.dtype, delta.dtype))
+            row_scales = selection.scales.to(output.dtype).repeat_interleave(per_video)
+            output = output.index_add(0, index, delta.to(output.dtype) * row_scales[:, None, None])
+        return output
+
+    def _rows_per_video(self, rows: int) -> int:
+        """Hidden-state rows per video under a per-row selection."""
+        assert self._videos is not None
+        if rows % self._videos:
+            raise RuntimeError(
+                f"the UNet ran on {rows} hidden-state rows, not a multiple of the "
+                f"{self._videos} videos the adapter selection was set for"
+            )
+        return rows // self._videos
+
+
+def _module_key(prefix: str) -> str:
+    """A slot prefix as a ModuleDict key (module names cannot contain dots)."""
+    return prefix.replace(".", "/")
+
+
+def _cond_dim(tensors: Mapping[str, torch.Tensor]) -> int:
+    """The condition width in motion-adapter tensors (the default when they hold none)."""
+    for key, value in tensors.items():
+        if key.endswith("_adapter.cond.weight") and value.ndim == 2:
+            return value.shape[1]
+    return DEFAULT_COND_DIM
+
+
+def _check_tensors(
+    expected: Mapping[str, tuple[int, ...]], given: Mapping[str, torch.Tensor]
+) -> None:
+    """Raise `AdapterMismatchError` unless `given` has exactly the expected names and shapes."""
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys())
+    wrong_shape = [
+        f"{key} {list(given[key].shape)} (expected {list(expected[key])})"
+        for key in sorted(expected.keys() & given.keys())
+        if tuple(given[key].shape) != expected[key]
+    ]
+    if not (missing or unexpected or wrong_shape):
+        return
+    matching = len(expected) - len(missing) - len(wrong_shape)
+    parts = [
+        f"{matching} of {len(given)} adapter tensors match this base ({len(expected)} expected)"
+    ]
+    for label, names in (
+        ("unexpected", unexpected),
+        ("missing", missing),
+        ("wrong shape", wrong_shape),
+    ):
+        if names:
+            shown = ", ".join(names[:_NAMES_SHOWN])
+            more = f" and {len(names) - _NAMES_SHOWN} more" if len(names) > _NAMES_SHOWN else ""
+            parts.append(f"{label}: {shown}{more}")
+    raise AdapterMismatchError("; ".join(parts))

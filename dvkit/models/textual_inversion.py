@@ -1,0 +1,156 @@
+"""Textual inversion: placeholder tokens whose embedding rows are the only thing trained.
+
+A subject's token `<cat>` with `num_vectors` vectors is the token sequence
+`<cat> <cat>_1 … <cat>_{n-1}`; prompts are written with `<cat>` and expanded with
+`expand_placeholder` before tokenising.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import CLIPTextModel, PreTrainedTokenizerBase
+
+from dvkit.errors import ConflictError, DvkitError, NotFoundError
+
+
+class TextualInversionError(DvkitError):
+    """An unusable initializer word or a token embedding of the wrong shape."""
+
+
+def placeholder_tokens(token: str, num_vectors: int = 1) -> list[str]:
+    """The tokens that stand for `token`: itself, then `<token>_1`, `<token>_2`, …"""
+    if num_vectors < 1:
+        raise ValueError("num_vectors must be at least 1")
+    return [token] + [f"{token}_{index}" for index in range(1, num_vectors)]
+
+
+def expand_placeholder(prompt: str, token: str, num_vectors: int) -> str:
+    """Replace each `token` in `prompt` by its full multi-vector token sequence."""
+    sequence = " ".join(placeholder_tokens(token, num_vectors))
+    return re.sub(re.escape(token) + r"(?!_\d)", lambda _match: sequence, prompt)
+
+
+def add_placeholder_tokens(
+    tokenizer: PreTrainedTokenizerBase,
+    text_encoder: CLIPTextModel,
+    token: str,
+    initializer: str,
+    num_vectors: int = 1,
+) -> list[int]:
+    """Add `token` (and its extra vectors) initialised from the embedding of `initializer`.
+
+    The initializer must be a single token of the tokenizer and the placeholder tokens must be
+    new. Resizes the text encoder's input embeddings; returns the new token ids.
+    """
+    initializer_ids = tokenizer.encode(initializer, add_special_tokens=False)
+    if len(initializer_ids) != 1:
+        pieces = ", ".join(tokenizer.convert_ids_to_tokens(initializer_ids)) or "nothing"
+        raise TextualInversionError(
+            f"initializer word {initializer!r} must be one token but splits into "
+            f"{len(initializer_ids)}: {pieces}; choose a word the tokenizer knows whole"
+        )
+    ids = _add_tokens(tokenizer, text_encoder, placeholder_tokens(token, num_vectors))
+    weight = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[ids] = weight[initializer_ids[0]].clone()
+    return ids
+
+
+def token_ids(tokenizer: PreTrainedTokenizerBase, token: str) -> list[int]:
+    """The ids of `token` and of all its extra-vector tokens present in the tokenizer."""
+    vocab = tokenizer.get_vocab()
+    if token not in vocab:
+        raise NotFoundError(f"the tokenizer has no token {token!r}")
+    ids = [vocab[token]]
+    while f"{token}_{len(ids)}" in vocab:
+        ids.append(vocab[f"{token}_{len(ids)}"])
+    return ids
+
+
+def token_embedding(
+    tokenizer: PreTrainedTokenizerBase, text_encoder: CLIPTextModel, token: str
+) -> torch.Tensor:
+    """A copy of the learned embedding of `token`, shaped [num_vectors, dim]."""
+    weight = text_encoder.get_input_embeddings().weight
+    return weight[token_ids(tokenizer, token)].detach().clone()
+
+
+def apply_token_embedding(
+    tokenizer: PreTrainedTokenizerBase,
+    text_encoder: CLIPTextModel,
+    token: str,
+    embedding: torch.Tensor,
+) -> list[int]:
+    """Install a learned embedding ([num_vectors, dim] or [dim]) for `token`; returns its ids.
+
+    Adds the tokens when the tokenizer lacks them and overwrites their rows when it already has
+    exactly as many vectors of `token`, so a loaded base can take a newer version of a subject.
+    """
+    embedding = embedding.reshape(-1, embedding.shape[-1])
+    weight = text_encoder.get_input_embeddings().weight
+    if embedding.shape[1] != weight.shape[1]:
+        raise TextualInversionError(
+            f"token embedding of {token!r} has width {embedding.shape[1]}, "
+            f"the text encoder {weight.shape[1]}"
+        )
+    tokens = placeholder_tokens(token, embedding.shape[0])
+    if token in tokenizer.get_vocab():
+        ids = token_ids(tokenizer, token)
+        if len(ids) != len(tokens):
+            raise ConflictError(
+                f"token {token!r} already has {len(ids)} vectors, the embedding {len(tokens)}"
+            )
+    else:
+        ids = _add_tokens(tokenizer, text_encoder, tokens)
+    weight = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[ids] = embedding.to(device=weight.device, dtype=weight.dtype)
+    return ids
+
+
+class TrainableRows(nn.Module):
+    """The embedding rows of placeholder tokens as a parameter of their own.
+
+    A forward hook on the text encoder's token embedding puts `rows` in place of the looked-up
+    vectors of the placeholder ids, so only they receive gradients and no other row of the
+    embedding matrix can change (nor needs optimizer state). `commit()` writes the learned rows
+    into the matrix and removes the hook.
+    """
+
+    def __init__(self, text_encoder: CLIPTextModel, ids: Sequence[int]) -> None:
+        super().__init__()
+        self.embedding = text_encoder.get_input_embeddings()
+        weight = self.embedding.weight
+        self.register_buffer("ids", torch.tensor(list(ids), device=weight.device))
+        self.rows = nn.Parameter(weight[list(ids)].detach().clone().float())
+        self._handle = self.embedding.register_forward_hook(self._splice)
+
+    def _splice(self, _module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        matches = args[0].unsqueeze(-1) == self.ids  # (batch, tokens, placeholders)
+        found = matches.any(-1, keepdim=True)
+        chosen = self.rows[matches.to(torch.uint8).argmax(-1)].to(output.dtype)
+        return torch.where(found, chosen, output)
+
+    @torch.no_grad()
+    def commit(self) -> torch.Tensor:
+        """Write the rows into the embedding matrix, remove the hook; returns them [n, dim]."""
+        self._handle.remove()
+        weight = self.embedding.weight
+        weight[self.ids] = self.rows.detach().to(weight.dtype)
+        return self.rows.detach().cpu().clone()
+
+
+def _add_tokens(
+    tokenizer: PreTrainedTokenizerBase, text_encoder: CLIPTextModel, tokens: Sequence[str]
+) -> list[int]:
+    """Add new tokens to the tokenizer and rows for them to the text encoder; returns their ids."""
+    for token in tokens:
+        if token in tokenizer.get_vocab() or len(tokenizer.tokenize(token)) == 1:
+            raise ConflictError(f"the tokenizer already has a token {token!r}; choose another")
+    tokenizer.add_tokens(list(tokens))
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    return tokenizer.convert_tokens_to_ids(list(tokens))

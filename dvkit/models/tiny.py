@@ -1,0 +1,147 @@
+"""The built-in `tiny` base: small components built from fixed configs and a seed, no download.
+
+Meant for tests and smoke runs: fast and deterministic, its pictures mean nothing. Its tokenizer
+is a small byte-level BPE whose vocab.json and merges.txt dvkit writes itself.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from dvkit.models.components import BaseComponents
+
+TINY_NAME = "tiny"
+TINY_ARCHITECTURE = "modelscope-t2v"
+TEXT_WIDTH = 32
+MAX_TOKENS = 77
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+END_OF_WORD = "</w>"
+
+# Whole words the tokenizer knows as one token each; everything else falls back to bytes.
+TINY_WORDS = (
+    "a", "an", "the", "of", "in", "on", "at", "is", "and", "with",
+    "photo", "video", "cat", "dog", "bear", "bird", "car", "man", "woman", "person",
+    "surfing", "running", "dancing", "riding", "flying", "walking", "skiing", "beach", "snow",
+)  # fmt: skip
+
+
+def build_tiny_base(seed: int = 0) -> BaseComponents:
+    """Build the `tiny` base; the same seed always gives the same weights (and fingerprint)."""
+    tokenizer = build_tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet3DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            norm_num_groups=8,
+            cross_attention_dim=TEXT_WIDTH,
+            attention_head_dim=4,  # diffusers' name for the number of heads
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",),
+            up_block_types=("UpDecoderBlock2D",),
+            block_out_channels=(16,),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=8,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=TEXT_WIDTH,
+                intermediate_size=37,
+                projection_dim=TEXT_WIDTH,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=MAX_TOKENS,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    return BaseComponents(
+        unet=unet.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        name=TINY_NAME,
+        architecture=TINY_ARCHITECTURE,
+    )
+
+
+def build_tiny_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer over the tiny vocabulary, loaded from files written to a temp folder."""
+    with tempfile.TemporaryDirectory(prefix="dvkit-tiny-tokenizer-") as folder:
+        write_tiny_vocab(Path(folder))
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=MAX_TOKENS)
+
+
+def write_tiny_vocab(folder: Path) -> None:
+    """Write the tiny tokenizer's `vocab.json` and `merges.txt` into `folder`.
+
+    The vocabulary holds the 256 byte characters of byte-level BPE, each again with the end-of-word
+    suffix, the merge results that spell every word of `TINY_WORDS`, then the start and end tokens.
+    Each word is spelled by merging left to right; longer words' merges rank first so that a short
+    word's merge cannot split a longer word.
+    """
+    characters = _byte_characters()
+    vocab = {symbol: index for index, symbol in enumerate(characters)}
+    for character in characters:
+        vocab[character + END_OF_WORD] = len(vocab)
+    merges: list[str] = []
+    for word in sorted(TINY_WORDS, key=lambda w: (-len(w), w)):
+        merged = word[0]
+        for position, character in enumerate(word[1:], start=2):
+            symbol = character + (END_OF_WORD if position == len(word) else "")
+            merge = f"{merged} {symbol}"
+            if merge not in merges:
+                merges.append(merge)
+            merged += symbol
+            vocab.setdefault(merged, len(vocab))
+    vocab[BOS_TOKEN] = len(vocab)
+    vocab[EOS_TOKEN] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", "utf-8")
+
+
+def _byte_characters() -> list[str]:
+    """The printable stand-in character of each byte 0..255, as byte-level BPE (GPT-2, CLIP) uses.
+
+    Printable Latin-1 bytes stand for themselves; the others take code points from 256 upwards.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    characters = []
+    next_code_point = 256
+    for byte in range(256):
+        if byte in printable:
+            characters.append(chr(byte))
+        else:
+            characters.append(chr(next_code_point))
+            next_code_point += 1
+    return characters

@@ -1,0 +1,252 @@
+"""`add_subject` and `add_motion`: validate everything, train, then register in the catalog.
+
+Nothing is registered until training has finished; an interrupted run leaves only its
+checkpoint folder under `<catalog>/runs/`, from which `resume=True` continues.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from pydantic import ValidationError
+
+from dvkit.bases import open_base
+from dvkit.catalog import Catalog
+from dvkit.catalog.blobs import StagedBlob
+from dvkit.catalog.records import AdapterRecord, BaseModelRecord, RunRecord
+from dvkit.errors import DvkitError
+from dvkit.io.adapter_file import TOKEN_EMBEDDING_KEY, AdapterFileInfo, write_adapter_file
+from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
+from dvkit.names import validate_name, validate_tag
+from dvkit.train import data
+from dvkit.train.loop import Reporter, SilentReporter
+from dvkit.train.settings import (
+    QUICK,
+    MotionSettings,
+    Preset,
+    SubjectSettings,
+    default_image_encoder,
+)
+from dvkit.train.setup import run_key
+
+SettingsT = TypeVar("SettingsT", SubjectSettings, MotionSettings)
+
+
+def add_subject(
+    name: str,
+    images: Sequence[str | Path],
+    *,
+    catalog: Catalog | None = None,
+    base: str = "tiny",
+    masks: str | Path | None = None,
+    preset: Preset = "official",
+    device: str = "auto",
+    dtype: str = "auto",
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    tags: Sequence[str] = (),
+    description: str = "",
+    **overrides: Any,
+) -> AdapterRecord:
+    """Learn a subject from 3–5 images (textual inversion + identity adapter) and register it."""
+    catalog = catalog or Catalog.open()
+    tags = _check_request(catalog, name, "subject", tags)
+    overrides.setdefault("token", f"<{name}>")
+    overrides.setdefault("initializer", name)
+    settings = _settings(SubjectSettings, "subject", preset, overrides, use_masks=masks is not None)
+    run_device, run_dtype = resolve_device(device), None
+    run_dtype = resolve_dtype(dtype, run_device)
+    pixels, paths = data.load_images(images, settings.resolution)
+    mask_pixels = data.load_masks(masks, paths, settings.resolution) if masks else None
+    fingerprints = data.fingerprint(paths)
+    components, base_record = open_base(catalog, base)
+    folder = _run_folder(catalog, "subject", name, settings, fingerprints, base_record, resume)
+
+    from dvkit.train.subject import train_subject
+
+    start = time.perf_counter()
+    result = train_subject(
+        components, pixels, mask_pixels, settings, run_device, run_dtype, folder,
+        reporter or SilentReporter(), resume,
+    )  # fmt: skip
+    wall = time.perf_counter() - start
+    info = AdapterFileInfo(
+        kind="subject",
+        name=name,
+        base=base_record.name,
+        base_fingerprint=base_record.fingerprint,
+        architecture=base_record.architecture,
+        token=settings.token,
+        initializer=settings.initializer,
+        hidden_ratio=settings.hidden_ratio,
+        placement=["attn2"],
+        training=settings.model_dump(mode="json"),
+        description=description,
+    )
+    embedding = {TOKEN_EMBEDDING_KEY: result.embedding}
+    kept = {step: {**tensors, **embedding} for step, tensors in result.kept.items()}
+    return _register(
+        catalog, folder, info, {**result.identity, **embedding}, kept, fingerprints, tags,
+        RunRecord(kind="subject", settings=info.training, data_fingerprints=fingerprints,
+                  loss_curves=result.loss_curves, base=base_record.name,
+                  wall_seconds=wall, device=str(run_device), status="finished"),
+    )  # fmt: skip
+
+
+def add_motion(
+    name: str,
+    videos: Sequence[str | Path],
+    *,
+    catalog: Catalog | None = None,
+    base: str = "tiny",
+    preset: Preset = "official",
+    device: str = "auto",
+    dtype: str = "auto",
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    tags: Sequence[str] = (),
+    description: str = "",
+    **overrides: Any,
+) -> AdapterRecord:
+    """Learn a motion from a few videos (motion adapters with appearance guidance); register it."""
+    from dvkit.models.builtin import BUILTIN_BASES
+
+    catalog = catalog or Catalog.open()
+    tags = _check_request(catalog, name, "motion", tags)
+    overrides.setdefault("caption", name.replace("_", " ").replace("-", " "))
+    if not overrides.get("image_encoder"):
+        overrides["image_encoder"] = default_image_encoder(base in BUILTIN_BASES)
+    settings = _settings(MotionSettings, "motion", preset, overrides)
+    run_device = resolve_device(device)
+    run_dtype = resolve_dtype(dtype, run_device)
+    clips, paths = data.load_videos(videos, settings.frames, settings.resolution, settings.fps)
+    fingerprints = data.fingerprint(paths)
+    components, base_record = open_base(catalog, base)
+
+    from dvkit.models.image_encoder import load_image_encoder
+    from dvkit.train.motion import train_motion
+
+    encoder = load_image_encoder(settings.image_encoder, run_device)
+    folder = _run_folder(catalog, "motion", name, settings, fingerprints, base_record, resume)
+    start = time.perf_counter()
+    result = train_motion(
+        components, clips, encoder, settings, run_device, run_dtype, folder,
+        reporter or SilentReporter(), resume,
+    )  # fmt: skip
+    wall = time.perf_counter() - start
+    info = AdapterFileInfo(
+        kind="motion",
+        name=name,
+        base=base_record.name,
+        base_fingerprint=base_record.fingerprint,
+        architecture=base_record.architecture,
+        hidden_ratio=settings.hidden_ratio,
+        placement=["attn1", "attn2", "ff"],
+        training=settings.model_dump(mode="json"),
+        description=description,
+    )
+    return _register(
+        catalog, folder, info, result.tensors, result.kept, fingerprints, tags,
+        RunRecord(kind="motion", settings=info.training, data_fingerprints=fingerprints,
+                  loss_curves=result.loss_curves, base=base_record.name,
+                  wall_seconds=wall, device=str(run_device), status="finished"),
+    )  # fmt: skip
+
+
+def _check_request(catalog: Catalog, name: str, kind: str, tags: Sequence[str]) -> list[str]:
+    """Cheap checks before any data is read or model loaded."""
+    quiet_libraries()
+    validate_name(name)
+    catalog.check_kind(name, kind)
+    return [validate_tag(tag) for tag in tags]
+
+
+def _settings(
+    cls: type[SettingsT], kind: str, preset: Preset, overrides: dict[str, Any], **extra: Any
+) -> SettingsT:
+    if preset not in ("official", "quick"):
+        raise DvkitError(f"unknown preset {preset!r} (expected official or quick)")
+    values = {**(QUICK[kind] if preset == "quick" else {}), **extra}
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise DvkitError(f"invalid training setting {where}: {first['msg']}") from None
+
+
+def _run_folder(
+    catalog: Catalog,
+    kind: str,
+    name: str,
+    settings: SubjectSettings | MotionSettings,
+    fingerprints: list[str],
+    base: BaseModelRecord,
+    resume: bool,
+) -> Path:
+    key = run_key(
+        {"kind": kind, "name": name, "settings": settings.model_dump(mode="json"),
+         "data": fingerprints, "base": base.fingerprint}
+    )  # fmt: skip
+    folder = catalog.home / "runs" / f"{kind}-{name}-{key}"
+    if resume and not folder.is_dir():
+        raise DvkitError(
+            f"nothing to resume: no interrupted {kind} run of {name!r} with these settings and data"
+        )
+    if not resume and folder.exists():
+        shutil.rmtree(folder)
+    return folder
+
+
+def _register(
+    catalog: Catalog,
+    folder: Path,
+    info: AdapterFileInfo,
+    tensors: dict[str, torch.Tensor],
+    kept: dict[int, dict[str, torch.Tensor]],
+    fingerprints: list[str],
+    tags: Sequence[str],
+    run: RunRecord,
+) -> AdapterRecord:
+    """Write the final and kept adapter files, register them with the run, drop the run folder."""
+    final, weights_hash = _stage(catalog, folder / "final.safetensors", tensors, info)
+    checkpoints = {
+        step: _stage(catalog, folder / f"step-{step:06d}.safetensors", step_tensors, info)
+        for step, step_tensors in kept.items()
+    }
+    record = AdapterRecord(
+        kind=info.kind,
+        name=info.name,
+        base=info.base,
+        base_fingerprint=info.base_fingerprint,
+        architecture=info.architecture,
+        token=info.token,
+        initializer=info.initializer,
+        num_vectors=tensors[TOKEN_EMBEDDING_KEY].shape[0] if info.kind == "subject" else None,
+        hidden_ratio=info.hidden_ratio,
+        placement=info.placement,
+        training=info.training,
+        data_fingerprints=fingerprints,
+        blob=final.sha256,
+        size=final.size,
+        weights_hash=weights_hash,
+        params=sum(t.numel() for t in tensors.values()),
+        description=info.description,
+    )
+    result = catalog.register(record, final, tags, run=run, checkpoints=checkpoints)
+    shutil.rmtree(folder, ignore_errors=True)
+    return result.adapter
+
+
+def _stage(
+    catalog: Catalog, path: Path, tensors: dict[str, torch.Tensor], info: AdapterFileInfo
+) -> tuple[StagedBlob, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights_hash = write_adapter_file(path, tensors, info)
+    return catalog.blobs.stage_file(path), weights_hash

@@ -1,0 +1,45 @@
+"""The ε-prediction objective: noising cached latents and the (optionally masked) MSE loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import SchedulerMixin
+
+
+def sample_latents(
+    mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Draw VAE latents from cached posterior parameters (cheap: no VAE call)."""
+    return mean + std * torch.randn(mean.shape, generator=generator, device=mean.device)
+
+
+def add_noise(
+    scheduler: SchedulerMixin,
+    latents: torch.Tensor,
+    generator: torch.Generator,
+    offset_noise: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noisy latents (B, C, F, H, W), the noise to predict and the timesteps.
+
+    Offset noise adds a per-video, per-channel constant, scaled by `offset_noise`.
+    """
+    batch, channels = latents.shape[:2]
+    device = latents.device
+    noise = torch.randn(latents.shape, generator=generator, device=device)
+    if offset_noise:
+        shape = (batch, channels) + (1,) * (latents.ndim - 2)
+        noise = noise + offset_noise * torch.randn(shape, generator=generator, device=device)
+    steps = scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, steps, (batch,), generator=generator, device=device)
+    return scheduler.add_noise(latents, noise, timesteps), noise, timesteps
+
+
+def epsilon_loss(
+    prediction: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean squared error; with a mask (B, 1, F, H, W) only the subject's pixels count."""
+    if mask is None:
+        return F.mse_loss(prediction.float(), noise.float())
+    error = (prediction.float() - noise.float()) ** 2 * mask
+    return error.sum() / (mask.sum() * prediction.shape[1]).clamp(min=1)

@@ -1,0 +1,223 @@
+"""The generic training loop: AdamW with warm-up, autocast, checkpoints, resume and interrupt.
+
+A stage optimises named parameters with a step function that returns the loss. Every
+`checkpoint_every` steps (and on Ctrl-C) the parameters, optimizer state, random generator
+state and loss curve are written to `<folder>/<stage>/state.pt`, so `resume=True` continues
+exactly where the run stopped: an interrupted and resumed run ends with the same weights as an
+uninterrupted one with the same seed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from dvkit.errors import DvkitError
+
+STATE_FILE = "state.pt"
+DONE_FILE = "done.pt"
+
+
+class TrainingInterrupted(DvkitError):
+    """Training stopped by the user; a checkpoint to resume from was written."""
+
+    def __init__(self, stage: str, step: int, total: int) -> None:
+        super().__init__(
+            f"interrupted at {stage} step {step}/{total}; run the same command with --resume "
+            "to continue"
+        )
+
+
+class Reporter(Protocol):
+    """Receives progress: the CLI draws a progress bar, the library stays silent by default."""
+
+    def start(self, stage: str, total: int, completed: int) -> None: ...
+
+    def step(self, loss: float) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class SilentReporter:
+    def start(self, stage: str, total: int, completed: int) -> None:
+        pass
+
+    def step(self, loss: float) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+@dataclass
+class Stage:
+    """One optimisation stage (e.g. textual inversion, identity adapter, motion adapter)."""
+
+    name: str
+    steps: int
+    lr: float
+    parameters: dict[str, torch.nn.Parameter]
+    loss: Callable[[torch.Generator], torch.Tensor]
+    keep_steps: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StageResult:
+    loss_curve: list[tuple[int, float]]
+    kept: dict[int, dict[str, torch.Tensor]]
+    """Parameter snapshots at the kept steps (CPU copies)."""
+
+
+@dataclass
+class LoopSettings:
+    warmup_steps: int = 10
+    checkpoint_every: int = 100
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    autocast_dtype: torch.dtype | None = None
+
+
+def run_stage(
+    stage: Stage,
+    settings: LoopSettings,
+    folder: Path,
+    generator: torch.Generator,
+    reporter: Reporter,
+    resume: bool,
+) -> StageResult:
+    """Optimise `stage` to completion (or continue its checkpoint); see the module docstring."""
+    stage_folder = folder / stage.name
+    done = stage_folder / DONE_FILE
+    if resume and done.is_file():
+        return _restore_done(stage, done, generator)
+    params = list(stage.parameters.values())
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
+    warmup = max(settings.warmup_steps, 0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+    )
+    scaler = torch.amp.GradScaler(enabled=settings.autocast_dtype == torch.float16)
+    curve: list[tuple[int, float]] = []
+    kept: dict[int, dict[str, torch.Tensor]] = {}
+    step = 0
+    if resume and (stage_folder / STATE_FILE).is_file():
+        step = _load_state(
+            stage_folder / STATE_FILE, stage, optimizer, schedule, generator, curve, kept
+        )
+    reporter.start(stage.name, stage.steps, step)
+    device_type = settings.device.type
+    try:
+        while step < stage.steps:
+            with torch.autocast(
+                device_type,
+                dtype=settings.autocast_dtype or torch.float32,
+                enabled=settings.autocast_dtype is not None,
+            ):
+                loss = stage.loss(generator)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            schedule.step()
+            step += 1
+            value = float(loss.detach())
+            curve.append((step, value))
+            if step in stage.keep_steps:
+                kept[step] = _snapshot(stage)
+            reporter.step(value)
+            if step % settings.checkpoint_every == 0 and step < stage.steps:
+                _save_state(stage_folder, step, stage, optimizer, schedule, generator, curve, kept)
+    except KeyboardInterrupt:
+        _save_state(stage_folder, step, stage, optimizer, schedule, generator, curve, kept)
+        reporter.end()
+        raise TrainingInterrupted(stage.name, step, stage.steps) from None
+    reporter.end()
+    _save_done(stage_folder, stage, generator, curve, kept)
+    return StageResult(curve, kept)
+
+
+def _snapshot(stage: Stage) -> dict[str, torch.Tensor]:
+    return {name: p.detach().to("cpu", copy=True) for name, p in stage.parameters.items()}
+
+
+def _save_state(
+    folder: Path,
+    step: int,
+    stage: Stage,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    curve: list[tuple[int, float]],
+    kept: dict[int, dict[str, torch.Tensor]],
+) -> None:
+    state = {
+        "step": step,
+        "parameters": _snapshot(stage),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "generator": generator.get_state(),
+        "curve": torch.tensor(curve, dtype=torch.float64).reshape(-1, 2),
+        "kept": kept,
+    }
+    _atomic_save(state, folder / STATE_FILE)
+
+
+def _load_state(
+    path: Path,
+    stage: Stage,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    curve: list[tuple[int, float]],
+    kept: dict[int, dict[str, torch.Tensor]],
+) -> int:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    _copy_parameters(stage, state["parameters"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    generator.set_state(state["generator"])
+    curve.extend((int(s), float(v)) for s, v in state["curve"].tolist())
+    kept.update(state["kept"])
+    return int(state["step"])
+
+
+def _save_done(
+    folder: Path,
+    stage: Stage,
+    generator: torch.Generator,
+    curve: list[tuple[int, float]],
+    kept: dict[int, dict[str, torch.Tensor]],
+) -> None:
+    done = {
+        "parameters": _snapshot(stage),
+        "generator": generator.get_state(),
+        "curve": torch.tensor(curve, dtype=torch.float64).reshape(-1, 2),
+        "kept": kept,
+    }
+    _atomic_save(done, folder / DONE_FILE)
+    (folder / STATE_FILE).unlink(missing_ok=True)
+
+
+def _restore_done(stage: Stage, path: Path, generator: torch.Generator) -> StageResult:
+    done = torch.load(path, map_location="cpu", weights_only=True)
+    _copy_parameters(stage, done["parameters"])
+    generator.set_state(done["generator"])
+    curve = [(int(s), float(v)) for s, v in done["curve"].tolist()]
+    return StageResult(curve, done["kept"])
+
+
+def _copy_parameters(stage: Stage, saved: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, param in stage.parameters.items():
+            param.copy_(saved[name])
+
+
+def _atomic_save(state: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".part")
+    torch.save(state, partial)
+    os.replace(partial, path)

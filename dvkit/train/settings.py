@@ -1,0 +1,93 @@
+"""Training settings, validated up front. Defaults follow the official DreamVideo settings;
+the `quick` preset is for smoke runs on small bases."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Preset = Literal["official", "quick"]
+
+
+class CommonSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resolution: int = Field(256, ge=8, le=2048)
+    batch_size: int = Field(4, ge=1)
+    seed: int = 0
+    hidden_ratio: float = Field(0.5, gt=0, le=4)
+    warmup_steps: int = Field(10, ge=0)
+    offset_noise: float = Field(0.1, ge=0)
+    checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
+    keep_steps: list[int] = Field(
+        default_factory=list, description="adapter steps kept as selectable checkpoints"
+    )
+    gradient_checkpointing: bool = False
+
+
+class SubjectSettings(CommonSettings):
+    """Textual inversion (stage 1) then the identity adapter (stage 2), on 1-frame videos."""
+
+    token: str = ""
+    initializer: str = ""
+    num_vectors: int = Field(1, ge=1, le=16)
+    prompt: str = "a {token}"
+    inversion_steps: int = Field(3000, ge=0)
+    inversion_lr: float = Field(1e-4, gt=0)
+    identity_steps: int = Field(1000, ge=0)
+    identity_lr: float = Field(1e-5, gt=0)
+    use_masks: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> SubjectSettings:
+        if "{token}" not in self.prompt:
+            raise ValueError("the prompt template must contain {token}")
+        if self.inversion_steps + self.identity_steps == 0:
+            raise ValueError("nothing to train: both stages have 0 steps")
+        return self
+
+
+class MotionSettings(CommonSettings):
+    """Motion adapters on whole clips, with appearance guidance from one random frame."""
+
+    batch_size: int = Field(2, ge=1)
+    frames: int = Field(32, ge=2)
+    fps: float | None = Field(8.0, gt=0)
+    steps: int = Field(1000, ge=1)
+    lr: float = Field(1e-5, gt=0)
+    caption: str = ""
+    text_dropout: float = Field(0.5, ge=0, le=1)
+    image_dropout: float = Field(0.0, ge=0, le=1)
+    image_encoder: str = ""
+    """open_clip `MODEL:PRETRAINED`; empty: the base's default (see `default_image_encoder`)."""
+
+
+QUICK = {
+    "subject": {
+        "resolution": 16,
+        "batch_size": 2,
+        "inversion_steps": 30,
+        "inversion_lr": 5e-3,
+        "identity_steps": 30,
+        "identity_lr": 1e-3,
+        "checkpoint_every": 10,
+    },
+    "motion": {
+        "resolution": 16,
+        "batch_size": 1,
+        "frames": 4,
+        "fps": None,
+        "steps": 30,
+        "lr": 1e-3,
+        "checkpoint_every": 10,
+    },
+}
+
+
+REAL_IMAGE_ENCODER = "ViT-H-14:laion2b_s32b_b79k"
+
+
+def default_image_encoder(builtin_base: bool) -> str:
+    """The official OpenCLIP ViT-H/14 for real bases; the tiny offline encoder for built-ins."""
+    return "tiny" if builtin_base else REAL_IMAGE_ENCODER

@@ -1,0 +1,50 @@
+"""Placing a frozen base on a device for training, and the per-run random generator."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+
+from dvkit.models.components import BaseComponents
+from dvkit.train.loop import LoopSettings
+from dvkit.train.settings import CommonSettings
+
+
+def prepare_base(
+    base: BaseComponents, device: torch.device, dtype: torch.dtype, gradient_checkpointing: bool
+) -> None:
+    """Move the base to `device` in `dtype`, frozen (no gradients for any of its weights)."""
+    for model in (base.unet, base.vae, base.text_encoder):
+        model.to(device=device)
+        if model.dtype != dtype:
+            model.to(dtype=dtype)
+        model.requires_grad_(False).eval()
+    if gradient_checkpointing:
+        base.unet.enable_gradient_checkpointing()
+        base.unet.train()  # diffusers checkpoints only in training mode; the base has no dropout
+
+
+def loop_settings(
+    settings: CommonSettings, device: torch.device, dtype: torch.dtype
+) -> LoopSettings:
+    """Autocast in the base's half precision on CUDA; full precision elsewhere."""
+    autocast = dtype if device.type == "cuda" and dtype != torch.float32 else None
+    return LoopSettings(
+        warmup_steps=settings.warmup_steps,
+        checkpoint_every=settings.checkpoint_every,
+        device=device,
+        autocast_dtype=autocast,
+    )
+
+
+def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def run_key(parts: dict[str, Any]) -> str:
+    """A short stable key of a run's inputs (settings, data and base fingerprints)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

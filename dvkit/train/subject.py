@@ -1,0 +1,113 @@
+"""Subject learning: textual inversion (stage 1), then the identity adapter (stage 2).
+
+Images are 1-frame videos. Their VAE posteriors and (in stage 2, with the embedding frozen) the
+prompt's text embedding are computed once; each step samples latents from the cached posterior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dvkit.models.components import BaseComponents
+from dvkit.models.injection import AdapterInjector, create_adapter_state
+from dvkit.models.textual_inversion import TrainableRows, add_placeholder_tokens, expand_placeholder
+from dvkit.train.diffusion import add_noise, epsilon_loss, sample_latents
+from dvkit.train.encode import encode_frames, tokenize
+from dvkit.train.loop import Reporter, Stage, run_stage
+from dvkit.train.settings import SubjectSettings
+from dvkit.train.setup import loop_settings, make_generator, prepare_base
+
+ADAPTER_NAME = "identity"
+
+
+@dataclass
+class SubjectResult:
+    identity: dict[str, torch.Tensor]
+    """Identity-adapter tensors under their file-format names."""
+    embedding: torch.Tensor
+    """The learned token embedding [num_vectors, dim]."""
+    kept: dict[int, dict[str, torch.Tensor]]
+    """Identity-adapter tensors at the kept steps."""
+    loss_curves: dict[str, list[tuple[int, float]]]
+
+
+def train_subject(
+    base: BaseComponents,
+    pixels: torch.Tensor,
+    masks: torch.Tensor | None,
+    settings: SubjectSettings,
+    device: torch.device,
+    dtype: torch.dtype,
+    folder: Path,
+    reporter: Reporter,
+    resume: bool = False,
+) -> SubjectResult:
+    """Train a subject on `pixels` (N, 3, S, S) in [-1, 1]; `masks` (N, 1, S, S) or None."""
+    prepare_base(base, device, dtype, settings.gradient_checkpointing)
+    unet, text_encoder = base.unet, base.text_encoder
+    ids = add_placeholder_tokens(
+        base.tokenizer, text_encoder, settings.token, settings.initializer, settings.num_vectors
+    )
+    prompt = expand_placeholder(
+        settings.prompt.format(token=settings.token), settings.token, settings.num_vectors
+    )
+    input_ids = tokenize(base.tokenizer, [prompt]).to(device)
+    mean, std = (t.unsqueeze(2) for t in encode_frames(base.vae, pixels))  # (N, C, 1, h, w)
+    latent_masks = None
+    if masks is not None:
+        latent_masks = F.interpolate(masks.float(), size=mean.shape[-2:], mode="area")
+        latent_masks = latent_masks.unsqueeze(2).to(device)  # (N, 1, 1, h, w)
+    generator = make_generator(settings.seed, device)
+    batch = settings.batch_size
+    loop = loop_settings(settings, device, dtype)
+
+    def noisy_batch(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        index = torch.randint(len(mean), (batch,), generator=gen, device=device)
+        latents = sample_latents(mean[index], std[index], gen)
+        noisy, noise, timesteps = add_noise(base.scheduler, latents, gen, settings.offset_noise)
+        return index, noisy.to(dtype), noise, timesteps
+
+    rows = TrainableRows(text_encoder, ids)
+
+    def inversion_loss(gen: torch.Generator) -> torch.Tensor:
+        _, noisy, noise, timesteps = noisy_batch(gen)
+        text = text_encoder(input_ids.expand(batch, -1))[0]
+        return epsilon_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise)
+
+    inversion = run_stage(
+        Stage("inversion", settings.inversion_steps, settings.inversion_lr,
+              {"token_embedding": rows.rows}, inversion_loss),
+        loop, folder, generator, reporter, resume,
+    )  # fmt: skip
+    embedding = rows.commit()
+
+    with torch.no_grad():
+        text = text_encoder(input_ids)[0].expand(batch, -1, -1)
+    injector = AdapterInjector(unet)
+    fresh = create_adapter_state(unet, "subject", settings.hidden_ratio, seed=settings.seed)
+    weights = injector.load(ADAPTER_NAME, "subject", fresh, settings.hidden_ratio)
+    injector.train_adapter(ADAPTER_NAME)
+
+    def identity_loss(gen: torch.Generator) -> torch.Tensor:
+        index, noisy, noise, timesteps = noisy_batch(gen)
+        mask = latent_masks[index] if latent_masks is not None else None
+        prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
+        return epsilon_loss(prediction, noise, mask)
+
+    identity = run_stage(
+        Stage("identity", settings.identity_steps, settings.identity_lr,
+              weights.parameters_by_name(), identity_loss, settings.keep_steps),
+        loop, folder, generator, reporter, resume,
+    )  # fmt: skip
+    tensors = {name: value.cpu().clone() for name, value in weights.tensors().items()}
+    injector.detach()
+    return SubjectResult(
+        identity=tensors,
+        embedding=embedding,
+        kept=identity.kept,
+        loss_curves={"inversion": inversion.loss_curve, "identity": identity.loss_curve},
+    )
