@@ -34,7 +34,8 @@ def open_base(catalog: Catalog, name: str) -> tuple[BaseComponents, BaseModelRec
         record = catalog.base(name)
     except NotFoundError:
         if name not in BUILTIN_BASES:
-            known = ", ".join([*BUILTIN_BASES, *(row["name"] for row in catalog.base_rows())])
+            names = {*BUILTIN_BASES, *(row["name"] for row in catalog.base_rows())}
+            known = ", ".join(sorted(names))
             raise NotFoundError(
                 f"unknown base {name!r} (known: {known}; add one with: dvkit base add NAME SOURCE)"
             ) from None

@@ -4,6 +4,8 @@
 class DvkitError(Exception):
     """Base class of every error caused by user input or catalog state."""
 
+    exit_code = 1
+
 
 class InvalidNameError(DvkitError):
     """A name, reference or tag that breaks the naming rules."""

@@ -104,7 +104,7 @@ def test_base_commands(cli, home) -> None:
     from dvkit.catalog.records import BaseModelRecord
 
     code, out, _ = cli("--home", home, "base", "list")
-    assert (code, out.strip()) == (0, "no bases yet")
+    assert code == 0 and out.split() == ["tiny", "built-in", "builtin:tiny"]
     with Catalog.open(home) as catalog:
         catalog.add_base(
             BaseModelRecord(

@@ -95,7 +95,7 @@ def test_folder_of_frames_and_short_video(tmp_path) -> None:
         _image(frames / f"{index:03d}.png", (index * 50, 0, 0))
     clips, paths = load_videos([frames], frames=5, size=8, fps=8)
     assert clips.shape == (1, 5, 3, 8, 8) and paths == [frames]
-    with pytest.raises(DataError, match="has 5 frames, but 6 frames"):
+    with pytest.raises(DataError, match="has 5 frames, fewer than the 6 asked for"):
         load_videos([frames], frames=6, size=8, fps=None)
     short = _video(tmp_path / "short.mp4", frames=3)
     with pytest.raises(DataError, match="short.mp4: has 3 frames"):

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dvkit.cli import base_commands, catalog_commands
+from dvkit.cli import base_commands, catalog_commands, train_commands
 
 app = typer.Typer(
     name="dvkit",
@@ -42,4 +42,5 @@ def root(
 
 
 catalog_commands.register(app)
+train_commands.register(app)
 app.add_typer(base_commands.app, name="base", help="Base models: list and inspect.")

@@ -81,6 +81,8 @@ def show(
     """Show one adapter version in full."""
     with open_catalog(ctx) as catalog:
         row = catalog.adapter_row(ref)
+        row["checkpoints"] = sorted(catalog.checkpoint_steps(f"{row['name']}@{row['version']}"))
+        run = catalog.run_row(row["run_id"]) if row.get("run_id") else None
         bases = {base["name"] for base in catalog.base_rows()}
     if as_json:
         render.print_json(row)
@@ -99,11 +101,23 @@ def show(
         ("tags", row["tags"]),
         ("description", row.get("description")),
         ("created", row["created"]),
+        ("checkpoints", [f"step {step}" for step in row["checkpoints"]]),
+        ("trained", _run_summary(run) if run else None),
         ("weights", row["weights_hash"]),
         ("blob", row["blob"]),
         ("training", row.get("training")),
     ]
     render.details(f"{row['name']}@{row['version']}", fields)
+
+
+def _run_summary(run: dict[str, Any]) -> str:
+    finals = [
+        f"{stage} {curve[-1][1]:.4f}"
+        for stage, curve in run.get("loss_curves", {}).items()
+        if curve
+    ]
+    loss = f"; final loss {', '.join(finals)}" if finals else ""
+    return f"{run['wall_seconds']:.1f} s on {run['device']}{loss}"
 
 
 def rm(

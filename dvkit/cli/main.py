@@ -29,7 +29,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         result = command.main(args=argv, prog_name="dvkit", standalone_mode=False)
     except DvkitError as exc:
-        return _fail(str(exc), EXIT_ERROR)
+        return _fail(str(exc), exc.exit_code)
     except typer.TyperException as exc:
         return _fail(exc.format_message(), getattr(exc, "exit_code", EXIT_USAGE))
     except typer.Abort:

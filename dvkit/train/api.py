@@ -56,10 +56,10 @@ def add_subject(
     """Learn a subject from 3–5 images (textual inversion + identity adapter) and register it."""
     catalog = catalog or Catalog.open()
     tags = _check_request(catalog, name, "subject", tags)
-    overrides.setdefault("token", f"<{name}>")
-    overrides.setdefault("initializer", name)
+    overrides["token"] = overrides.get("token") or f"<{name}>"
+    overrides["initializer"] = overrides.get("initializer") or name
     settings = _settings(SubjectSettings, "subject", preset, overrides, use_masks=masks is not None)
-    run_device, run_dtype = resolve_device(device), None
+    run_device = resolve_device(device)
     run_dtype = resolve_dtype(dtype, run_device)
     pixels, paths = data.load_images(images, settings.resolution)
     mask_pixels = data.load_masks(masks, paths, settings.resolution) if masks else None
@@ -118,7 +118,7 @@ def add_motion(
 
     catalog = catalog or Catalog.open()
     tags = _check_request(catalog, name, "motion", tags)
-    overrides.setdefault("caption", name.replace("_", " ").replace("-", " "))
+    overrides["caption"] = overrides.get("caption") or name.replace("_", " ").replace("-", " ")
     if not overrides.get("image_encoder"):
         overrides["image_encoder"] = default_image_encoder(base in BUILTIN_BASES)
     settings = _settings(MotionSettings, "motion", preset, overrides)

@@ -111,9 +111,13 @@ def sample_indices(
     if fps and source_fps:
         stride = max(1, round(source_fps / fps))
     needed = (frames - 1) * stride + 1
+    if total < needed and stride == 1:
+        raise DataError(f"{path}: has {total} frames, fewer than the {frames} asked for")
     if total < needed:
-        rate = f" at {fps:g} fps" if fps and source_fps else ""
-        raise DataError(f"{path}: has {total} frames, but {frames} frames{rate} need {needed}")
+        raise DataError(
+            f"{path}: has {total} frames, but {frames} frames at {fps:g} fps need {needed} "
+            "(ask for fewer frames or a higher fps)"
+        )
     return list(range(0, needed, stride))
 
 

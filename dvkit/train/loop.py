@@ -26,6 +26,8 @@ DONE_FILE = "done.pt"
 class TrainingInterrupted(DvkitError):
     """Training stopped by the user; a checkpoint to resume from was written."""
 
+    exit_code = 130
+
     def __init__(self, stage: str, step: int, total: int) -> None:
         super().__init__(
             f"interrupted at {stage} step {step}/{total}; run the same command with --resume "

@@ -1,0 +1,66 @@
+"""A rich progress bar for training: stage, steps done, steps/s, loss and time remaining."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class RichReporter:
+    """Draws one bar per training stage on stderr."""
+
+    def __init__(self) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._task: TaskID | None = None
+
+    def start(self, stage: str, total: int, completed: int) -> None:
+        self._progress.start()
+        self._task = self._progress.add_task(
+            stage, total=total, completed=completed, loss="-", rate=""
+        )
+
+    def step(self, loss: float) -> None:
+        assert self._task is not None
+        self._progress.advance(self._task)
+        speed = self._progress.tasks[self._task].speed
+        rate = f"{speed:.2f} steps/s" if speed else ""
+        self._progress.update(self._task, loss=f"{loss:.4f}", rate=rate)
+
+    def end(self) -> None:
+        self._progress.stop()
+
+
+@contextmanager
+def interrupt_on_terminate() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so a killed training run still writes its checkpoint."""
+
+    def raise_interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

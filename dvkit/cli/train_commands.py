@@ -1,0 +1,207 @@
+"""Training commands: add-subject and add-motion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dvkit.cli.context import open_catalog
+from dvkit.errors import DvkitError
+
+Base = Annotated[str, typer.Option("--base", help="Base model (see: dvkit base list).")]
+Preset = Annotated[
+    str, typer.Option("--preset", help="official (paper settings) or quick (smoke runs).")
+]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Dtype = Annotated[
+    str, typer.Option("--dtype", help="Frozen base weights: auto, float32, float16, bfloat16.")
+]
+Resume = Annotated[
+    bool, typer.Option("--resume", help="Continue an interrupted run with the same inputs.")
+]
+Tags = Annotated[list[str] | None, typer.Option("--tag", help="Tag to add (repeatable).")]
+Description = Annotated[str, typer.Option("--description", help="Free text shown by dvkit show.")]
+KeepSteps = Annotated[
+    str | None,
+    typer.Option(
+        "--keep-steps", help="Adapter steps kept as selectable checkpoints, e.g. 500,1000."
+    ),
+]
+
+
+def add_subject(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Name of the new subject (or its next version).")],
+    images: Annotated[
+        list[Path], typer.Option("--images", help="Folder or image files (jpg, png, webp).")
+    ],
+    more_images: Annotated[list[Path] | None, typer.Argument(hidden=True)] = None,
+    masks: Annotated[
+        Path | None, typer.Option("--masks", help="Folder of subject masks named like the images.")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", help="Placeholder (default <NAME>).")
+    ] = None,
+    initializer: Annotated[
+        str | None,
+        typer.Option("--initializer", help="One-token word to start from (default NAME)."),
+    ] = None,
+    vectors: Annotated[int | None, typer.Option("--vectors", help="Vectors per token.")] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help="Template, e.g. 'a {token}'.")
+    ] = None,
+    inversion_steps: Annotated[int | None, typer.Option("--inversion-steps")] = None,
+    inversion_lr: Annotated[float | None, typer.Option("--inversion-lr")] = None,
+    identity_steps: Annotated[int | None, typer.Option("--identity-steps")] = None,
+    identity_lr: Annotated[float | None, typer.Option("--identity-lr")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    resolution: Annotated[int | None, typer.Option("--resolution")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    hidden_ratio: Annotated[float | None, typer.Option("--hidden-ratio")] = None,
+    keep_steps: KeepSteps = None,
+    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every")] = None,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
+    ] = False,
+    base: Base = "tiny",
+    preset: Preset = "official",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    resume: Resume = False,
+    tag: Tags = None,
+    description: Description = "",
+) -> None:
+    """Learn a subject from 3-5 images: textual inversion, then the identity adapter."""
+    settings = {
+        "token": token,
+        "initializer": initializer,
+        "num_vectors": vectors,
+        "prompt": prompt,
+        "inversion_steps": inversion_steps,
+        "inversion_lr": inversion_lr,
+        "identity_steps": identity_steps,
+        "identity_lr": identity_lr,
+        "batch_size": batch_size,
+        "resolution": resolution,
+        "seed": seed,
+        "hidden_ratio": hidden_ratio,
+        "keep_steps": _steps(keep_steps),
+        "checkpoint_every": checkpoint_every,
+        "gradient_checkpointing": gradient_checkpointing or None,
+    }
+    _train(ctx, "subject", name, [*images, *(more_images or [])], base, preset, device, dtype,
+           resume, tag, description, settings, masks=masks)  # fmt: skip
+
+
+def add_motion(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Name of the new motion (or its next version).")],
+    videos: Annotated[
+        list[Path],
+        typer.Option("--videos", help="Folder or videos (mp4, webm, mov, gif, folders of frames)."),
+    ],
+    more_videos: Annotated[list[Path] | None, typer.Argument(hidden=True)] = None,
+    frames: Annotated[int | None, typer.Option("--frames", help="Frames per clip.")] = None,
+    fps: Annotated[float | None, typer.Option("--fps", help="Sampling rate of the frames.")] = None,
+    caption: Annotated[
+        str | None, typer.Option("--caption", help="Training caption (default: the name).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps")] = None,
+    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    resolution: Annotated[int | None, typer.Option("--resolution")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    hidden_ratio: Annotated[float | None, typer.Option("--hidden-ratio")] = None,
+    text_dropout: Annotated[float | None, typer.Option("--text-dropout")] = None,
+    image_dropout: Annotated[float | None, typer.Option("--image-dropout")] = None,
+    image_encoder: Annotated[
+        str | None,
+        typer.Option("--image-encoder", help="open_clip MODEL:PRETRAINED, or tiny (offline)."),
+    ] = None,
+    keep_steps: KeepSteps = None,
+    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every")] = None,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
+    ] = False,
+    base: Base = "tiny",
+    preset: Preset = "official",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    resume: Resume = False,
+    tag: Tags = None,
+    description: Description = "",
+) -> None:
+    """Learn a motion from a few videos: motion adapters with appearance guidance."""
+    settings = {
+        "frames": frames,
+        "fps": fps,
+        "caption": caption,
+        "steps": steps,
+        "lr": lr,
+        "batch_size": batch_size,
+        "resolution": resolution,
+        "seed": seed,
+        "hidden_ratio": hidden_ratio,
+        "text_dropout": text_dropout,
+        "image_dropout": image_dropout,
+        "image_encoder": image_encoder,
+        "keep_steps": _steps(keep_steps),
+        "checkpoint_every": checkpoint_every,
+        "gradient_checkpointing": gradient_checkpointing or None,
+    }
+    _train(ctx, "motion", name, [*videos, *(more_videos or [])], base, preset, device, dtype,
+           resume, tag, description, settings)  # fmt: skip
+
+
+def _train(
+    ctx: typer.Context,
+    kind: str,
+    name: str,
+    inputs: list[Path],
+    base: str,
+    preset: str,
+    device: str,
+    dtype: str,
+    resume: bool,
+    tags: list[str] | None,
+    description: str,
+    settings: dict[str, Any],
+    **extra: Any,
+) -> None:
+    from dvkit.cli.progress import RichReporter, interrupt_on_terminate
+    from dvkit.train import api
+
+    train = api.add_subject if kind == "subject" else api.add_motion
+    with open_catalog(ctx) as catalog, interrupt_on_terminate():
+        record = train(
+            name, inputs, catalog=catalog, base=base, preset=preset, device=device, dtype=dtype,
+            resume=resume, reporter=RichReporter(), tags=tags or (), description=description,
+            **extra, **settings,
+        )  # fmt: skip
+        run = catalog.run_row(record.run_id) if record.run_id else {}
+        steps = sorted(catalog.checkpoint_steps(record.ref))
+    token = f", token {record.token}" if record.token else ""
+    kept = f"; checkpoints at steps {', '.join(map(str, steps))}" if steps else ""
+    print(
+        f"registered {record.ref} ({record.kind}, base {record.base}{token}, "
+        f"{record.params:,} parameters) in {run.get('wall_seconds', 0):.1f} s on "
+        f"{run.get('device', '?')}{kept}"
+    )
+
+
+def _steps(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise DvkitError(
+            f"--keep-steps takes step numbers separated by commas, not {text!r}"
+        ) from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("add-subject")(add_subject)
+    app.command("add-motion")(add_motion)

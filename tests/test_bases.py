@@ -1,0 +1,55 @@
+"""Bases: built-ins registered on first use, local diffusers folders, offline Hub ids."""
+
+import json
+
+from dvkit.bases import open_base
+from dvkit.models.tiny import build_tiny_base
+
+
+def _save_diffusers_folder(folder):
+    base = build_tiny_base()
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        getattr(base, part).save_pretrained(folder / part)
+    return base
+
+
+def test_add_local_folder_keeps_fingerprint(cli, home, tmp_path) -> None:
+    original = _save_diffusers_folder(tmp_path / "t2v")
+    code, out, err = cli("--home", home, "base", "add", "local-tiny", tmp_path / "t2v")
+    assert code == 0, err
+    fingerprint = original.fingerprint()
+    assert f"added base local-tiny (modelscope-t2v, {fingerprint[:12]})" in out
+    code, out, _ = cli("--home", home, "base", "show", "local-tiny", "--json")
+    shown = json.loads(out)
+    assert shown["fingerprint"] == fingerprint and shown["source"] == str(tmp_path / "t2v")
+
+
+def test_open_base_registers_builtin_once(catalog) -> None:
+    components, record = open_base(catalog, "tiny")
+    assert record.builtin and record.fingerprint == components.fingerprint()
+    _, again = open_base(catalog, "tiny")
+    assert again.fingerprint == record.fingerprint
+    assert [row["name"] for row in catalog.base_rows()] == ["tiny"]
+
+
+def test_base_list_shows_unused_builtins(cli, home) -> None:
+    code, out, _ = cli("--home", home, "base", "list", "--json")
+    assert [row["name"] for row in json.loads(out)] == ["tiny"]
+
+
+def test_base_add_errors(cli, home, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))
+    code, _, err = cli("--home", home, "base", "add", "ms", "ali-vilab/text-to-video-ms-1.7b")
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err
+    assert (
+        "HF_HUB_OFFLINE" in lines[0] and "hf download ali-vilab/text-to-video-ms-1.7b" in lines[0]
+    )
+    (tmp_path / "not-a-model").mkdir()
+    code, _, err = cli("--home", home, "base", "add", "x", tmp_path / "not-a-model")
+    assert code == 1 and "not a diffusers text-to-video folder" in err
+    code, _, err = cli("--home", home, "base", "add", "Bad", tmp_path / "not-a-model")
+    assert code == 1 and "invalid base name" in err
+    code, out, _ = cli("--home", home, "base", "list", "--json")
+    assert [row["name"] for row in json.loads(out)] == ["tiny"]  # nothing was added
