@@ -235,3 +235,26 @@ def test_cli_training_errors_leave_catalog_unchanged(cli, home, images, videos, 
         code, _, err = cli("--home", home, *args)
         _one_error_line(code, err, expected)
     assert Catalog.open(home).adapter_rows() == before == []
+
+
+def test_data_parallel_run_registers_once(home, images) -> None:
+    """What `accelerate launch` or `torchrun` does: two processes, gradients averaged (gloo)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(port),
+        "-m", "dvkit", "--home", str(home), "add-subject", "cat", "--images", str(images),
+        "--preset", "quick", "--inversion-steps", "3", "--identity-steps", "3",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("registered cat@1") == 1
+    with Catalog.open(home) as catalog:
+        assert [row["name"] for row in catalog.adapter_rows(all_versions=True)] == ["cat"]
+        assert catalog.verify().ok and not any((catalog.home / "runs").iterdir())

@@ -182,6 +182,10 @@ def _train(
         )  # fmt: skip
         run = catalog.run_row(record.run_id) if record.run_id else {}
         steps = sorted(catalog.checkpoint_steps(record.ref))
+    from dvkit.train.distributed import current_world
+
+    if not current_world().main:
+        return
     token = f", token {record.token}" if record.token else ""
     kept = f"; checkpoints at steps {', '.join(map(str, steps))}" if steps else ""
     print(

@@ -24,6 +24,7 @@ from dvkit.io.adapter_file import TOKEN_EMBEDDING_KEY, AdapterFileInfo, write_ad
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.names import validate_name, validate_tag
 from dvkit.train import data
+from dvkit.train.distributed import World, barrier, current_world
 from dvkit.train.loop import Reporter, SilentReporter
 from dvkit.train.settings import (
     QUICK,
@@ -59,20 +60,23 @@ def add_subject(
     overrides["token"] = overrides.get("token") or f"<{name}>"
     overrides["initializer"] = overrides.get("initializer") or name
     settings = _settings(SubjectSettings, "subject", preset, overrides, use_masks=masks is not None)
-    run_device = resolve_device(device)
+    world = current_world()
+    run_device = _device(device, world)
     run_dtype = resolve_dtype(dtype, run_device)
     pixels, paths = data.load_images(images, settings.resolution)
     mask_pixels = data.load_masks(masks, paths, settings.resolution) if masks else None
     fingerprints = data.fingerprint(paths)
     components, base_record = open_base(catalog, base)
-    folder = _run_folder(catalog, "subject", name, settings, fingerprints, base_record, resume)
+    folder = _run_folder(
+        catalog, "subject", name, settings, fingerprints, base_record, resume, world
+    )
 
     from dvkit.train.subject import train_subject
 
     start = time.perf_counter()
     result = train_subject(
         components, pixels, mask_pixels, settings, run_device, run_dtype, folder,
-        reporter or SilentReporter(), resume,
+        _reporter(reporter, world), resume, world,
     )  # fmt: skip
     wall = time.perf_counter() - start
     info = AdapterFileInfo(
@@ -91,7 +95,7 @@ def add_subject(
     embedding = {TOKEN_EMBEDDING_KEY: result.embedding}
     kept = {step: {**tensors, **embedding} for step, tensors in result.kept.items()}
     return _register(
-        catalog, folder, info, {**result.identity, **embedding}, kept, fingerprints, tags,
+        catalog, world, folder, info, {**result.identity, **embedding}, kept, fingerprints, tags,
         RunRecord(kind="subject", settings=info.training, data_fingerprints=fingerprints,
                   loss_curves=result.loss_curves, base=base_record.name,
                   wall_seconds=wall, device=str(run_device), status="finished"),
@@ -122,7 +126,8 @@ def add_motion(
     if not overrides.get("image_encoder"):
         overrides["image_encoder"] = default_image_encoder(base in BUILTIN_BASES)
     settings = _settings(MotionSettings, "motion", preset, overrides)
-    run_device = resolve_device(device)
+    world = current_world()
+    run_device = _device(device, world)
     run_dtype = resolve_dtype(dtype, run_device)
     clips, paths = data.load_videos(videos, settings.frames, settings.resolution, settings.fps)
     fingerprints = data.fingerprint(paths)
@@ -132,11 +137,13 @@ def add_motion(
     from dvkit.train.motion import train_motion
 
     encoder = load_image_encoder(settings.image_encoder, run_device)
-    folder = _run_folder(catalog, "motion", name, settings, fingerprints, base_record, resume)
+    folder = _run_folder(
+        catalog, "motion", name, settings, fingerprints, base_record, resume, world
+    )
     start = time.perf_counter()
     result = train_motion(
         components, clips, encoder, settings, run_device, run_dtype, folder,
-        reporter or SilentReporter(), resume,
+        _reporter(reporter, world), resume, world,
     )  # fmt: skip
     wall = time.perf_counter() - start
     info = AdapterFileInfo(
@@ -151,11 +158,22 @@ def add_motion(
         description=description,
     )
     return _register(
-        catalog, folder, info, result.tensors, result.kept, fingerprints, tags,
+        catalog, world, folder, info, result.tensors, result.kept, fingerprints, tags,
         RunRecord(kind="motion", settings=info.training, data_fingerprints=fingerprints,
                   loss_curves=result.loss_curves, base=base_record.name,
                   wall_seconds=wall, device=str(run_device), status="finished"),
     )  # fmt: skip
+
+
+def _device(name: str, world: World) -> torch.device:
+    """In a data-parallel run, `auto` gives each process the GPU of its local rank."""
+    if name == "auto" and world.size > 1 and torch.cuda.is_available():
+        return torch.device(f"cuda:{world.local_rank}")
+    return resolve_device(name)
+
+
+def _reporter(reporter: Reporter | None, world: World) -> Reporter:
+    return reporter if reporter is not None and world.main else SilentReporter()
 
 
 def _check_request(catalog: Catalog, name: str, kind: str, tags: Sequence[str]) -> list[str]:
@@ -189,6 +207,7 @@ def _run_folder(
     fingerprints: list[str],
     base: BaseModelRecord,
     resume: bool,
+    world: World,
 ) -> Path:
     key = run_key(
         {"kind": kind, "name": name, "settings": settings.model_dump(mode="json"),
@@ -199,13 +218,15 @@ def _run_folder(
         raise DvkitError(
             f"nothing to resume: no interrupted {kind} run of {name!r} with these settings and data"
         )
-    if not resume and folder.exists():
+    if not resume and folder.exists() and world.main:
         shutil.rmtree(folder)
+    barrier(world)
     return folder
 
 
 def _register(
     catalog: Catalog,
+    world: World,
     folder: Path,
     info: AdapterFileInfo,
     tensors: dict[str, torch.Tensor],
@@ -214,7 +235,13 @@ def _register(
     tags: Sequence[str],
     run: RunRecord,
 ) -> AdapterRecord:
-    """Write the final and kept adapter files, register them with the run, drop the run folder."""
+    """Write the final and kept adapter files, register them with the run, drop the run folder.
+
+    In a data-parallel run rank 0 registers; the others wait and return the same record.
+    """
+    if not world.main:
+        barrier(world)
+        return catalog.show(info.name)
     final, weights_hash = _stage(catalog, folder / "final.safetensors", tensors, info)
     checkpoints = {
         step: _stage(catalog, folder / f"step-{step:06d}.safetensors", step_tensors, info)
@@ -241,6 +268,7 @@ def _register(
     )
     result = catalog.register(record, final, tags, run=run, checkpoints=checkpoints)
     shutil.rmtree(folder, ignore_errors=True)
+    barrier(world)
     return result.adapter
 
 

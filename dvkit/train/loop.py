@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 
 from dvkit.errors import DvkitError
+from dvkit.train.distributed import World, average_gradients, gather
 
 STATE_FILE = "state.pt"
 DONE_FILE = "done.pt"
@@ -81,6 +82,7 @@ class LoopSettings:
     checkpoint_every: int = 100
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     autocast_dtype: torch.dtype | None = None
+    world: World = field(default_factory=World)
 
 
 def run_stage(
@@ -94,8 +96,9 @@ def run_stage(
     """Optimise `stage` to completion (or continue its checkpoint); see the module docstring."""
     stage_folder = folder / stage.name
     done = stage_folder / DONE_FILE
+    world = settings.world
     if resume and done.is_file():
-        return _restore_done(stage, done, generator)
+        return _restore_done(stage, done, generator, world)
     params = list(stage.parameters.values())
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
     warmup = max(settings.warmup_steps, 0)
@@ -108,7 +111,7 @@ def run_stage(
     step = 0
     if resume and (stage_folder / STATE_FILE).is_file():
         step = _load_state(
-            stage_folder / STATE_FILE, stage, optimizer, schedule, generator, curve, kept
+            stage_folder / STATE_FILE, stage, optimizer, schedule, generator, world, curve, kept
         )
     reporter.start(stage.name, stage.steps, step)
     device_type = settings.device.type
@@ -121,6 +124,7 @@ def run_stage(
             ):
                 loss = stage.loss(generator)
             scaler.scale(loss).backward()
+            average_gradients(params, world)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -132,13 +136,15 @@ def run_stage(
                 kept[step] = _snapshot(stage)
             reporter.step(value)
             if step % settings.checkpoint_every == 0 and step < stage.steps:
-                _save_state(stage_folder, step, stage, optimizer, schedule, generator, curve, kept)
+                _save_state(
+                    stage_folder, step, stage, optimizer, schedule, generator, world, curve, kept
+                )
     except KeyboardInterrupt:
-        _save_state(stage_folder, step, stage, optimizer, schedule, generator, curve, kept)
+        _save_state(stage_folder, step, stage, optimizer, schedule, generator, world, curve, kept)
         reporter.end()
         raise TrainingInterrupted(stage.name, step, stage.steps) from None
     reporter.end()
-    _save_done(stage_folder, stage, generator, curve, kept)
+    _save_done(stage_folder, stage, generator, world, curve, kept)
     return StageResult(curve, kept)
 
 
@@ -153,15 +159,19 @@ def _save_state(
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
     generator: torch.Generator,
+    world: World,
     curve: list[tuple[int, float]],
     kept: dict[int, dict[str, torch.Tensor]],
 ) -> None:
+    generators = gather(generator.get_state(), world)
+    if not world.main:
+        return
     state = {
         "step": step,
         "parameters": _snapshot(stage),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
-        "generator": generator.get_state(),
+        "generators": generators,
         "curve": torch.tensor(curve, dtype=torch.float64).reshape(-1, 2),
         "kept": kept,
     }
@@ -174,6 +184,7 @@ def _load_state(
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
     generator: torch.Generator,
+    world: World,
     curve: list[tuple[int, float]],
     kept: dict[int, dict[str, torch.Tensor]],
 ) -> int:
@@ -181,7 +192,7 @@ def _load_state(
     _copy_parameters(stage, state["parameters"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
-    generator.set_state(state["generator"])
+    _restore_generator(generator, state["generators"], world)
     curve.extend((int(s), float(v)) for s, v in state["curve"].tolist())
     kept.update(state["kept"])
     return int(state["step"])
@@ -191,12 +202,16 @@ def _save_done(
     folder: Path,
     stage: Stage,
     generator: torch.Generator,
+    world: World,
     curve: list[tuple[int, float]],
     kept: dict[int, dict[str, torch.Tensor]],
 ) -> None:
+    generators = gather(generator.get_state(), world)
+    if not world.main:
+        return
     done = {
         "parameters": _snapshot(stage),
-        "generator": generator.get_state(),
+        "generators": generators,
         "curve": torch.tensor(curve, dtype=torch.float64).reshape(-1, 2),
         "kept": kept,
     }
@@ -204,12 +219,23 @@ def _save_done(
     (folder / STATE_FILE).unlink(missing_ok=True)
 
 
-def _restore_done(stage: Stage, path: Path, generator: torch.Generator) -> StageResult:
+def _restore_done(
+    stage: Stage, path: Path, generator: torch.Generator, world: World
+) -> StageResult:
     done = torch.load(path, map_location="cpu", weights_only=True)
     _copy_parameters(stage, done["parameters"])
-    generator.set_state(done["generator"])
+    _restore_generator(generator, done["generators"], world)
     curve = [(int(s), float(v)) for s, v in done["curve"].tolist()]
     return StageResult(curve, done["kept"])
+
+
+def _restore_generator(generator: torch.Generator, states: list, world: World) -> None:
+    if len(states) != world.size:
+        raise DvkitError(
+            f"the checkpoint was written by {len(states)} processes; resume with as many "
+            f"(this run has {world.size})"
+        )
+    generator.set_state(states[world.rank])
 
 
 def _copy_parameters(stage: Stage, saved: dict[str, torch.Tensor]) -> None:

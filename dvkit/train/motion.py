@@ -17,6 +17,7 @@ from dvkit.models.components import BaseComponents
 from dvkit.models.image_encoder import ImageEncoder
 from dvkit.models.injection import AdapterInjector, create_adapter_state
 from dvkit.train.diffusion import add_noise, epsilon_loss, sample_latents
+from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.encode import as_video, encode_frames, encode_text
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import MotionSettings
@@ -42,6 +43,7 @@ def train_motion(
     folder: Path,
     reporter: Reporter,
     resume: bool = False,
+    world: World = SINGLE_PROCESS,
 ) -> MotionResult:
     """Train motion adapters on `clips` (N, F, 3, S, S) in [-1, 1]."""
     prepare_base(base, device, dtype, settings.gradient_checkpointing)
@@ -53,7 +55,7 @@ def train_motion(
     embeds = embeds.reshape(count, frames, -1)
     with torch.no_grad():
         caption, empty = encode_text(base.tokenizer, base.text_encoder, [settings.caption, ""])
-    generator = make_generator(settings.seed, device)
+    generator = make_generator(settings.seed, device, world)
     batch = settings.batch_size
 
     injector = AdapterInjector(unet)
@@ -79,7 +81,7 @@ def train_motion(
     result = run_stage(
         Stage("motion", settings.steps, settings.lr, weights.parameters_by_name(), motion_loss,
               settings.keep_steps),
-        loop_settings(settings, device, dtype), folder, generator, reporter, resume,
+        loop_settings(settings, device, dtype, world), folder, generator, reporter, resume,
     )  # fmt: skip
     tensors = {name: value.cpu().clone() for name, value in weights.tensors().items()}
     injector.detach()

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from dvkit.models.components import BaseComponents
+from dvkit.train.distributed import World
 from dvkit.train.loop import LoopSettings
 from dvkit.train.settings import CommonSettings
 
@@ -28,7 +29,7 @@ def prepare_base(
 
 
 def loop_settings(
-    settings: CommonSettings, device: torch.device, dtype: torch.dtype
+    settings: CommonSettings, device: torch.device, dtype: torch.dtype, world: World
 ) -> LoopSettings:
     """Autocast in the base's half precision on CUDA; full precision elsewhere."""
     autocast = dtype if device.type == "cuda" and dtype != torch.float32 else None
@@ -37,11 +38,13 @@ def loop_settings(
         checkpoint_every=settings.checkpoint_every,
         device=device,
         autocast_dtype=autocast,
+        world=world,
     )
 
 
-def make_generator(seed: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
+def make_generator(seed: int, device: torch.device, world: World) -> torch.Generator:
+    """The run's only source of randomness; each process of a data-parallel run gets its own."""
+    return torch.Generator(device=device).manual_seed(seed + world.rank)
 
 
 def run_key(parts: dict[str, Any]) -> str:

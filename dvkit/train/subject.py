@@ -16,6 +16,7 @@ from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector, create_adapter_state
 from dvkit.models.textual_inversion import TrainableRows, add_placeholder_tokens, expand_placeholder
 from dvkit.train.diffusion import add_noise, epsilon_loss, sample_latents
+from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.encode import encode_frames, tokenize
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import SubjectSettings
@@ -45,6 +46,7 @@ def train_subject(
     folder: Path,
     reporter: Reporter,
     resume: bool = False,
+    world: World = SINGLE_PROCESS,
 ) -> SubjectResult:
     """Train a subject on `pixels` (N, 3, S, S) in [-1, 1]; `masks` (N, 1, S, S) or None."""
     prepare_base(base, device, dtype, settings.gradient_checkpointing)
@@ -61,9 +63,9 @@ def train_subject(
     if masks is not None:
         latent_masks = F.interpolate(masks.float(), size=mean.shape[-2:], mode="area")
         latent_masks = latent_masks.unsqueeze(2).to(device)  # (N, 1, 1, h, w)
-    generator = make_generator(settings.seed, device)
+    generator = make_generator(settings.seed, device, world)
     batch = settings.batch_size
-    loop = loop_settings(settings, device, dtype)
+    loop = loop_settings(settings, device, dtype, world)
 
     def noisy_batch(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         index = torch.randint(len(mean), (batch,), generator=gen, device=device)
