@@ -167,3 +167,13 @@ def test_read_only_commands_do_not_import_torch(home, make_adapter, command) -> 
     )
     status = json.loads(result.stderr.strip().splitlines()[-1])
     assert status == {"code": 0, "heavy": []}
+
+
+def test_import_dvkit_is_light_and_exposes_the_library() -> None:
+    code = (
+        "import sys, dvkit; light = 'torch' not in sys.modules; "
+        "names = [f.__name__ for f in (dvkit.add_subject, dvkit.add_motion, dvkit.add_base)]; "
+        "print(light, names)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "True ['add_subject', 'add_motion', 'add_base']"
