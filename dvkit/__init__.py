@@ -1,7 +1,8 @@
 """dvkit: customized text-to-video generation with DreamVideo subject and motion adapters.
 
 Importing the package is cheap: heavy libraries (torch, diffusers) load only when a function
-that needs them is first used (`dvkit.add_subject`, `dvkit.add_motion`, `dvkit.add_base`).
+that needs them is first used (`dvkit.add_subject`, `dvkit.add_motion`, `dvkit.add_base`,
+`dvkit.compose`).
 """
 
 from typing import Any
@@ -15,6 +16,7 @@ _LAZY = {
     "add_subject": "dvkit.train.api",
     "add_motion": "dvkit.train.api",
     "add_base": "dvkit.bases",
+    "compose": "dvkit.generate.compose",
 }
 
 __all__ = ["Catalog", "DvkitError", "__version__", *_LAZY]

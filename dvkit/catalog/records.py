@@ -85,14 +85,17 @@ class RunRecord(Record):
 
 
 class EvaluationRecord(Record):
-    """Scores of one generated video for a subject × motion cell."""
+    """One generated video: the adapters, prompt, seed and settings, its files and (once
+    scored) its metrics."""
 
     id: int | None = None
     subject_id: int | None = None
     motion_id: int | None = None
+    subject: str | None = None
+    motion: str | None = None
     prompt: str
     seed: int
     sampler: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
-    video: str | None = None
+    files: list[str] = Field(default_factory=list)
     created: datetime = Field(default_factory=utc_now)

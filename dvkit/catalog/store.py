@@ -31,7 +31,7 @@ from dvkit.names import Ref, parse_ref, validate_name, validate_tag
 if TYPE_CHECKING:
     from sqlite_utils import Database
 
-    from dvkit.catalog.records import AdapterRecord, BaseModelRecord, RunRecord
+    from dvkit.catalog.records import AdapterRecord, BaseModelRecord, EvaluationRecord, RunRecord
 
 _ADAPTER_COLUMNS = "a.id, a.name, a.version, a.record"
 
@@ -451,6 +451,31 @@ class Catalog:
             "created": record.created.isoformat(),
             "record": record.stored_json(),
         }
+
+    # ---- generations and evaluations ----
+
+    def add_evaluation(self, record: EvaluationRecord) -> int:
+        """Record a generated video (and its metrics, if scored); returns its id."""
+        with self._write() as db:
+            record.id = (
+                db["evaluations"]
+                .insert(
+                    {
+                        "subject_id": record.subject_id,
+                        "motion_id": record.motion_id,
+                        "prompt": record.prompt,
+                        "seed": record.seed,
+                        "created": record.created.isoformat(),
+                        "record": record.stored_json(),
+                    }
+                )
+                .last_pk
+            )
+        return record.id
+
+    def evaluation_rows(self) -> list[dict[str, Any]]:
+        rows = self._conn.execute("SELECT id, record FROM evaluations ORDER BY id")
+        return [{**json.loads(row["record"]), "id": row["id"]} for row in rows]
 
     # ---- bases -----------------------------------------------------------------------------
 

@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from dvkit.cli import base_commands, catalog_commands, train_commands
+from dvkit.cli import (
+    base_commands,
+    catalog_commands,
+    compose_commands,
+    export_commands,
+    train_commands,
+)
 
 app = typer.Typer(
     name="dvkit",
@@ -43,4 +49,6 @@ def root(
 
 catalog_commands.register(app)
 train_commands.register(app)
+export_commands.register(app)
+compose_commands.register(app)
 app.add_typer(base_commands.app, name="base", help="Base models: list and inspect.")

@@ -41,12 +41,13 @@ class RichReporter:
             stage, total=total, completed=completed, loss="-", rate=""
         )
 
-    def step(self, loss: float) -> None:
+    def step(self, loss: float | None = None) -> None:
         assert self._task is not None
         self._progress.advance(self._task)
         speed = self._progress.tasks[self._task].speed
         rate = f"{speed:.2f} steps/s" if speed else ""
-        self._progress.update(self._task, loss=f"{loss:.4f}", rate=rate)
+        shown = "-" if loss is None else f"{loss:.4f}"
+        self._progress.update(self._task, loss=shown, rate=rate)
 
     def end(self) -> None:
         self._progress.stop()

@@ -2,7 +2,8 @@
 
 Tensor keys are the UNet module path of the transformer block plus the adapter's own names
 (`<block>.attn2_adapter.down.weight`, ...); a subject file also holds `token_embedding`
-(one row per learned vector). `modelspec.hash_sha256` is the sha256 of the tensor data.
+(one row per learned vector) and may hold `reference_images`. `modelspec.hash_sha256` is the
+sha256 of the tensor data.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 MODELSPEC_VERSION = "1.0.1"
 TOKEN_EMBEDDING_KEY = "token_embedding"
+REFERENCE_IMAGES_KEY = "reference_images"
+"""Subject files may carry their training images (uint8 [N, H, W, 3]) for guidance and scoring."""
 ARCHITECTURE_SUFFIX = {"subject": "dreamvideo-identity", "motion": "dreamvideo-motion"}
 REQUIRED_KEYS = (
     "modelspec.sai_model_spec",
@@ -187,7 +190,7 @@ def _info_from_metadata(path: Path, kind: str, meta: dict[str, str]) -> AdapterF
 
 
 def _check_tensors(path: Path, info: AdapterFileInfo, header: SafetensorsHeader) -> None:
-    adapter_keys = [key for key in header.tensors if key != TOKEN_EMBEDDING_KEY]
+    adapter_keys = [key for key in header.tensors if key not in _EXTRA_KEYS]
     if not adapter_keys:
         raise AdapterFileError(f"{path}: adapter file holds no adapter tensors")
     embedding = header.tensors.get(TOKEN_EMBEDDING_KEY)
@@ -199,13 +202,35 @@ def _check_tensors(path: Path, info: AdapterFileInfo, header: SafetensorsHeader)
         if not info.token:
             raise AdapterFileError(f"{path}: subject adapter header lacks dvkit.token")
         info.num_vectors = embedding.shape[0]
-    elif embedding is not None:
-        raise AdapterFileError(f"{path}: a motion adapter must not hold a token embedding")
-    info.params = sum(t.numel for t in header.tensors.values())
+    elif embedding is not None or REFERENCE_IMAGES_KEY in header.tensors:
+        raise AdapterFileError(
+            f"{path}: a motion adapter must not hold a token embedding or reference images"
+        )
+    references = header.tensors.get(REFERENCE_IMAGES_KEY)
+    if references is not None and (references.dtype != "U8" or len(references.shape) != 4):
+        raise AdapterFileError(f"{path}: {REFERENCE_IMAGES_KEY!r} must be uint8 [N, H, W, 3]")
+    info.params = sum(t.numel for key, t in header.tensors.items() if key != REFERENCE_IMAGES_KEY)
 
 
-def load_adapter_tensors(data: bytes) -> dict[str, torch.Tensor]:
+@dataclass
+class AdapterTensors:
+    """An adapter file's tensors, split by role."""
+
+    adapters: dict[str, torch.Tensor]
+    token_embedding: torch.Tensor | None = None
+    reference_images: torch.Tensor | None = None
+
+
+def load_adapter_tensors(data: bytes) -> AdapterTensors:
     """Tensors of an adapter file already read (and hash-checked) into memory."""
     from safetensors.torch import load
 
-    return load(data)
+    tensors = load(data)
+    return AdapterTensors(
+        adapters={k: v for k, v in tensors.items() if k not in _EXTRA_KEYS},
+        token_embedding=tensors.get(TOKEN_EMBEDDING_KEY),
+        reference_images=tensors.get(REFERENCE_IMAGES_KEY),
+    )
+
+
+_EXTRA_KEYS = (TOKEN_EMBEDDING_KEY, REFERENCE_IMAGES_KEY)

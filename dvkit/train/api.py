@@ -20,7 +20,12 @@ from dvkit.catalog import Catalog
 from dvkit.catalog.blobs import StagedBlob
 from dvkit.catalog.records import AdapterRecord, BaseModelRecord, RunRecord
 from dvkit.errors import DvkitError
-from dvkit.io.adapter_file import TOKEN_EMBEDDING_KEY, AdapterFileInfo, write_adapter_file
+from dvkit.io.adapter_file import (
+    REFERENCE_IMAGES_KEY,
+    TOKEN_EMBEDDING_KEY,
+    AdapterFileInfo,
+    write_adapter_file,
+)
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.names import validate_name, validate_tag
 from dvkit.train import data
@@ -92,7 +97,8 @@ def add_subject(
         training=settings.model_dump(mode="json"),
         description=description,
     )
-    embedding = {TOKEN_EMBEDDING_KEY: result.embedding}
+    references = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    embedding = {TOKEN_EMBEDDING_KEY: result.embedding, REFERENCE_IMAGES_KEY: references}
     kept = {step: {**tensors, **embedding} for step, tensors in result.kept.items()}
     return _register(
         catalog, world, folder, info, {**result.identity, **embedding}, kept, fingerprints, tags,
@@ -263,7 +269,7 @@ def _register(
         blob=final.sha256,
         size=final.size,
         weights_hash=weights_hash,
-        params=sum(t.numel() for t in tensors.values()),
+        params=sum(t.numel() for k, t in tensors.items() if k != REFERENCE_IMAGES_KEY),
         description=info.description,
     )
     result = catalog.register(record, final, tags, run=run, checkpoints=checkpoints)

@@ -1,0 +1,89 @@
+"""`dvkit compose`: a subject doing a motion, written as MP4/GIF and recorded in the catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dvkit.cli.context import open_catalog
+
+
+def compose(
+    ctx: typer.Context,
+    subject: Annotated[str | None, typer.Option("--subject", help="Subject NAME[@V].")] = None,
+    motion: Annotated[str | None, typer.Option("--motion", help="Motion NAME[@V].")] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", help="Default: 'a <token> <motion caption>'.")
+    ] = None,
+    negative_prompt: Annotated[str, typer.Option("--negative-prompt")] = "",
+    subject_scale: Annotated[float, typer.Option("--subject-scale")] = 1.0,
+    motion_scale: Annotated[float, typer.Option("--motion-scale")] = 1.0,
+    subject_step: Annotated[
+        int | None, typer.Option("--subject-step", help="Use a kept training checkpoint.")
+    ] = None,
+    motion_step: Annotated[
+        int | None, typer.Option("--motion-step", help="Use a kept training checkpoint.")
+    ] = None,
+    seed: Annotated[
+        list[int] | None, typer.Option("--seed", help="Repeat for more videos.")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", help="DDIM steps.")] = 50,
+    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance.")] = 9.0,
+    frames: Annotated[int | None, typer.Option("--frames")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Height and width in pixels.")] = None,
+    fps: Annotated[float, typer.Option("--fps")] = 8.0,
+    image_strength: Annotated[
+        float, typer.Option("--image-strength", help="Appearance guidance λ (conditional).")
+    ] = 1.0,
+    image_strength_uncond: Annotated[
+        float, typer.Option("--image-strength-uncond", help="λ of the unconditional branch.")
+    ] = 0.0,
+    guidance_image: Annotated[
+        Path | None,
+        typer.Option("--guidance-image", help="Default: the subject's first reference image."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="A .mp4/.gif file or a folder (default: videos/).")
+    ] = None,
+    video_format: Annotated[
+        str, typer.Option("--format", help="mp4, gif or mp4,gif (for folder outputs).")
+    ] = "mp4",
+    base: Annotated[str, typer.Option("--base", help="Base when no adapter is given.")] = "tiny",
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype")] = "auto",
+) -> None:
+    """Generate videos of a subject doing a motion (either alone, or the bare base)."""
+    from dvkit.cli.progress import RichReporter
+    from dvkit.generate.compose import compose as run_compose
+
+    reporter = RichReporter()
+    started = False
+
+    def on_step(done: int, total: int) -> None:
+        nonlocal started
+        if not started:
+            reporter.start("sampling", total, 0)
+            started = True
+        reporter.step()
+        if done == total:
+            reporter.end()
+
+    with open_catalog(ctx) as catalog:
+        result = run_compose(
+            subject, motion, prompt, catalog=catalog, base=base, subject_scale=subject_scale,
+            motion_scale=motion_scale, subject_step=subject_step, motion_step=motion_step,
+            seeds=seed or [0], negative_prompt=negative_prompt, steps=steps, guidance=guidance,
+            frames=frames, size=size, fps=fps, image_strength=image_strength,
+            image_strength_uncond=image_strength_uncond, guidance_image=guidance_image, out=out,
+            formats=[f.strip() for f in video_format.split(",") if f.strip()], device=device,
+            dtype=dtype, on_step=on_step,
+        )  # fmt: skip
+    print(f"prompt: {result.prompt}")
+    for path in result.files:
+        print(path)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(compose)

@@ -1,0 +1,1 @@
+"""Sampling videos: a DDIM loop with per-row adapters, and subject × motion composition."""

@@ -1,0 +1,294 @@
+"""`compose`: any subject × any motion (or either alone) → videos, recorded in the catalog."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dvkit.bases import open_base
+from dvkit.catalog import Catalog
+from dvkit.catalog.records import AdapterRecord, EvaluationRecord
+from dvkit.errors import DvkitError, NotFoundError
+from dvkit.generate.sampler import Row, SamplerSettings, sample, vae_scale_factor
+from dvkit.io.adapter_file import AdapterTensors, load_adapter_tensors
+from dvkit.io.video import VIDEO_FORMATS, check_writable_folder, to_uint8, write_video
+from dvkit.models.components import BaseComponents
+from dvkit.models.injection import AdapterInjector
+from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
+from dvkit.models.textual_inversion import apply_token_embedding, expand_placeholder
+
+
+class BaseMismatchError(DvkitError):
+    """Adapters trained on different bases, or on a base that has changed since."""
+
+
+@dataclass
+class Composition:
+    """What `compose` made: uint8 frames (seeds, F, H, W, 3) and the files written."""
+
+    frames: np.ndarray
+    prompt: str
+    seeds: list[int]
+    files: list[Path] = field(default_factory=list)
+    evaluation_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class LoadedAdapter:
+    record: AdapterRecord
+    step: int | None
+    tensors: AdapterTensors
+
+    @property
+    def label(self) -> str:
+        return self.record.ref + (f":{self.step}" if self.step is not None else "")
+
+
+def compose(
+    subject: str | None = None,
+    motion: str | None = None,
+    prompt: str | None = None,
+    *,
+    catalog: Catalog | None = None,
+    base: str = "tiny",
+    subject_scale: float = 1.0,
+    motion_scale: float = 1.0,
+    subject_step: int | None = None,
+    motion_step: int | None = None,
+    seeds: Sequence[int] = (0,),
+    negative_prompt: str = "",
+    steps: int = 50,
+    guidance: float = 9.0,
+    frames: int | None = None,
+    size: int | None = None,
+    fps: float = 8.0,
+    image_strength: float = 1.0,
+    image_strength_uncond: float = 0.0,
+    guidance_image: str | Path | None = None,
+    out: str | Path | None = None,
+    formats: Sequence[str] = ("mp4",),
+    device: str = "auto",
+    dtype: str = "auto",
+    record: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
+) -> Composition:
+    """Generate videos of a subject doing a motion (either may be None), one per seed.
+
+    Writes MP4/GIF files to `out` (a file for one seed, a folder, or by default the catalog's
+    videos/ folder) and returns the frames; `record=False` writes nothing unless `out` is given
+    and leaves the catalog alone.
+    """
+    quiet_libraries()
+    catalog = catalog or Catalog.open()
+    _check_options(seeds, steps, formats)
+    writes = record or out is not None
+    targets = _targets(catalog, out, seeds, formats) if writes else [[] for _ in seeds]
+    chosen = [
+        _load(catalog, ref, step, kind)
+        for ref, step, kind in ((subject, subject_step, "subject"), (motion, motion_step, "motion"))
+        if ref is not None
+    ]
+    components, _ = _open_matching_base(catalog, chosen, base)
+    run_device = resolve_device(device)
+    run_dtype = resolve_dtype(dtype, run_device)
+    for model in (components.unet, components.vae, components.text_encoder):
+        model.to(device=run_device).requires_grad_(False).eval()
+        if model.dtype != run_dtype:
+            model.to(dtype=run_dtype)
+    by_kind = {adapter.record.kind: adapter for adapter in chosen}
+    subject_adapter, motion_adapter = by_kind.get("subject"), by_kind.get("motion")
+    settings = SamplerSettings(
+        steps=steps,
+        guidance_scale=guidance,
+        frames=frames or _trained(motion_adapter, "frames", 16),
+        height=size
+        or _trained(subject_adapter or motion_adapter, "resolution", _native(components)),
+        width=size
+        or _trained(subject_adapter or motion_adapter, "resolution", _native(components)),
+    )
+    injector = AdapterInjector(components.unet)
+    scales: dict[str, float] = {}
+    if subject_adapter:
+        _install_subject(components, injector, subject_adapter)
+        scales["subject"] = subject_scale
+    if motion_adapter:
+        injector.load("motion", "motion", motion_adapter.tensors.adapters,
+                      motion_adapter.record.hidden_ratio)  # fmt: skip
+        scales["motion"] = motion_scale
+    shown_prompt = prompt or default_prompt(subject_adapter, motion_adapter)
+    text = shown_prompt
+    if subject_adapter:
+        token = subject_adapter.record.token or ""
+        text = expand_placeholder(text, token, subject_adapter.record.num_vectors or 1)
+    embed = None
+    if motion_adapter:
+        embed = _guidance_embedding(
+            motion_adapter, subject_adapter, guidance_image, settings, run_device
+        )
+    rows = [
+        Row(text, seed, negative_prompt, scales, embed, image_strength, image_strength_uncond)
+        for seed in seeds
+    ]
+    try:
+        videos = to_uint8(sample(components, rows, settings, injector, on_step).numpy())
+    finally:
+        injector.detach()
+    result = Composition(frames=videos, prompt=shown_prompt, seeds=list(seeds))
+    for index, seed in enumerate(seeds):
+        written = [write_video(videos[index], path, fps) for path in targets[index]]
+        result.files += written
+        if record:
+            result.evaluation_ids.append(
+                catalog.add_evaluation(
+                    EvaluationRecord(
+                        subject_id=subject_adapter.record.id if subject_adapter else None,
+                        motion_id=motion_adapter.record.id if motion_adapter else None,
+                        subject=subject_adapter.label if subject_adapter else None,
+                        motion=motion_adapter.label if motion_adapter else None,
+                        prompt=result.prompt,
+                        seed=seed,
+                        sampler={
+                            **settings.__dict__,
+                            "negative_prompt": negative_prompt,
+                            "subject_scale": subject_scale,
+                            "motion_scale": motion_scale,
+                            "image_strength": image_strength,
+                            "image_strength_uncond": image_strength_uncond,
+                            "fps": fps,
+                            "base": components.name,
+                        },  # fmt: skip
+                        files=[str(path) for path in written],
+                    )
+                )
+            )
+    return result
+
+
+def default_prompt(subject: LoadedAdapter | None, motion: LoadedAdapter | None) -> str:
+    """'a <cat> surfing' from the subject's token and the motion's caption (or name)."""
+    words = ["a"]
+    words.append(subject.record.token if subject and subject.record.token else "video")
+    if motion:
+        caption = motion.record.training.get("caption") or motion.record.name
+        words.append(caption.replace("_", " ").replace("-", " "))
+    return " ".join(words)
+
+
+def _check_options(seeds: Sequence[int], steps: int, formats: Sequence[str]) -> None:
+    if not seeds:
+        raise DvkitError("give at least one seed")
+    if steps < 1:
+        raise DvkitError(f"--steps must be at least 1, not {steps}")
+    unknown = [f for f in formats if f not in VIDEO_FORMATS]
+    if unknown or not formats:
+        raise DvkitError(f"unknown video format {', '.join(unknown) or '(none)'} (use mp4 or gif)")
+
+
+def _targets(
+    catalog: Catalog, out: str | Path | None, seeds: Sequence[int], formats: Sequence[str]
+) -> list[list[Path]]:
+    """Output files per seed: `out` as one file, as a folder, or the catalog's videos folder."""
+    from dvkit.io.video import video_format
+
+    if out is not None and not Path(out).is_dir():
+        path = Path(out)
+        video_format(path)
+        check_writable_folder(path.parent if str(path.parent) else Path("."))
+        if len(seeds) == 1:
+            return [[path]]
+        return [[path.with_name(f"{path.stem}-seed{seed}{path.suffix}")] for seed in seeds]
+    folder = Path(out) if out is not None else catalog.home / "videos"
+    folder.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(folder)
+    stamp = _next_stamp(folder)
+    return [[folder / f"{stamp}-seed{seed}.{fmt}" for fmt in formats] for seed in seeds]
+
+
+def _next_stamp(folder: Path) -> str:
+    numbers = [int(m.group(1)) for p in folder.iterdir() if (m := re.match(r"(\d{5})-", p.name))]
+    return f"{max(numbers, default=0) + 1:05d}"
+
+
+def _load(catalog: Catalog, ref: str, step: int | None, kind: str) -> LoadedAdapter:
+    record = catalog.show(ref)
+    if record.kind != kind:
+        raise DvkitError(f"{record.ref} is a {record.kind} adapter, not a {kind}")
+    blob = record.blob
+    if step is not None:
+        kept = catalog.checkpoint_steps(record.ref)
+        if step not in kept:
+            steps = ", ".join(map(str, kept)) or "none"
+            raise NotFoundError(f"{record.ref} has no checkpoint at step {step} (kept: {steps})")
+        blob = kept[step]
+    return LoadedAdapter(record, step, load_adapter_tensors(catalog.read_blob(blob)))
+
+
+def _open_matching_base(
+    catalog: Catalog, chosen: list[LoadedAdapter], default: str
+) -> tuple[BaseComponents, object]:
+    if len({a.record.base_fingerprint for a in chosen}) > 1:
+        first, second = chosen
+        raise BaseMismatchError(
+            f"{first.record.ref} was trained on base {first.record.base} "
+            f"({first.record.base_fingerprint[:12]}) but {second.record.ref} on base "
+            f"{second.record.base} ({second.record.base_fingerprint[:12]}); adapters compose "
+            "only onto the base they were trained on"
+        )
+    name = chosen[0].record.base if chosen else default
+    components, base_record = open_base(catalog, name)
+    for adapter in chosen:
+        if adapter.record.base_fingerprint != base_record.fingerprint:
+            raise BaseMismatchError(
+                f"{adapter.record.ref} was trained on base {adapter.record.base} "
+                f"({adapter.record.base_fingerprint[:12]}), but base {name} in this catalog is "
+                f"{base_record.fingerprint[:12]}"
+            )
+    return components, base_record
+
+
+def _install_subject(
+    components: BaseComponents, injector: AdapterInjector, subject: LoadedAdapter
+) -> None:
+    embedding = subject.tensors.token_embedding
+    if embedding is None or not subject.record.token:
+        raise DvkitError(f"{subject.record.ref} has no token embedding")
+    apply_token_embedding(
+        components.tokenizer, components.text_encoder, subject.record.token, embedding
+    )
+    injector.load("subject", "subject", subject.tensors.adapters, subject.record.hidden_ratio)
+
+
+def _guidance_embedding(
+    motion: LoadedAdapter,
+    subject: LoadedAdapter | None,
+    guidance_image: str | Path | None,
+    settings: SamplerSettings,
+    device: torch.device,
+) -> torch.Tensor | None:
+    """The appearance-guidance embedding: the given image, else the subject's first reference."""
+    from dvkit.models.image_encoder import load_image_encoder
+
+    if guidance_image is not None:
+        from dvkit.train.data import load_images
+
+        pixels, _ = load_images([guidance_image], settings.height)
+    elif subject is not None and subject.tensors.reference_images is not None:
+        pixels = subject.tensors.reference_images[:1].permute(0, 3, 1, 2).float() / 127.5 - 1
+    else:
+        return None
+    spec = motion.record.training.get("image_encoder") or "tiny"
+    return load_image_encoder(spec, device).encode(pixels)[0].cpu()
+
+
+def _trained(adapter: LoadedAdapter | None, key: str, default: int) -> int:
+    value = adapter.record.training.get(key) if adapter else None
+    return int(value) if value else default
+
+
+def _native(components: BaseComponents) -> int:
+    return components.unet.config.sample_size * vae_scale_factor(components)

@@ -1,0 +1,137 @@
+"""dvkit's sampling loop, built from the diffusers scheduler, UNet, VAE and text encoder.
+
+With no adapters it follows diffusers' `TextToVideoSDPipeline` step for step (same noise for the
+same seed, same classifier-free guidance, same decoding). On top it runs a batch of rows that
+may each use other adapters, scales, prompts, seeds and appearance guidance: the conditional
+branch sees the row's image embedding at strength λ, the unconditional branch a zero embedding
+at its own strength (as the official DreamVideo inference does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DDIMScheduler
+
+from dvkit.models.components import BaseComponents
+from dvkit.models.injection import AdapterInjector
+from dvkit.train.encode import encode_text
+
+
+@dataclass
+class Row:
+    """One video of a batch."""
+
+    prompt: str
+    seed: int = 0
+    negative_prompt: str = ""
+    adapters: Mapping[str, float] = field(default_factory=dict)
+    image_embed: torch.Tensor | None = None
+    image_strength: float = 1.0
+    image_strength_uncond: float = 0.0
+
+
+@dataclass
+class SamplerSettings:
+    steps: int = 50
+    guidance_scale: float = 9.0
+    frames: int = 16
+    height: int = 256
+    width: int = 256
+    decode_batch: int = 16
+
+
+@torch.no_grad()
+def sample(
+    base: BaseComponents,
+    rows: Sequence[Row],
+    settings: SamplerSettings,
+    injector: AdapterInjector | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Videos of `rows` as float frames in [0, 1], shaped (rows, frames, height, width, 3)."""
+    unet, vae = base.unet, base.vae
+    device, dtype = unet.device, unet.dtype
+    scheduler = DDIMScheduler.from_config(base.scheduler.config)
+    scheduler.set_timesteps(settings.steps, device=device)
+    texts = encode_text(
+        base.tokenizer,
+        base.text_encoder,
+        [row.negative_prompt for row in rows] + [row.prompt for row in rows],
+    ).to(dtype)
+    latents = initial_latents(base, rows, settings, scheduler.init_noise_sigma)
+    guided = settings.guidance_scale > 1.0
+    if not guided:
+        texts = texts[len(rows) :]
+    if injector is not None:
+        _select(injector, rows, guided, device)
+    total = len(scheduler.timesteps)
+    for index, timestep in enumerate(scheduler.timesteps):
+        model_input = torch.cat([latents] * 2) if guided else latents
+        model_input = scheduler.scale_model_input(model_input, timestep)
+        noise = unet(model_input, timestep, encoder_hidden_states=texts, return_dict=False)[0]
+        if guided:
+            uncond, cond = noise.chunk(2)
+            noise = uncond + settings.guidance_scale * (cond - uncond)
+        batch, channels, frames, height, width = latents.shape
+        flat = latents.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
+        noise = noise.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
+        flat = scheduler.step(noise, timestep, flat).prev_sample
+        latents = flat.reshape(batch, frames, channels, height, width).permute(0, 2, 1, 3, 4)
+        if on_step:
+            on_step(index + 1, total)
+    if injector is not None:
+        injector.clear()
+    return decode(vae, latents, settings.decode_batch)
+
+
+def vae_scale_factor(base: BaseComponents) -> int:
+    return 2 ** (len(base.vae.config.block_out_channels) - 1)
+
+
+def initial_latents(
+    base: BaseComponents, rows: Sequence[Row], settings: SamplerSettings, sigma: float
+) -> torch.Tensor:
+    """Each row's noise from its own seed on the CPU, so results do not depend on the batch."""
+    factor = vae_scale_factor(base)
+    shape = (
+        1,
+        base.unet.config.in_channels,
+        settings.frames,
+        settings.height // factor,
+        settings.width // factor,
+    )
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(row.seed)) for row in rows]
+    return torch.cat(noise).to(base.unet.device, base.unet.dtype) * sigma
+
+
+def decode(vae: torch.nn.Module, latents: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(B, C, F, h, w) latents → (B, F, H, W, 3) frames in [0, 1]."""
+    batch, channels, frames, height, width = latents.shape
+    flat = latents.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
+    flat = flat / vae.config.scaling_factor
+    images = torch.cat([vae.decode(chunk).sample for chunk in flat.split(batch_size)]).float()
+    video = images.reshape(batch, frames, *images.shape[1:]).permute(0, 1, 3, 4, 2)
+    return (video / 2 + 0.5).clamp(0, 1).cpu()
+
+
+def _select(
+    injector: AdapterInjector, rows: Sequence[Row], guided: bool, device: torch.device
+) -> None:
+    """Per-row adapters for both branches; image embeddings only in the conditional one."""
+    dims = {e.shape[-1] for row in rows if (e := row.image_embed) is not None}
+    embeds = strengths = None
+    if dims:
+        (dim,) = dims
+        zero = torch.zeros(dim)
+        cond = torch.stack([zero if r.image_embed is None else r.image_embed.float() for r in rows])
+        cond_strength = torch.tensor([row.image_strength for row in rows])
+        embeds, strengths = cond.to(device), cond_strength.to(device)
+        if guided:
+            uncond_strength = torch.tensor([row.image_strength_uncond for row in rows])
+            embeds = torch.cat([torch.zeros_like(cond), cond]).to(device)
+            strengths = torch.cat([uncond_strength, cond_strength]).to(device)
+    choices = [dict(row.adapters) for row in rows]
+    injector.set_rows(choices * 2 if guided else choices, image_embeds=embeds, strength=strengths)

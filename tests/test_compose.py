@@ -1,0 +1,171 @@
+"""The sampler against diffusers' pipeline, per-row adapter batches, and `compose`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dvkit.generate.compose import compose
+from dvkit.generate.sampler import Row, SamplerSettings, sample
+from dvkit.models.injection import AdapterInjector, create_adapter_state
+from dvkit.models.tiny import build_tiny_base
+from dvkit.train.api import add_motion, add_subject
+
+SMALL = SamplerSettings(steps=4, frames=3, height=16, width=16)
+
+
+def _random_adapters(unet, kind, seed):
+    generator = torch.Generator().manual_seed(seed)
+    state = create_adapter_state(unet, kind, cond_dim=32 if kind == "motion" else None)
+    return {k: torch.randn(v.shape, generator=generator) * 0.2 for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    base = build_tiny_base()
+    injector = AdapterInjector(base.unet)
+    injector.load("s", "subject", _random_adapters(base.unet, "subject", 1))
+    injector.load("m", "motion", _random_adapters(base.unet, "motion", 2))
+    return base, injector
+
+
+def test_sampler_matches_text_to_video_pipeline() -> None:
+    from diffusers import TextToVideoSDPipeline
+
+    base = build_tiny_base()
+    parts = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+    pipe = TextToVideoSDPipeline(**{part: getattr(base, part) for part in parts})
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(5)
+    expected = pipe(
+        "a cat surfing", num_inference_steps=6, height=16, width=16, num_frames=3,
+        guidance_scale=7.5, negative_prompt="a dog", generator=generator, output_type="np",
+    ).frames  # fmt: skip
+    settings = SamplerSettings(steps=6, guidance_scale=7.5, frames=3, height=16, width=16)
+    ours = sample(base, [Row("a cat surfing", seed=5, negative_prompt="a dog")], settings)
+    assert ours.shape == expected.shape == (1, 3, 16, 16, 3)
+    assert (torch.as_tensor(expected) - ours).abs().max().item() <= 1e-5
+
+
+def test_scale_zero_equals_no_adapters(loaded) -> None:
+    base, injector = loaded
+    bare = sample(base, [Row("a cat", seed=1)], SMALL)
+    zero = sample(base, [Row("a cat", seed=1, adapters={"s": 0.0, "m": 0.0})], SMALL, injector)
+    full = sample(base, [Row("a cat", seed=1, adapters={"s": 1.0, "m": 1.0})], SMALL, injector)
+    assert (zero - bare).abs().max().item() <= 1e-6
+    assert (full - bare).abs().max().item() > 1e-3  # the adapters do act
+
+
+def test_batch_of_combinations_equals_each_alone(loaded) -> None:
+    base, injector = loaded
+    embed = torch.randn(32, generator=torch.Generator().manual_seed(3))
+    rows = [
+        Row("a cat", seed=0, adapters={"s": 1.0}),
+        Row("a dog surfing", seed=1, adapters={"s": 0.7, "m": 1.0}, image_embed=embed),
+        Row("a bird", seed=2),
+        Row("a bear running", seed=3, adapters={"m": 1.2}, image_embed=embed, image_strength=0.5),
+    ]
+    together = sample(base, rows, SMALL, injector)
+    alone = torch.cat([sample(base, [row], SMALL, injector) for row in rows])
+    assert (together - alone).abs().max().item() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def trained_home(tmp_path_factory):
+    """A catalog with a quickly trained subject `cat` (kept step 2) and motion `surfing`."""
+    import imageio.v3 as iio
+
+    from dvkit.catalog import Catalog
+
+    root = tmp_path_factory.mktemp("trained")
+    images, videos = root / "images", root / "videos"
+    images.mkdir()
+    videos.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray((rng.random((16, 16, 3)) * 255).astype("uint8")).save(
+            images / f"{index}.png"
+        )
+    for index in range(2):
+        clip = (rng.random((6, 16, 16, 3)) * 255).astype("uint8")
+        iio.imwrite(videos / f"{index}.mp4", clip, plugin="FFMPEG", fps=8)
+    catalog, _ = Catalog.init(root / "registry")
+    with catalog:
+        add_subject("cat", [images], catalog=catalog, preset="quick", inversion_steps=2,
+                    identity_steps=4, keep_steps=[2])  # fmt: skip
+        add_motion("surfing", [videos], catalog=catalog, preset="quick", steps=3, frames=3)
+    return root / "registry"
+
+
+@pytest.fixture
+def trained(trained_home, tmp_path):
+    """A fresh copy of the trained catalog for each test."""
+    import shutil
+
+    from dvkit.catalog import Catalog
+
+    shutil.copytree(trained_home, tmp_path / "registry")
+    with Catalog.open(tmp_path / "registry") as catalog:
+        yield catalog
+
+
+def test_compose_writes_records_and_returns_frames(trained, tmp_path) -> None:
+    result = compose("cat", "surfing", catalog=trained, seeds=[0, 1], steps=3,
+                     formats=["mp4", "gif"])  # fmt: skip
+    assert result.prompt == "a <cat> surfing"
+    assert result.frames.shape == (2, 3, 16, 16, 3) and result.frames.dtype == np.uint8
+    assert [p.suffix for p in result.files] == [".mp4", ".gif", ".mp4", ".gif"]
+    assert all(p.is_file() and p.parent == trained.home / "videos" for p in result.files)
+    rows = trained.evaluation_rows()
+    assert [(r["subject"], r["motion"], r["seed"]) for r in rows] == [
+        ("cat@1", "surfing@1", 0),
+        ("cat@1", "surfing@1", 1),
+    ]
+    alone = compose("cat", "surfing", catalog=trained, seeds=[1], steps=3, record=False)
+    assert np.array_equal(alone.frames[0], result.frames[1])  # a seed's video is batch-independent
+    assert not alone.files and len(trained.evaluation_rows()) == 2
+    step = compose("cat", None, catalog=trained, subject_step=2, steps=3, out=tmp_path / "c.gif")
+    assert step.files == [tmp_path / "c.gif"] and step.prompt == "a <cat>"
+    assert trained.evaluation_rows()[-1]["subject"] == "cat@1:2"
+
+
+def test_cli_compose(cli, trained, tmp_path) -> None:
+    home = trained.home
+    code, out, err = cli("--home", home, "compose", "--subject", "cat", "--motion", "surfing",
+                         "--steps", "2", "--seed", "4", "--out", tmp_path / "v.mp4")  # fmt: skip
+    assert code == 0, err
+    assert out.splitlines() == ["prompt: a <cat> surfing", str(tmp_path / "v.mp4")]
+    code, out, err = cli("--home", home, "compose", "--motion", "surfing", "--steps", "2",
+                         "--prompt", "a bear surfing", "--out", tmp_path)  # fmt: skip
+    assert code == 0 and json.dumps(out).count(".mp4") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--subject", "dog"), "no adapter named 'dog'"),
+        (("--motion", "cat"), "cat@1 is a subject adapter, not a motion"),
+        (("--subject", "cat", "--subject-step", "7"), "no checkpoint at step 7 (kept: 2)"),
+        (("--subject", "cat", "--out", "/nonexistent/folder/x.mp4"), "does not exist"),
+        (("--subject", "cat", "--out", "video.avi"), "unsupported video extension .avi"),
+        (("--subject", "cat", "--format", "webm"), "unknown video format webm"),
+        (("--subject", "cat", "--steps", "0"), "at least 1"),
+        (("--subject", "cat", "--device", "tpu"), "unknown device"),
+    ],
+)
+def test_cli_compose_errors(cli, trained, args, expected) -> None:
+    code, _, err = cli("--home", trained.home, "compose", *args)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and expected in lines[0], err
+    assert trained.evaluation_rows() == []
+
+
+def test_adapters_of_different_bases_refused(cli, trained, make_adapter) -> None:
+    trained.import_file(make_adapter("other-motion", "motion", base="elsewhere"))
+    code, _, err = cli(
+        "--home", trained.home, "compose", "--subject", "cat", "--motion", "other-motion"
+    )
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "cat@1 was trained on base tiny" in err and "other-motion@1 on base elsewhere" in err
