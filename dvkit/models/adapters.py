@@ -49,18 +49,23 @@ class Adapter(nn.Module):
         one value per video (B,). The N rows of `h` are B videos, video-major (N = B·F for spatial
         layers, B·H·W for temporal ones), so each video's projected condition is repeated over its
         N // B rows and broadcast over the L positions. The result has `h`'s dtype.
+
+        Since `down` is linear, `down(h + λ·cond(e)) = down(h) + λ·W_down·cond(e)`: the condition
+        is added in the narrow hidden space, one vector per video.
         """
-        x = h.to(self.down.weight.dtype)
+        hidden = self.down(h.to(self.down.weight.dtype))
         if cond is not None:
             if self.cond is None:
                 raise ValueError("an identity adapter takes no condition")
-            projected = self.cond(cond.to(x.dtype))
+            projected = self.cond(cond.to(hidden.dtype))
             if isinstance(cond_scale, torch.Tensor):
                 projected = projected * cond_scale.to(projected)[:, None]
             else:
                 projected = projected * cond_scale
-            videos, rows = projected.shape[0], x.shape[0]
+            shift = projected @ self.down.weight.T  # (B, hidden)
+            videos, rows = shift.shape[0], hidden.shape[0]
             if rows % videos:
                 raise ValueError(f"{rows} hidden-state rows cannot be split over {videos} videos")
-            x = x + projected.repeat_interleave(rows // videos, dim=0).unsqueeze(1)
-        return self.up(self.act(self.down(x))).to(h.dtype)
+            per_video = hidden.reshape(videos, rows // videos, *hidden.shape[1:])
+            hidden = (per_video + shift[:, None, None, :]).reshape(hidden.shape)
+        return self.up(self.act(hidden)).to(h.dtype)
