@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dvkit.cli import render
 from dvkit.cli.context import home_option, open_catalog
+
+if TYPE_CHECKING:
+    from dvkit.catalog import Catalog
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -147,23 +150,91 @@ def tag(
 
 def import_files(
     ctx: typer.Context,
-    files: Annotated[list[Path], typer.Argument(help="dvkit adapter files (.safetensors).")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="dvkit adapter files (.safetensors) or official DreamVideo checkpoints (.pth)."
+        ),
+    ],
     name: Annotated[
-        str | None, typer.Option("--name", help="Register under this name (one file only).")
+        str | None,
+        typer.Option(
+            "--name",
+            help="Register under this name (one file only; .pth default: NAME in "
+            "NAME_adapter_STEP.pth).",
+        ),
     ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag to add (repeatable).")] = None,
     description: Annotated[
         str | None, typer.Option("--description", help="Replace the file's description.")
     ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option("--base", help="Base an official .pth adapter was trained on (required)."),
+    ] = None,
+    embedding: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--embedding",
+            help="Official textual-inversion file (text_embedding_of_NAME_STEP.pth) of an "
+            "identity adapter.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option("--token", help="Placeholder of an imported subject (<NAME>).")
+    ] = None,
 ) -> None:
-    """Add adapter files to the catalog; name, kind and base come from each file's header."""
+    """Add adapter files to the catalog: dvkit files (name, kind and base from each header) or
+    official DreamVideo .pth checkpoints (mapped onto --base)."""
     from dvkit.errors import DvkitError
+    from dvkit.names import validate_name, validate_tag
 
     if name is not None and len(files) > 1:
         raise DvkitError("--name can only be used when importing one file")
+    tags = [validate_tag(value) for value in tag or ()]
+    if name is not None:
+        validate_name(name)
+    official = [file for file in files if file.suffix.lower() == ".pth"]
+    own = [file for file in files if file not in official]
+    for file in own:
+        if file.suffix.lower() != ".safetensors":
+            raise DvkitError(
+                f"{file}: unsupported file type {file.suffix or '(no extension)'!r}: dvkit imports "
+                "its own .safetensors adapter files and official DreamVideo .pth checkpoints"
+            )
+    if not official and (base or embedding or token):
+        raise DvkitError(
+            "--base, --embedding and --token apply to official .pth checkpoints; "
+            "dvkit files name their own base and token"
+        )
+    if official and base is None:
+        raise DvkitError(
+            f"{official[0]}: importing an official .pth checkpoint needs --base NAME, the base "
+            "it was trained on (see: dvkit base list)"
+        )
     with open_catalog(ctx) as catalog:
+        prepared = {}
+        if official:
+            from dvkit.io.vgen import prepare_vgen_files
+
+            ready = prepare_vgen_files(
+                catalog,
+                official,
+                base=base,
+                embeddings=embedding or (),
+                name=name,
+                token=token,
+                description=description,
+            )
+            prepared = {item.source: item for item in ready}
+        _check_own_files(catalog, own, name)
         for file in files:
-            result = catalog.import_file(file, name=name, tags=tag or (), description=description)
+            if file in prepared:
+                from dvkit.io.vgen import register_prepared
+
+                result = register_prepared(catalog, prepared[file], tags)
+            else:
+                result = catalog.import_file(file, name=name, tags=tags, description=description)
             ref = result.adapter.ref
             if result.duplicate:
                 print(f"{file}: already in the catalog as {ref} (same weights)")
@@ -171,6 +242,24 @@ def import_files(
                 print(
                     f"{file}: imported as {ref} ({result.adapter.kind}, base {result.adapter.base})"
                 )
+
+
+def _check_own_files(catalog: Catalog, files: list[Path], name: str | None) -> None:
+    """Check dvkit files before anything is registered (a merged export is named as such)."""
+    if not files:
+        return
+    from dvkit.errors import AdapterFileError
+    from dvkit.io.adapter_file import read_adapter_info
+    from dvkit.io.export import is_merged_file
+
+    for file in files:
+        if is_merged_file(file):
+            raise AdapterFileError(
+                f"{file}: a merged subject + motion export; dvkit import takes single adapter "
+                "files (export each with: dvkit export REF --out FILE)"
+            )
+        info = read_adapter_info(file)
+        catalog.check_kind(name or info.name, info.kind)
 
 
 def verify(ctx: typer.Context, as_json: JsonOption = False) -> None:

@@ -1,0 +1,134 @@
+"""The export command: one adapter version as a standalone file, or a subject + motion pair."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dvkit.cli import render
+from dvkit.cli.context import open_catalog
+from dvkit.errors import DvkitError
+
+# Defaults of the merged recipe (DreamVideo's official inference settings); kept here as literals
+# so that `dvkit export --help` does not import torch. `dvkit.io.export` holds the same values.
+GUIDANCE_SCALE = 9.0
+STEPS = 50
+IMAGE_STRENGTH = 1.0
+IMAGE_STRENGTH_UNCOND = 1.0
+
+
+def export(
+    ctx: typer.Context,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="File to write (must end in .safetensors).")
+    ],
+    ref: Annotated[
+        str | None, typer.Argument(help="NAME or NAME@VERSION (not with --merged).")
+    ] = None,
+    step: Annotated[
+        int | None, typer.Option("--step", help="A kept checkpoint instead of the final weights.")
+    ] = None,
+    merged: Annotated[
+        bool,
+        typer.Option("--merged", help="One file holding --subject and --motion and a recipe."),
+    ] = False,
+    subject: Annotated[str | None, typer.Option("--subject", help="Subject REF.")] = None,
+    motion: Annotated[str | None, typer.Option("--motion", help="Motion REF.")] = None,
+    subject_step: Annotated[
+        int | None, typer.Option("--subject-step", help="Kept checkpoint of the subject.")
+    ] = None,
+    motion_step: Annotated[
+        int | None, typer.Option("--motion-step", help="Kept checkpoint of the motion.")
+    ] = None,
+    subject_scale: Annotated[
+        float | None, typer.Option("--subject-scale", help="Subject adapter scale [1.0].")
+    ] = None,
+    motion_scale: Annotated[
+        float | None, typer.Option("--motion-scale", help="Motion adapter scale [1.0].")
+    ] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option("--guidance", help=f"Classifier-free guidance scale [{GUIDANCE_SCALE}]."),
+    ] = None,
+    image_strength: Annotated[
+        float | None,
+        typer.Option(
+            "--image-strength", help=f"Appearance-guidance strength λ [{IMAGE_STRENGTH}]."
+        ),
+    ] = None,
+    image_strength_uncond: Annotated[
+        float | None,
+        typer.Option(
+            "--image-strength-uncond",
+            help=f"λ of the unconditional branch (zero embedding) [{IMAGE_STRENGTH_UNCOND}].",
+        ),
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help=f"Sampling steps [{STEPS}].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write an adapter version as a standalone .safetensors file, or (--merged) a subject and a
+    motion with their composition recipe in one file."""
+    pair_options = {
+        "--subject": subject,
+        "--motion": motion,
+        "--subject-step": subject_step,
+        "--motion-step": motion_step,
+        "--subject-scale": subject_scale,
+        "--motion-scale": motion_scale,
+        "--guidance": guidance,
+        "--image-strength": image_strength,
+        "--image-strength-uncond": image_strength_uncond,
+        "--steps": steps,
+    }
+    if not merged:
+        used = [option for option, value in pair_options.items() if value is not None]
+        if used:
+            raise DvkitError(f"{used[0]} applies to merged exports only (add --merged)")
+        if ref is None:
+            raise DvkitError("name the adapter to export (dvkit export REF --out FILE)")
+        from dvkit.io.export import check_out_path, export_adapter
+
+        check_out_path(out, force)
+        with open_catalog(ctx) as catalog:
+            result = export_adapter(catalog, ref, out, step=step, overwrite=force)
+    else:
+        if ref is not None or step is not None:
+            raise DvkitError(
+                "a merged export takes --subject REF and --motion REF (and --subject-step, "
+                "--motion-step), not REF or --step"
+            )
+        if subject is None or motion is None:
+            raise DvkitError("a merged export needs both --subject REF and --motion REF")
+        from dvkit.io.export import check_out_path, export_merged
+
+        check_out_path(out, force)
+        with open_catalog(ctx) as catalog:
+            result = export_merged(
+                catalog,
+                subject,
+                motion,
+                out,
+                subject_step=subject_step,
+                motion_step=motion_step,
+                subject_scale=1.0 if subject_scale is None else subject_scale,
+                motion_scale=1.0 if motion_scale is None else motion_scale,
+                guidance_scale=GUIDANCE_SCALE if guidance is None else guidance,
+                image_strength=IMAGE_STRENGTH if image_strength is None else image_strength,
+                image_strength_uncond=(
+                    IMAGE_STRENGTH_UNCOND
+                    if image_strength_uncond is None
+                    else image_strength_uncond
+                ),
+                steps=STEPS if steps is None else steps,
+                overwrite=force,
+            )
+    print(
+        f"exported {' + '.join(result.refs)} to {result.path} "
+        f"({render.human_size(result.size)}, weights {result.weights_hash[:14]}…)"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(export)

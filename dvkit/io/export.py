@@ -1,0 +1,530 @@
+"""Exporting adapters from the catalog, and reading merged exports.
+
+- `export_adapter`: one adapter version (or one of its kept checkpoints) as a standalone dvkit
+  adapter file. The bytes are the catalog's blob, checked against its address, so the header and
+  `modelspec.hash_sha256` are the registered ones; `dvkit import` of the file gives back the same
+  tensors and weights hash.
+- `export_merged`: a subject and a motion adapter in one safetensors file: tensors prefixed
+  `subject.` and `motion.` (the token embedding is `subject.token_embedding`), ModelSpec keys
+  (architecture `<base arch>/dreamvideo-pair`, hash of the tensor data, trigger phrase) and
+  `dvkit.kind = "merged"` with `dvkit.recipe`, a JSON composition recipe: both parts (name,
+  version, step, scale, hidden ratio, own header metadata), token, base, guidance settings.
+- `load_merged`: reads such a file back into `MergedAdapters`, validating header, recipe and hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dvkit.errors import AdapterFileError, ConflictError, DvkitError, NotFoundError
+from dvkit.io.adapter_file import (
+    MODELSPEC_VERSION,
+    REFERENCE_IMAGES_KEY,
+    TOKEN_EMBEDDING_KEY,
+    AdapterFileInfo,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from dvkit.catalog import Catalog
+    from dvkit.catalog.records import AdapterRecord
+
+EXPORT_SUFFIX = ".safetensors"
+MERGED_KIND = "merged"
+MERGED_FORMAT = 1
+PAIR_SUFFIX = "dreamvideo-pair"
+PREFIXES = {"subject": "subject.", "motion": "motion."}
+# Official DreamVideo inference settings (VGen configs/dreamvideo/infer, inference entrance).
+DEFAULT_GUIDANCE_SCALE = 9.0
+DEFAULT_STEPS = 50
+DEFAULT_IMAGE_STRENGTH = 1.0
+DEFAULT_IMAGE_STRENGTH_UNCOND = 1.0
+_MERGED_REQUIRED = (
+    "modelspec.sai_model_spec",
+    "modelspec.architecture",
+    "modelspec.hash_sha256",
+    "dvkit.format",
+    "dvkit.kind",
+    "dvkit.base",
+    "dvkit.base_fingerprint",
+    "dvkit.recipe",
+)
+_RECIPE_NUMBERS = ("guidance_scale", "image_strength", "image_strength_uncond", "steps")
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote."""
+
+    path: Path
+    refs: list[str]
+    weights_hash: str
+    size: int
+
+
+@dataclass
+class MergedAdapters:
+    """A merged export read back: both adapters (dvkit tensor names), the word and the recipe."""
+
+    path: Path
+    recipe: dict[str, Any] = field(repr=False)
+    subject_tensors: dict[str, torch.Tensor] = field(repr=False)
+    motion_tensors: dict[str, torch.Tensor] = field(repr=False)
+    token_embedding: torch.Tensor = field(repr=False)
+    subject_info: AdapterFileInfo = field(repr=False)
+    motion_info: AdapterFileInfo = field(repr=False)
+    metadata: dict[str, str] = field(repr=False)
+    weights_hash: str
+    reference_images: torch.Tensor | None = field(default=None, repr=False)
+    """The subject's training images (uint8 [N, H, W, 3]) when its file carried them."""
+
+    @property
+    def token(self) -> str:
+        return self.recipe["token"]
+
+    @property
+    def base(self) -> str:
+        return self.recipe["base"]["name"]
+
+    @property
+    def base_fingerprint(self) -> str:
+        return self.recipe["base"]["fingerprint"]
+
+    @property
+    def subject_scale(self) -> float:
+        return self.recipe["subject"]["scale"]
+
+    @property
+    def motion_scale(self) -> float:
+        return self.recipe["motion"]["scale"]
+
+    @property
+    def guidance_scale(self) -> float:
+        return self.recipe["guidance_scale"]
+
+    @property
+    def image_strength(self) -> float:
+        return self.recipe["image_strength"]
+
+    @property
+    def image_strength_uncond(self) -> float:
+        return self.recipe["image_strength_uncond"]
+
+    @property
+    def steps(self) -> int:
+        return self.recipe["steps"]
+
+
+# ---- single adapters ------------------------------------------------------------------------
+
+
+def export_adapter(
+    catalog: Catalog,
+    ref: str,
+    out: str | Path,
+    *,
+    step: int | None = None,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Write one adapter version (or its kept checkpoint at `step`) to `out` (.safetensors)."""
+    out = check_out_path(out, overwrite)
+    record = catalog.show(ref)
+    data = catalog.read_blob(_blob(catalog, record, step))
+    _write_atomically(out, data)
+    weights_hash = _split(data, out)[0].get("modelspec.hash_sha256", "")
+    label = record.ref if step is None else f"{record.ref} step {step}"
+    return ExportResult(out, [label], weights_hash, len(data))
+
+
+def _blob(catalog: Catalog, record: AdapterRecord, step: int | None) -> str:
+    if step is None:
+        return record.blob
+    steps = catalog.checkpoint_steps(record.ref)
+    if step not in steps:
+        kept = ", ".join(str(s) for s in steps)
+        listed = f"kept steps: {kept}" if kept else "it kept no checkpoints"
+        raise NotFoundError(f"{record.ref} has no checkpoint at step {step} ({listed})")
+    return steps[step]
+
+
+def check_out_path(out: str | Path, overwrite: bool = False) -> Path:
+    """`out` if an export may be written there; else a one-line error saying why not."""
+    out = Path(out).expanduser()
+    if out.suffix.lower() != EXPORT_SUFFIX:
+        raise DvkitError(f"cannot export to {out}: the file name must end in {EXPORT_SUFFIX}")
+    folder = out.parent
+    if not folder.exists():
+        raise DvkitError(f"cannot export to {out}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise DvkitError(f"cannot export to {out}: {folder} is not a folder")
+    if out.is_dir():
+        raise DvkitError(f"cannot export to {out}: it is a folder")
+    if out.exists() and not overwrite:
+        raise DvkitError(f"cannot export to {out}: the file exists (--force overwrites it)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DvkitError(f"cannot export to {out}: folder {folder} is not writable")
+    return out
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with open(partial, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise DvkitError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _split(data: bytes, source: object) -> tuple[dict[str, str], dict[str, Any], bytes]:
+    """Header metadata, tensor entries and tensor data of safetensors bytes."""
+    try:
+        (length,) = struct.unpack("<Q", data[:8])
+        header = json.loads(data[8 : 8 + length])
+    except (struct.error, ValueError) as exc:
+        raise AdapterFileError(f"{source}: unreadable safetensors header ({exc})") from None
+    metadata = header.pop("__metadata__", None) or {}
+    return metadata, header, data[8 + length :]
+
+
+# ---- merged pairs ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Part:
+    record: AdapterRecord
+    step: int | None
+    metadata: dict[str, str]
+    tensors: dict[str, torch.Tensor]
+
+
+def export_merged(
+    catalog: Catalog,
+    subject: str,
+    motion: str,
+    out: str | Path,
+    *,
+    subject_step: int | None = None,
+    motion_step: int | None = None,
+    subject_scale: float = 1.0,
+    motion_scale: float = 1.0,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    image_strength: float = DEFAULT_IMAGE_STRENGTH,
+    image_strength_uncond: float = DEFAULT_IMAGE_STRENGTH_UNCOND,
+    steps: int = DEFAULT_STEPS,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Write a subject and a motion adapter (same base) and their recipe to one file."""
+    out = check_out_path(out, overwrite)
+    settings = {
+        "guidance_scale": _number("guidance scale", guidance_scale, minimum=0.0),
+        "image_strength": _number("image strength", image_strength, minimum=0.0),
+        "image_strength_uncond": _number(
+            "unconditional image strength", image_strength_uncond, minimum=0.0
+        ),
+        "steps": _steps(steps),
+    }
+    scales = {
+        "subject": _number("subject scale", subject_scale),
+        "motion": _number("motion scale", motion_scale),
+    }
+    parts = {
+        "subject": _load_part(catalog, subject, "subject", subject_step),
+        "motion": _load_part(catalog, motion, "motion", motion_step),
+    }
+    s, m = parts["subject"].record, parts["motion"].record
+    if s.base_fingerprint != m.base_fingerprint:
+        raise ConflictError(
+            f"cannot merge {s.ref} and {m.ref}: they were trained on different bases "
+            f"({s.base} {s.base_fingerprint[:12]} and {m.base} {m.base_fingerprint[:12]})"
+        )
+    tensors = {
+        PREFIXES[kind] + name: tensor
+        for kind, part in parts.items()
+        for name, tensor in part.tensors.items()
+    }
+    recipe = {
+        "format": MERGED_FORMAT,
+        "base": {"name": s.base, "fingerprint": s.base_fingerprint, "architecture": s.architecture},
+        "token": s.token,
+        "subject": _part_recipe(parts["subject"], scales["subject"]),
+        "motion": _part_recipe(parts["motion"], scales["motion"]),
+        **settings,
+    }
+    from dvkit import __version__
+
+    metadata = {
+        "modelspec.sai_model_spec": MODELSPEC_VERSION,
+        "modelspec.architecture": f"{s.architecture}/{PAIR_SUFFIX}",
+        "modelspec.implementation": "dvkit",
+        "modelspec.title": f"{_label(parts['subject'])} + {_label(parts['motion'])}",
+        "modelspec.date": date.today().isoformat(),
+        "modelspec.description": (
+            f"DreamVideo subject {_label(parts['subject'])} with motion {_label(parts['motion'])}"
+        ),
+        "modelspec.trigger_phrase": s.token or "",
+        "dvkit.format": str(MERGED_FORMAT),
+        "dvkit.version": __version__,
+        "dvkit.kind": MERGED_KIND,
+        "dvkit.base": s.base,
+        "dvkit.base_fingerprint": s.base_fingerprint,
+        "dvkit.subject": _label(parts["subject"]),
+        "dvkit.motion": _label(parts["motion"]),
+        "dvkit.recipe": json.dumps(recipe, sort_keys=True),
+    }
+    payload, weights_hash = _serialize(tensors, metadata)
+    _write_atomically(out, payload)
+    return ExportResult(
+        out, [_label(parts["subject"]), _label(parts["motion"])], weights_hash, len(payload)
+    )
+
+
+def _label(part: _Part) -> str:
+    return part.record.ref if part.step is None else f"{part.record.ref} step {part.step}"
+
+
+def _number(what: str, value: float, minimum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DvkitError(f"invalid {what} {value!r}: expected a finite number")
+    if minimum is not None and value < minimum:
+        raise DvkitError(f"invalid {what} {value!r}: must be at least {minimum:g}")
+    return float(value)
+
+
+def _steps(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+        raise DvkitError(f"invalid number of sampling steps {value!r}: expected 1 to 1000")
+    return value
+
+
+def _load_part(catalog: Catalog, ref: str, kind: str, step: int | None) -> _Part:
+    from safetensors.torch import load
+
+    record = catalog.show(ref)
+    if record.kind != kind:
+        raise DvkitError(f"{record.ref} is a {record.kind} adapter, not a {kind} adapter")
+    data = catalog.read_blob(_blob(catalog, record, step))
+    metadata, _, _ = _split(data, record.ref)
+    tensors = load(data)
+    if kind == "subject" and TOKEN_EMBEDDING_KEY not in tensors:
+        raise AdapterFileError(f"{record.ref}: its weights file lacks the token embedding")
+    return _Part(record, step, metadata, tensors)
+
+
+def _part_recipe(part: _Part, scale: float) -> dict[str, Any]:
+    record = part.record
+    entry: dict[str, Any] = {
+        "name": record.name,
+        "version": record.version,
+        "ref": record.ref,
+        "step": part.step,
+        "scale": scale,
+        "hidden_ratio": record.hidden_ratio,
+        "placement": record.placement,
+        "weights_hash": part.metadata.get("modelspec.hash_sha256", ""),
+        "metadata": part.metadata,
+    }
+    if record.kind == "subject":
+        embedding = part.tensors[TOKEN_EMBEDDING_KEY]
+        entry.update(token=record.token, initializer=record.initializer)
+        entry["num_vectors"] = embedding.shape[0]
+    else:
+        entry["image_encoder"] = record.training.get("image_encoder", "")
+    return entry
+
+
+def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[bytes, str]:
+    """safetensors bytes whose `modelspec.hash_sha256` is the sha256 of their tensor data."""
+    from safetensors.torch import save
+
+    raw = save({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, metadata)
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    data = raw[8 + length :]
+    weights_hash = "0x" + hashlib.sha256(data).hexdigest()
+    header["__metadata__"]["modelspec.hash_sha256"] = weights_hash
+    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    encoded += b" " * (-len(encoded) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded + data, weights_hash
+
+
+# ---- reading merged files -------------------------------------------------------------------
+
+
+def is_merged_file(path: str | Path) -> bool:
+    """Whether `path` is a readable safetensors file whose header says it is a merged export."""
+    from dvkit.io.safetensors_header import read_header
+
+    try:
+        return read_header(Path(path)).metadata.get("dvkit.kind") == MERGED_KIND
+    except AdapterFileError:
+        return False
+
+
+def load_merged(path: str | Path) -> MergedAdapters:
+    """Read a merged export; raise `AdapterFileError` saying exactly what is wrong with it."""
+    from safetensors.torch import load
+
+    from dvkit.io.safetensors_header import data_sha256, read_header
+
+    path = Path(path)
+    header = read_header(path)
+    meta = header.metadata
+    kind = meta.get("dvkit.kind")
+    if kind in PREFIXES:
+        raise AdapterFileError(
+            f"{path}: a single {kind} adapter file, not a merged subject + motion export"
+        )
+    if kind != MERGED_KIND:
+        raise AdapterFileError(f"{path}: not a dvkit merged export (dvkit.kind is {kind!r})")
+    missing = [key for key in _MERGED_REQUIRED if not meta.get(key)]
+    if missing:
+        raise AdapterFileError(f"{path}: merged export header lacks {', '.join(missing)}")
+    fmt = meta["dvkit.format"]
+    if not fmt.isdigit() or int(fmt) > MERGED_FORMAT:
+        raise AdapterFileError(
+            f"{path}: merged export format {fmt!r} is newer than this dvkit reads "
+            f"({MERGED_FORMAT}); upgrade dvkit"
+        )
+    recipe = _read_recipe(path, meta)
+    _check_tensor_names(path, header.tensors)
+    actual = data_sha256(path, header)
+    if actual != meta["modelspec.hash_sha256"]:
+        raise AdapterFileError(
+            f"{path}: corrupt merged export (tensor data hash {actual[:14]}… does not match the "
+            f"header's {meta['modelspec.hash_sha256'][:14]}…)"
+        )
+    try:
+        tensors = load(path.read_bytes())
+    except Exception as exc:  # safetensors raises its own error type
+        raise AdapterFileError(f"{path}: unreadable tensors ({exc})") from None
+    parts = {
+        kind: {
+            name.removeprefix(prefix): tensor
+            for name, tensor in tensors.items()
+            if name.startswith(prefix)
+        }
+        for kind, prefix in PREFIXES.items()
+    }
+    embedding = parts["subject"].pop(TOKEN_EMBEDDING_KEY)
+    references = parts["subject"].pop(REFERENCE_IMAGES_KEY, None)
+    infos = {kind: _part_info(path, kind, recipe[kind]["metadata"]) for kind in PREFIXES}
+    for kind, info in infos.items():
+        info.params = sum(t.numel() for t in parts[kind].values())
+        if info.base_fingerprint != meta["dvkit.base_fingerprint"]:
+            raise AdapterFileError(
+                f"{path}: the {kind} part was trained on base {info.base} "
+                f"({info.base_fingerprint[:12]}), not on the export's base {meta['dvkit.base']} "
+                f"({meta['dvkit.base_fingerprint'][:12]})"
+            )
+    infos["subject"].params += embedding.numel()
+    infos["subject"].num_vectors = embedding.shape[0]
+    if infos["subject"].token != recipe["token"]:
+        raise AdapterFileError(
+            f"{path}: the recipe's token {recipe['token']!r} is not the subject's "
+            f"{infos['subject'].token!r}"
+        )
+    return MergedAdapters(
+        path=path,
+        recipe=recipe,
+        subject_tensors=parts["subject"],
+        motion_tensors=parts["motion"],
+        token_embedding=embedding,
+        subject_info=infos["subject"],
+        motion_info=infos["motion"],
+        metadata=meta,
+        weights_hash=actual,
+        reference_images=references,
+    )
+
+
+def _read_recipe(path: Path, meta: dict[str, str]) -> dict[str, Any]:
+    try:
+        recipe = json.loads(meta["dvkit.recipe"])
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(f"{path}: unreadable dvkit.recipe ({exc})") from None
+    if not isinstance(recipe, dict):
+        raise AdapterFileError(f"{path}: dvkit.recipe is not a JSON object")
+    for kind in PREFIXES:
+        part = recipe.get(kind)
+        if not isinstance(part, dict) or not isinstance(part.get("metadata"), dict):
+            raise AdapterFileError(f"{path}: dvkit.recipe lacks the {kind} part and its metadata")
+        scale = part.get("scale")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise AdapterFileError(f"{path}: dvkit.recipe has no numeric {kind} scale")
+    for key in _RECIPE_NUMBERS:
+        value = recipe.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise AdapterFileError(f"{path}: dvkit.recipe has no numeric {key}")
+    base = recipe.get("base")
+    if not isinstance(base, dict) or base.get("fingerprint") != meta["dvkit.base_fingerprint"]:
+        raise AdapterFileError(
+            f"{path}: dvkit.recipe's base does not match the header's dvkit.base_fingerprint"
+        )
+    if not isinstance(recipe.get("token"), str) or not recipe["token"]:
+        raise AdapterFileError(f"{path}: dvkit.recipe has no token")
+    return recipe
+
+
+def _check_tensor_names(path: Path, tensors: dict[str, Any]) -> None:
+    foreign = sorted(name for name in tensors if not name.startswith(tuple(PREFIXES.values())))
+    if foreign:
+        raise AdapterFileError(
+            f"{path}: tensor {foreign[0]!r} belongs to neither the subject. nor the motion. part"
+        )
+    for kind, prefix in PREFIXES.items():
+        names = [name for name in tensors if name.startswith(prefix)]
+        extras = (prefix + TOKEN_EMBEDDING_KEY, prefix + REFERENCE_IMAGES_KEY)
+        if not [name for name in names if name not in extras]:
+            raise AdapterFileError(f"{path}: the merged export holds no {kind} adapter tensors")
+    embedding = tensors.get(PREFIXES["subject"] + TOKEN_EMBEDDING_KEY)
+    if embedding is None or len(embedding.shape) != 2:
+        raise AdapterFileError(
+            f"{path}: the merged export lacks its subject.{TOKEN_EMBEDDING_KEY} [vectors, dim]"
+        )
+    for key in (TOKEN_EMBEDDING_KEY, REFERENCE_IMAGES_KEY):
+        if PREFIXES["motion"] + key in tensors:
+            raise AdapterFileError(f"{path}: the motion part must not hold {key!r}")
+
+
+def _part_info(path: Path, kind: str, meta: dict[str, Any]) -> AdapterFileInfo:
+    """The `AdapterFileInfo` of a part from the header metadata recorded in the recipe."""
+    if meta.get("dvkit.kind") != kind:
+        raise AdapterFileError(
+            f"{path}: the recipe's {kind} part is a {meta.get('dvkit.kind')!r} adapter"
+        )
+    try:
+        return AdapterFileInfo(
+            kind=kind,
+            name=meta["dvkit.name"],
+            base=meta["dvkit.base"],
+            base_fingerprint=meta["dvkit.base_fingerprint"],
+            architecture=meta["modelspec.architecture"].rsplit("/", 1)[0],
+            token=meta.get("dvkit.token") or None,
+            initializer=meta.get("dvkit.initializer") or None,
+            hidden_ratio=float(meta.get("dvkit.hidden_ratio", "0.5")),
+            placement=json.loads(meta.get("dvkit.placement", "[]")),
+            training=json.loads(meta.get("dvkit.training", "{}")),
+            description=meta.get("modelspec.description", ""),
+            weights_hash=meta.get("modelspec.hash_sha256", ""),
+            dvkit_version=meta.get("dvkit.version", ""),
+        )
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise AdapterFileError(
+            f"{path}: the recipe's {kind} metadata is unreadable ({type(exc).__name__}: {exc})"
+        ) from None
