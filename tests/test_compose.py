@@ -169,3 +169,15 @@ def test_adapters_of_different_bases_refused(cli, trained, make_adapter) -> None
     )
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "cat@1 was trained on base tiny" in err and "other-motion@1 on base elsewhere" in err
+
+
+def test_merged_export_composes_like_its_catalog_entries(trained, tmp_path) -> None:
+    from dvkit.io.export import export_merged
+
+    pair = tmp_path / "pair.safetensors"
+    export_merged(trained, "cat", "surfing", pair, subject_scale=0.8, steps=3, guidance_scale=7.0)
+    from_catalog = compose("cat", "surfing", catalog=trained, subject_scale=0.8, steps=3,
+                           guidance=7.0, record=False)  # fmt: skip
+    from_file = compose(merged=pair, catalog=trained, record=False)
+    assert from_file.prompt == from_catalog.prompt == "a <cat> surfing"
+    assert np.array_equal(from_catalog.frames, from_file.frames)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from sqlite_utils import Database
 
     from dvkit.catalog.records import AdapterRecord, BaseModelRecord, EvaluationRecord, RunRecord
+    from dvkit.io.adapter_file import AdapterFileInfo
 
 _ADAPTER_COLUMNS = "a.id, a.name, a.version, a.record"
 
@@ -247,7 +248,6 @@ class Catalog:
         description: str | None = None,
     ) -> ImportResult:
         """Register a dvkit adapter file. The same weights twice are reported, not duplicated."""
-        from dvkit.catalog.records import AdapterRecord
         from dvkit.io.adapter_file import read_adapter_info
 
         path = Path(path)
@@ -257,31 +257,20 @@ class Catalog:
         existing = self._same_weights(info.kind, info.base_fingerprint, info.weights_hash)
         if existing is not None:
             return ImportResult(self.show(existing), duplicate=True)
+        staged, info = self.stage_adapter_file(path)
+        extra = {} if description is None else {"description": description}
+        return self.register(adapter_record(info, staged, name=name, **extra), staged, tags)
+
+    def stage_adapter_file(self, path: Path) -> tuple[StagedBlob, AdapterFileInfo]:
+        """Copy an adapter file into the blob store's staging area and validate the copy."""
+        from dvkit.io.adapter_file import read_adapter_info
+
         staged = self.blobs.stage_file(path)
         try:
-            info = read_adapter_info(staged.path)
+            return staged, read_adapter_info(staged.path)
         except BaseException:
             self.blobs.discard(staged)
             raise
-        record = AdapterRecord(
-            kind=info.kind,
-            name=name,
-            base=info.base,
-            base_fingerprint=info.base_fingerprint,
-            architecture=info.architecture,
-            token=info.token,
-            initializer=info.initializer,
-            num_vectors=info.num_vectors,
-            hidden_ratio=info.hidden_ratio,
-            placement=info.placement,
-            training=info.training,
-            blob=staged.sha256,
-            size=staged.size,
-            weights_hash=info.weights_hash,
-            params=info.params,
-            description=info.description if description is None else description,
-        )
-        return self.register(record, staged, tags)
 
     def register(
         self,
@@ -612,6 +601,31 @@ class Catalog:
     def _rollback(self) -> None:
         if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
+
+
+def adapter_record(info: AdapterFileInfo, staged: StagedBlob, **fields: Any) -> AdapterRecord:
+    """The catalog record of a staged, validated adapter file; `fields` override or add."""
+    from dvkit.catalog.records import AdapterRecord
+
+    values = {
+        "kind": info.kind,
+        "name": info.name,
+        "base": info.base,
+        "base_fingerprint": info.base_fingerprint,
+        "architecture": info.architecture,
+        "token": info.token,
+        "initializer": info.initializer,
+        "num_vectors": info.num_vectors,
+        "hidden_ratio": info.hidden_ratio,
+        "placement": info.placement,
+        "training": info.training,
+        "blob": staged.sha256,
+        "size": staged.size,
+        "weights_hash": info.weights_hash,
+        "params": info.params,
+        "description": info.description,
+    }
+    return AdapterRecord(**{**values, **fields})
 
 
 def _operational_error(home: Path, exc: sqlite3.OperationalError) -> DvkitError:

@@ -18,8 +18,11 @@ def compose(
         str | None, typer.Option("--prompt", help="Default: 'a <token> <motion caption>'.")
     ] = None,
     negative_prompt: Annotated[str, typer.Option("--negative-prompt")] = "",
-    subject_scale: Annotated[float, typer.Option("--subject-scale")] = 1.0,
-    motion_scale: Annotated[float, typer.Option("--motion-scale")] = 1.0,
+    merged: Annotated[
+        Path | None, typer.Option("--merged", help="A pair from dvkit export --merged.")
+    ] = None,
+    subject_scale: Annotated[float | None, typer.Option("--subject-scale")] = None,
+    motion_scale: Annotated[float | None, typer.Option("--motion-scale")] = None,
     subject_step: Annotated[
         int | None, typer.Option("--subject-step", help="Use a kept training checkpoint.")
     ] = None,
@@ -29,17 +32,20 @@ def compose(
     seed: Annotated[
         list[int] | None, typer.Option("--seed", help="Repeat for more videos.")
     ] = None,
-    steps: Annotated[int, typer.Option("--steps", help="DDIM steps.")] = 50,
-    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance.")] = 9.0,
+    steps: Annotated[int | None, typer.Option("--steps", help="DDIM steps (50).")] = None,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", help="Classifier-free guidance (9.0).")
+    ] = None,
     frames: Annotated[int | None, typer.Option("--frames")] = None,
     size: Annotated[int | None, typer.Option("--size", help="Height and width in pixels.")] = None,
     fps: Annotated[float, typer.Option("--fps")] = 8.0,
     image_strength: Annotated[
-        float, typer.Option("--image-strength", help="Appearance guidance λ (conditional).")
-    ] = 1.0,
+        float | None, typer.Option("--image-strength", help="Appearance guidance λ (1.0).")
+    ] = None,
     image_strength_uncond: Annotated[
-        float, typer.Option("--image-strength-uncond", help="λ of the unconditional branch.")
-    ] = 0.0,
+        float | None,
+        typer.Option("--image-strength-uncond", help="λ of the unconditional branch (1.0)."),
+    ] = None,
     guidance_image: Annotated[
         Path | None,
         typer.Option("--guidance-image", help="Default: the subject's first reference image."),
@@ -72,7 +78,8 @@ def compose(
 
     with open_catalog(ctx) as catalog:
         result = run_compose(
-            subject, motion, prompt, catalog=catalog, base=base, subject_scale=subject_scale,
+            subject, motion, prompt, catalog=catalog, base=base, merged=merged,
+            subject_scale=subject_scale,
             motion_scale=motion_scale, subject_step=subject_step, motion_step=motion_step,
             seeds=seed or [0], negative_prompt=negative_prompt, steps=steps, guidance=guidance,
             frames=frames, size=size, fps=fps, image_strength=image_strength,

@@ -56,19 +56,20 @@ def compose(
     *,
     catalog: Catalog | None = None,
     base: str = "tiny",
-    subject_scale: float = 1.0,
-    motion_scale: float = 1.0,
+    merged: str | Path | None = None,
+    subject_scale: float | None = None,
+    motion_scale: float | None = None,
     subject_step: int | None = None,
     motion_step: int | None = None,
     seeds: Sequence[int] = (0,),
     negative_prompt: str = "",
-    steps: int = 50,
-    guidance: float = 9.0,
+    steps: int | None = None,
+    guidance: float | None = None,
     frames: int | None = None,
     size: int | None = None,
     fps: float = 8.0,
-    image_strength: float = 1.0,
-    image_strength_uncond: float = 0.0,
+    image_strength: float | None = None,
+    image_strength_uncond: float | None = None,
     guidance_image: str | Path | None = None,
     out: str | Path | None = None,
     formats: Sequence[str] = ("mp4",),
@@ -79,20 +80,38 @@ def compose(
 ) -> Composition:
     """Generate videos of a subject doing a motion (either may be None), one per seed.
 
+    `merged` is a file from `dvkit export --merged`: its subject and motion are used and its
+    recipe gives the scales, guidance, steps and appearance strengths not passed here.
+
     Writes MP4/GIF files to `out` (a file for one seed, a folder, or by default the catalog's
     videos/ folder) and returns the frames; `record=False` writes nothing unless `out` is given
     and leaves the catalog alone.
     """
     quiet_libraries()
     catalog = catalog or Catalog.open()
+    recipe: dict = {}
+    if merged is not None:
+        if subject is not None or motion is not None:
+            raise DvkitError("give either a merged file or --subject/--motion, not both")
+        chosen, recipe = _from_merged(merged)
+    subject_scale = _pick(subject_scale, recipe.get("subject", {}).get("scale"), 1.0)
+    motion_scale = _pick(motion_scale, recipe.get("motion", {}).get("scale"), 1.0)
+    steps = int(_pick(steps, recipe.get("steps"), 50))
+    guidance = _pick(guidance, recipe.get("guidance_scale"), 9.0)
+    image_strength = _pick(image_strength, recipe.get("image_strength"), 1.0)
+    image_strength_uncond = _pick(image_strength_uncond, recipe.get("image_strength_uncond"), 1.0)
     _check_options(seeds, steps, formats)
     writes = record or out is not None
     targets = _targets(catalog, out, seeds, formats) if writes else [[] for _ in seeds]
-    chosen = [
-        _load(catalog, ref, step, kind)
-        for ref, step, kind in ((subject, subject_step, "subject"), (motion, motion_step, "motion"))
-        if ref is not None
-    ]
+    if merged is None:
+        chosen = [
+            _load(catalog, ref, step, kind)
+            for ref, step, kind in (
+                (subject, subject_step, "subject"),
+                (motion, motion_step, "motion"),
+            )
+            if ref is not None
+        ]
     components, _ = _open_matching_base(catalog, chosen, base)
     run_device = resolve_device(device)
     run_dtype = resolve_dtype(dtype, run_device)
@@ -134,6 +153,8 @@ def compose(
         Row(text, seed, negative_prompt, scales, embed, image_strength, image_strength_uncond)
         for seed in seeds
     ]
+    for name in injector.loaded:
+        injector.get(name).to(dtype=run_dtype)
     try:
         videos = to_uint8(sample(components, rows, settings, injector, on_step).numpy())
     finally:
@@ -177,6 +198,33 @@ def default_prompt(subject: LoadedAdapter | None, motion: LoadedAdapter | None) 
         caption = motion.record.training.get("caption") or motion.record.name
         words.append(caption.replace("_", " ").replace("-", " "))
     return " ".join(words)
+
+
+def _pick(given: float | None, recipe: float | None, default: float) -> float:
+    return given if given is not None else recipe if recipe is not None else default
+
+
+def _from_merged(path: str | Path) -> tuple[list[LoadedAdapter], dict]:
+    """Both adapters of a merged export, with records built from their headers."""
+    from dvkit.io.export import load_merged
+
+    merged = load_merged(path)
+    parts = []
+    for kind, info, tensors in (
+        ("subject", merged.subject_info, AdapterTensors(
+            merged.subject_tensors, merged.token_embedding, merged.reference_images)),
+        ("motion", merged.motion_info, AdapterTensors(merged.motion_tensors)),
+    ):  # fmt: skip
+        entry = merged.recipe[kind]
+        record = AdapterRecord(
+            kind=kind, name=info.name, version=entry["version"], base=merged.base,
+            base_fingerprint=merged.base_fingerprint, token=info.token,
+            num_vectors=entry.get("num_vectors"), hidden_ratio=info.hidden_ratio,
+            training=info.training, blob="", size=0, weights_hash=entry["weights_hash"],
+            params=0,
+        )  # fmt: skip
+        parts.append(LoadedAdapter(record, entry.get("step"), tensors))
+    return parts, merged.recipe
 
 
 def _check_options(seeds: Sequence[int], steps: int, formats: Sequence[str]) -> None:

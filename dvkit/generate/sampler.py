@@ -30,7 +30,7 @@ class Row:
     adapters: Mapping[str, float] = field(default_factory=dict)
     image_embed: torch.Tensor | None = None
     image_strength: float = 1.0
-    image_strength_uncond: float = 0.0
+    image_strength_uncond: float = 1.0
 
 
 @dataclass

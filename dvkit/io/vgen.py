@@ -673,38 +673,16 @@ def register_prepared(
     catalog: Catalog, prepared: PreparedImport, tags: Sequence[str] = ()
 ) -> ImportResult:
     """Write the dvkit adapter file of a prepared import and register it in the catalog."""
-    from dvkit.catalog.records import AdapterRecord
-    from dvkit.io.adapter_file import TOKEN_EMBEDDING_KEY, write_adapter_file
+    from dvkit.catalog.store import adapter_record
+    from dvkit.io.adapter_file import write_adapter_file
 
     tags = [validate_tag(tag) for tag in tags]
     info = prepared.info
     with tempfile.TemporaryDirectory(prefix="dvkit-import-") as folder:
         path = Path(folder) / f"{info.name}.safetensors"
-        weights_hash = write_adapter_file(path, prepared.tensors, info)
-        staged = catalog.blobs.stage_file(path)
-    try:
-        embedding = prepared.tensors.get(TOKEN_EMBEDDING_KEY)
-        record = AdapterRecord(
-            kind=info.kind,
-            name=info.name,
-            base=info.base,
-            base_fingerprint=info.base_fingerprint,
-            architecture=info.architecture,
-            token=info.token,
-            initializer=info.initializer,
-            num_vectors=embedding.shape[0] if embedding is not None else None,
-            hidden_ratio=info.hidden_ratio,
-            placement=info.placement,
-            training=info.training,
-            blob=staged.sha256,
-            size=staged.size,
-            weights_hash=weights_hash,
-            params=sum(t.numel() for t in prepared.tensors.values()),
-            description=info.description,
-        )
-    except BaseException:
-        catalog.blobs.discard(staged)
-        raise
+        write_adapter_file(path, prepared.tensors, info)
+        staged, written = catalog.stage_adapter_file(path)
+    record = adapter_record(written, staged)
     return catalog.register(record, staged, tags)
 
 

@@ -53,7 +53,8 @@ class Adapter(nn.Module):
         Since `down` is linear, `down(h + λ·cond(e)) = down(h) + λ·W_down·cond(e)`: the condition
         is added in the narrow hidden space, one vector per video.
         """
-        hidden = self.down(h.to(self.down.weight.dtype))
+        autocast = torch.is_autocast_enabled(h.device.type)
+        hidden = self.down(h if autocast else h.to(self.down.weight.dtype))
         if cond is not None:
             if self.cond is None:
                 raise ValueError("an identity adapter takes no condition")

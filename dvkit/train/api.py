@@ -19,6 +19,7 @@ from dvkit.bases import open_base
 from dvkit.catalog import Catalog
 from dvkit.catalog.blobs import StagedBlob
 from dvkit.catalog.records import AdapterRecord, BaseModelRecord, RunRecord
+from dvkit.catalog.store import adapter_record
 from dvkit.errors import DvkitError
 from dvkit.io.adapter_file import (
     REFERENCE_IMAGES_KEY,
@@ -248,30 +249,14 @@ def _register(
     if not world.main:
         barrier(world)
         return catalog.show(info.name)
-    final, weights_hash = _stage(catalog, folder / "final.safetensors", tensors, info)
-    checkpoints = {
-        step: _stage(catalog, folder / f"step-{step:06d}.safetensors", step_tensors, info)
-        for step, step_tensors in kept.items()
-    }
-    record = AdapterRecord(
-        kind=info.kind,
-        name=info.name,
-        base=info.base,
-        base_fingerprint=info.base_fingerprint,
-        architecture=info.architecture,
-        token=info.token,
-        initializer=info.initializer,
-        num_vectors=tensors[TOKEN_EMBEDDING_KEY].shape[0] if info.kind == "subject" else None,
-        hidden_ratio=info.hidden_ratio,
-        placement=info.placement,
-        training=info.training,
-        data_fingerprints=fingerprints,
-        blob=final.sha256,
-        size=final.size,
-        weights_hash=weights_hash,
-        params=sum(t.numel() for k, t in tensors.items() if k != REFERENCE_IMAGES_KEY),
-        description=info.description,
-    )
+    final, final_info = _stage(catalog, folder / "final.safetensors", tensors, info)
+    checkpoints = {}
+    for step, step_tensors in kept.items():
+        staged, step_info = _stage(
+            catalog, folder / f"step-{step:06d}.safetensors", step_tensors, info
+        )
+        checkpoints[step] = (staged, step_info.weights_hash)
+    record = adapter_record(final_info, final, data_fingerprints=fingerprints)
     result = catalog.register(record, final, tags, run=run, checkpoints=checkpoints)
     shutil.rmtree(folder, ignore_errors=True)
     barrier(world)
@@ -280,7 +265,7 @@ def _register(
 
 def _stage(
     catalog: Catalog, path: Path, tensors: dict[str, torch.Tensor], info: AdapterFileInfo
-) -> tuple[StagedBlob, str]:
+) -> tuple[StagedBlob, AdapterFileInfo]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    weights_hash = write_adapter_file(path, tensors, info)
-    return catalog.blobs.stage_file(path), weights_hash
+    write_adapter_file(path, tensors, info)
+    return catalog.stage_adapter_file(path)
