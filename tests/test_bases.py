@@ -37,12 +37,12 @@ def test_base_list_shows_unused_builtins(cli, home) -> None:
     assert [row["name"] for row in json.loads(out)] == ["tiny"]
 
 
-def test_base_add_errors(cli, home, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-cache"))
-    code, _, err = cli("--home", home, "base", "add", "ms", "ali-vilab/text-to-video-ms-1.7b")
-    lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and "Traceback" not in err
+def test_base_add_errors(cli, home, tmp_path, run_dvkit) -> None:
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-cache")}
+    result = run_dvkit("--home", home, "base", "add", "ms", "ali-vilab/text-to-video-ms-1.7b",
+                       env=offline)  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert (
         "HF_HUB_OFFLINE" in lines[0] and "hf download ali-vilab/text-to-video-ms-1.7b" in lines[0]
     )

@@ -258,3 +258,38 @@ def test_data_parallel_run_registers_once(home, images) -> None:
     with Catalog.open(home) as catalog:
         assert [row["name"] for row in catalog.adapter_rows(all_versions=True)] == ["cat"]
         assert catalog.verify().ok and not any((catalog.home / "runs").iterdir())
+
+
+def test_gradient_checkpointing_gives_the_same_training(tmp_path) -> None:
+    pixels = torch.rand(2, 3, 16, 16) * 2 - 1
+    plain = train_subject(build_tiny_base(), pixels, None, _subject_settings(), CPU,
+                          torch.float32, tmp_path / "a", SilentReporter())  # fmt: skip
+    checkpointed = train_subject(build_tiny_base(), pixels, None,
+                                 _subject_settings(gradient_checkpointing=True), CPU,
+                                 torch.float32, tmp_path / "b", SilentReporter())  # fmt: skip
+    assert plain.loss_curves == checkpointed.loss_curves
+    assert all(torch.allclose(plain.identity[k], checkpointed.identity[k], atol=1e-6)
+               for k in plain.identity)  # fmt: skip
+
+
+def test_block_checkpointing_keeps_fewer_activations() -> None:
+    from dvkit.train.setup import checkpoint_blocks
+
+    def saved_elements(unet) -> int:
+        total = 0
+
+        def pack(tensor):
+            nonlocal total
+            total += tensor.numel()
+            return tensor
+
+        sample = torch.randn(1, 4, 2, 8, 8, requires_grad=True)
+        text = torch.randn(1, 77, 32)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            unet(sample, torch.tensor([10]), encoder_hidden_states=text).sample.sum()
+        return total
+
+    unet = build_tiny_base().unet
+    before = saved_elements(unet)
+    checkpoint_blocks(unet)
+    assert saved_elements(unet) < before / 2

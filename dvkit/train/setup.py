@@ -24,8 +24,23 @@ def prepare_base(
             model.to(dtype=dtype)
         model.requires_grad_(False).eval()
     if gradient_checkpointing:
-        base.unet.enable_gradient_checkpointing()
-        base.unet.train()  # diffusers checkpoints only in training mode; the base has no dropout
+        checkpoint_blocks(base.unet)
+
+
+def checkpoint_blocks(unet: torch.nn.Module) -> None:
+    """Recompute each UNet block's activations during the backward pass instead of keeping
+    them (diffusers' UNet3DConditionModel has no switch for this). Adapter hooks run again in
+    the recomputation, so their gradients are unchanged."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
+
+        def forward(*args: Any, _original: Any = block.forward, **kwargs: Any) -> Any:
+            if not torch.is_grad_enabled():
+                return _original(*args, **kwargs)
+            return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+
+        block.forward = forward
 
 
 def loop_settings(
