@@ -19,7 +19,7 @@ import torch
 
 from dvkit.generate.sampler import Row, SamplerSettings, sample
 from dvkit.models.injection import AdapterInjector, create_adapter_state
-from dvkit.models.loading import resolve_device
+from dvkit.models.loading import resolve_device, resolve_dtype
 from dvkit.models.random_base import build_modelscope_shaped
 
 
@@ -38,17 +38,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="as dvkit compose: bf16/fp16 on CUDA")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     torch.manual_seed(0)
     base = build_modelscope_shaped(args.width_scale, text_layers=args.text_layers)
     for model in (base.unet, base.vae, base.text_encoder):
-        model.to(device).requires_grad_(False).eval()
+        model.to(device=device, dtype=dtype).requires_grad_(False).eval()
     cond_dim = 1024
     injector = AdapterInjector(base.unet)
     injector.load("subject", "subject", random_adapters(base.unet, "subject", None, 1))
     injector.load("motion", "motion", random_adapters(base.unet, "motion", cond_dim, 2))
+    for name in injector.loaded:
+        injector.get(name).to(dtype=dtype)
     settings = SamplerSettings(
         steps=args.steps, frames=args.frames, height=args.size, width=args.size
     )
@@ -80,6 +84,7 @@ def main() -> None:
                 "benchmark": "compose",
                 "compared": "sampling one video: bare base vs subject+motion adapters active",
                 "device": str(device),
+                "dtype": str(dtype).removeprefix("torch."),
                 "unet_parameters": sum(p.numel() for p in base.unet.parameters()),
                 "adapter_parameters": {
                     kind: sum(p.numel() for p in injector.get(kind).parameters())

@@ -37,36 +37,44 @@ class Adapter(nn.Module):
         nn.init.zeros_(self.up.bias)
         self.cond = nn.Linear(cond_dim, channels) if cond_dim is not None else None
 
+    def condition_shift(
+        self, cond: torch.Tensor, cond_scale: float | torch.Tensor = 1.0
+    ) -> torch.Tensor:
+        """`λ·W_down·cond(e)` per video (B, hidden): since `down` is linear,
+        `down(h + λ·cond(e)) = down(h) + λ·W_down·cond(e)`, so the condition enters in the narrow
+        hidden space, and the shift can be reused while `e` and λ stay the same."""
+        if self.cond is None:
+            raise ValueError("an identity adapter takes no condition")
+        projected = self.cond(cond.to(self.cond.weight.dtype))
+        if isinstance(cond_scale, torch.Tensor):
+            projected = projected * cond_scale.to(projected)[:, None]
+        else:
+            projected = projected * cond_scale
+        return projected @ self.down.weight.T.to(projected.dtype)
+
     def forward(
         self,
         h: torch.Tensor,
         cond: torch.Tensor | None = None,
         cond_scale: float | torch.Tensor = 1.0,
+        shift: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Adapter output for hidden states `h` shaped (N, L, C).
 
         `cond` holds one embedding per video, shaped (B, cond_dim); `cond_scale` is λ, a number or
-        one value per video (B,). The N rows of `h` are B videos, video-major (N = B·F for spatial
-        layers, B·H·W for temporal ones), so each video's projected condition is repeated over its
-        N // B rows and broadcast over the L positions. The result has `h`'s dtype.
-
-        Since `down` is linear, `down(h + λ·cond(e)) = down(h) + λ·W_down·cond(e)`: the condition
-        is added in the narrow hidden space, one vector per video.
+        one value per video (B,); or `shift` gives `condition_shift(cond, cond_scale)` already
+        computed. The N rows of `h` are B videos, video-major (N = B·F for spatial layers, B·H·W
+        for temporal ones), so each video's condition is repeated over its N // B rows and
+        broadcast over the L positions. The result has `h`'s dtype.
         """
         autocast = torch.is_autocast_enabled(h.device.type)
         hidden = self.down(h if autocast else h.to(self.down.weight.dtype))
-        if cond is not None:
-            if self.cond is None:
-                raise ValueError("an identity adapter takes no condition")
-            projected = self.cond(cond.to(hidden.dtype))
-            if isinstance(cond_scale, torch.Tensor):
-                projected = projected * cond_scale.to(projected)[:, None]
-            else:
-                projected = projected * cond_scale
-            shift = projected @ self.down.weight.T  # (B, hidden)
+        if shift is None and cond is not None:
+            shift = self.condition_shift(cond, cond_scale)
+        if shift is not None:
             videos, rows = shift.shape[0], hidden.shape[0]
             if rows % videos:
                 raise ValueError(f"{rows} hidden-state rows cannot be split over {videos} videos")
             per_video = hidden.reshape(videos, rows // videos, *hidden.shape[1:])
-            hidden = (per_video + shift[:, None, None, :]).reshape(hidden.shape)
+            hidden = (per_video + shift[:, None, None, :].to(hidden.dtype)).reshape(hidden.shape)
         return self.up(self.act(hidden)).to(h.dtype)

@@ -206,6 +206,7 @@ class AdapterInjector:
         self._videos: int | None = None
         self._cond: torch.Tensor | None = None
         self._strength: torch.Tensor | None = None
+        self._shifts: dict[tuple[str, str], torch.Tensor] = {}
 
     @property
     def loaded(self) -> dict[str, AdapterKind]:
@@ -337,6 +338,7 @@ class AdapterInjector:
                 raise ValueError(f"strength must be a number or hold {count} values")
         self._active, self._videos = active, videos
         self._cond, self._strength = cond, strength_per_video
+        self._shifts = {}
 
     def _hook(self, slot: AdapterSlot) -> list[RemovableHandle]:
         """Hook one slot: record the norm's input, add the adapters' output to the layer's."""
@@ -359,21 +361,36 @@ class AdapterInjector:
             adapter = self._weights[name].adapter(prefix)
             if adapter is None:
                 continue
-            cond = self._cond if adapter.cond is not None else None
+            shift = None
+            if adapter.cond is not None and self._cond is not None:
+                shift = self._shift(name, prefix, adapter, selection.rows)
             if selection.rows is None:
-                output = output + selection.scales * adapter(h, cond, self._strength)
+                output = output + selection.scales * adapter(h, shift=shift)
                 continue
             per_video = self._rows_per_video(h.shape[0])
             offsets = torch.arange(per_video, device=h.device)
             index = (selection.rows[:, None] * per_video + offsets).reshape(-1)
-            if cond is None:
-                delta = adapter(h[index])
-            else:
-                delta = adapter(h[index], cond[selection.rows], self._strength[selection.rows])
+            delta = adapter(h[index], shift=shift)
             output = output.to(torch.promote_types(output.dtype, delta.dtype))
             row_scales = selection.scales.to(output.dtype).repeat_interleave(per_video)
             output = output.index_add(0, index, delta.to(output.dtype) * row_scales[:, None, None])
         return output
+
+    def _shift(
+        self, name: str, prefix: str, adapter: Adapter, rows: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The condition shift of a motion adapter; without gradients (sampling) it is computed
+        once per selection and reused at every denoising step."""
+        assert self._cond is not None and self._strength is not None
+        cond, strength = self._cond, self._strength
+        if rows is not None:
+            cond, strength = cond[rows], strength[rows]
+        if torch.is_grad_enabled():
+            return adapter.condition_shift(cond, strength)
+        key = (name, prefix)
+        if key not in self._shifts:
+            self._shifts[key] = adapter.condition_shift(cond, strength)
+        return self._shifts[key]
 
     def _rows_per_video(self, rows: int) -> int:
         """Hidden-state rows per video under a per-row selection."""
