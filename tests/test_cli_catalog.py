@@ -220,3 +220,14 @@ def test_list_limit(cli, home, make_adapter) -> None:
     assert [row["name"] for row in json.loads(out)] == ["a"]
     code, out, _ = cli("--home", home, "list", "--limit", "0")
     assert "c@1" in out and "more" not in out
+
+
+def test_only_the_invoked_command_is_built() -> None:
+    from dvkit.cli.app import build_app
+    from dvkit.cli.main import _command_name
+
+    assert _command_name(["--home", "x", "show", "cat"]) == "show"
+    assert _command_name(["--version"]) is None
+    assert [c.name for c in build_app("show").registered_commands] == ["show"]
+    assert len(build_app(None).registered_commands) > 10
+    assert [c.name for c in build_app("nonsense").registered_commands][:2] == ["init", "where"]

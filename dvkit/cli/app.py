@@ -1,4 +1,9 @@
-"""The Typer application and its global options."""
+"""The Typer application and its global options.
+
+Building every command's parameters costs Typer about 10 ms per command, so `build_app(name)`
+builds only the command being run (and imports only its module); help and unknown commands
+get the whole application.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +12,47 @@ from typing import Annotated
 
 import typer
 
-from dvkit.cli import (
-    base_commands,
-    catalog_commands,
-    compose_commands,
-    export_commands,
-    train_commands,
-)
+COMMAND_MODULES = {
+    "init": "catalog_commands",
+    "where": "catalog_commands",
+    "list": "catalog_commands",
+    "show": "catalog_commands",
+    "rm": "catalog_commands",
+    "tag": "catalog_commands",
+    "import": "catalog_commands",
+    "export": "export_commands",
+    "verify": "catalog_commands",
+    "gc": "catalog_commands",
+    "add-subject": "train_commands",
+    "add-motion": "train_commands",
+    "compose": "compose_commands",
+}
+GROUPS = {"base": ("base_commands", "Base models: add, list and inspect.")}
 
-app = typer.Typer(
-    name="dvkit",
-    help="Customized video generation: train subject and motion adapters, compose, evaluate.",
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+
+def build_app(command: str | None = None) -> typer.Typer:
+    """The CLI with only `command` (when known), else with every command."""
+    import importlib
+
+    app = typer.Typer(
+        name="dvkit",
+        help="Customized video generation: train subject and motion adapters, compose, evaluate.",
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.callback(invoke_without_command=True)(root)
+    known = command in COMMAND_MODULES or command in GROUPS
+    for name, module in COMMAND_MODULES.items():
+        if not known or name == command:
+            commands = importlib.import_module(f"dvkit.cli.{module}").COMMANDS
+            app.command(name)(commands[name])
+    for name, (module, text) in GROUPS.items():
+        if not known or name == command:
+            group = importlib.import_module(f"dvkit.cli.{module}").app
+            app.add_typer(group, name=name, help=text)
+    return app
 
 
-@app.callback(invoke_without_command=True)
 def root(
     ctx: typer.Context,
     home: Annotated[
@@ -45,10 +74,3 @@ def root(
         raise typer.Exit()
     if ctx.invoked_subcommand is None:
         print(ctx.get_help())
-
-
-catalog_commands.register(app)
-train_commands.register(app)
-export_commands.register(app)
-compose_commands.register(app)
-app.add_typer(base_commands.app, name="base", help="Base models: list and inspect.")

@@ -295,13 +295,14 @@ def gc(ctx: typer.Context) -> None:
     print(f"freed {render.human_size(report.freed_bytes)}")
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(init)
-    app.command()(where)
-    app.command("list")(list_adapters)
-    app.command()(show)
-    app.command()(rm)
-    app.command()(tag)
-    app.command("import")(import_files)
-    app.command()(verify)
-    app.command()(gc)
+COMMANDS = {
+    "init": init,
+    "where": where,
+    "list": list_adapters,
+    "show": show,
+    "rm": rm,
+    "tag": tag,
+    "import": import_files,
+    "verify": verify,
+    "gc": gc,
+}

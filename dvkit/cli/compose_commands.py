@@ -92,5 +92,4 @@ def compose(
         print(path)
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(compose)
+COMMANDS = {"compose": compose}

@@ -130,5 +130,4 @@ def export(
     )
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(export)
+COMMANDS = {"export": export}

@@ -22,12 +22,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run `dvkit` and return its exit status instead of exiting."""
-    from dvkit.cli.app import app
+    from dvkit.cli.app import build_app
 
     logging.getLogger().addHandler(logging.NullHandler())  # library chatter stays off stderr
-    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(build_app(_command_name(args)))
     try:
-        result = command.main(args=argv, prog_name="dvkit", standalone_mode=False)
+        result = command.main(args=args, prog_name="dvkit", standalone_mode=False)
     except DvkitError as exc:
         return _fail(str(exc), exc.exit_code)
     except typer.TyperException as exc:
@@ -37,6 +38,17 @@ def run(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
     return result if isinstance(result, int) else 0
+
+
+def _command_name(args: list[str]) -> str | None:
+    """The first word after the global options (`--home PATH`, `--version`, `--help`)."""
+    values = iter(args)
+    for arg in values:
+        if arg == "--home":
+            next(values, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def _fail(message: str, code: int) -> int:

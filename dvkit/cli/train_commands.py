@@ -206,6 +206,4 @@ def _steps(text: str | None) -> list[int] | None:
         ) from None
 
 
-def register(app: typer.Typer) -> None:
-    app.command("add-subject")(add_subject)
-    app.command("add-motion")(add_motion)
+COMMANDS = {"add-subject": add_subject, "add-motion": add_motion}
