@@ -84,28 +84,14 @@ def add_subject(
         components, pixels, mask_pixels, settings, run_device, run_dtype, folder,
         _reporter(reporter, world), resume, world,
     )  # fmt: skip
-    wall = time.perf_counter() - start
-    info = AdapterFileInfo(
-        kind="subject",
-        name=name,
-        base=base_record.name,
-        base_fingerprint=base_record.fingerprint,
-        architecture=base_record.architecture,
-        token=settings.token,
-        initializer=settings.initializer,
-        hidden_ratio=settings.hidden_ratio,
-        placement=["attn2"],
-        training=settings.model_dump(mode="json"),
-        description=description,
-    )
     references = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    embedding = {TOKEN_EMBEDDING_KEY: result.embedding, REFERENCE_IMAGES_KEY: references}
-    kept = {step: {**tensors, **embedding} for step, tensors in result.kept.items()}
-    return _register(
-        catalog, world, folder, info, {**result.identity, **embedding}, kept, fingerprints, tags,
-        RunRecord(kind="subject", settings=info.training, data_fingerprints=fingerprints,
-                  loss_curves=result.loss_curves, base=base_record.name,
-                  wall_seconds=wall, device=str(run_device), status="finished"),
+    extra = {TOKEN_EMBEDDING_KEY: result.embedding, REFERENCE_IMAGES_KEY: references}
+    return _finish(
+        catalog, world, folder, "subject", name, base_record, settings, description,
+        {**result.identity, **extra},
+        {step: {**tensors, **extra} for step, tensors in result.kept.items()},
+        fingerprints, tags, result.loss_curves, time.perf_counter() - start, run_device,
+        token=settings.token, initializer=settings.initializer, placement=["attn2"],
     )  # fmt: skip
 
 
@@ -152,23 +138,10 @@ def add_motion(
         components, clips, encoder, settings, run_device, run_dtype, folder,
         _reporter(reporter, world), resume, world,
     )  # fmt: skip
-    wall = time.perf_counter() - start
-    info = AdapterFileInfo(
-        kind="motion",
-        name=name,
-        base=base_record.name,
-        base_fingerprint=base_record.fingerprint,
-        architecture=base_record.architecture,
-        hidden_ratio=settings.hidden_ratio,
-        placement=["attn1", "attn2", "ff"],
-        training=settings.model_dump(mode="json"),
-        description=description,
-    )
-    return _register(
-        catalog, world, folder, info, result.tensors, result.kept, fingerprints, tags,
-        RunRecord(kind="motion", settings=info.training, data_fingerprints=fingerprints,
-                  loss_curves=result.loss_curves, base=base_record.name,
-                  wall_seconds=wall, device=str(run_device), status="finished"),
+    return _finish(
+        catalog, world, folder, "motion", name, base_record, settings, description,
+        result.tensors, result.kept, fingerprints, tags, result.loss_curves,
+        time.perf_counter() - start, run_device, placement=["attn1", "attn2", "ff"],
     )  # fmt: skip
 
 
@@ -229,6 +202,49 @@ def _run_folder(
         shutil.rmtree(folder)
     barrier(world)
     return folder
+
+
+def _finish(
+    catalog: Catalog,
+    world: World,
+    folder: Path,
+    kind: str,
+    name: str,
+    base: BaseModelRecord,
+    settings: SubjectSettings | MotionSettings,
+    description: str,
+    tensors: dict[str, torch.Tensor],
+    kept: dict[int, dict[str, torch.Tensor]],
+    fingerprints: list[str],
+    tags: Sequence[str],
+    loss_curves: dict[str, list[tuple[int, float]]],
+    wall_seconds: float,
+    device: torch.device,
+    **file_fields: Any,
+) -> AdapterRecord:
+    """Describe a finished run (file header and run record) and register its weights."""
+    info = AdapterFileInfo(
+        kind=kind,
+        name=name,
+        base=base.name,
+        base_fingerprint=base.fingerprint,
+        architecture=base.architecture,
+        hidden_ratio=settings.hidden_ratio,
+        training=settings.model_dump(mode="json"),
+        description=description,
+        **file_fields,
+    )
+    run = RunRecord(
+        kind=kind,
+        settings=info.training,
+        data_fingerprints=fingerprints,
+        loss_curves=loss_curves,
+        base=base.name,
+        wall_seconds=wall_seconds,
+        device=str(device),
+        status="finished",
+    )
+    return _register(catalog, world, folder, info, tensors, kept, fingerprints, tags, run)
 
 
 def _register(
