@@ -9,7 +9,6 @@ sha256 of the tensor data.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass, field
 from datetime import date
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dvkit.errors import AdapterFileError, InvalidNameError
+from dvkit.io.files import write_atomically
 from dvkit.io.safetensors_header import SafetensorsHeader, data_sha256, read_header
 from dvkit.names import validate_name
 
@@ -103,7 +103,7 @@ def write_adapter_file(path: Path, tensors: dict[str, torch.Tensor], info: Adapt
 
     weights_hash = "0x" + hashlib.sha256(data).hexdigest()
     header["__metadata__"]["modelspec.hash_sha256"] = weights_hash
-    _write_atomically(Path(path), _encode_header(header) + data)
+    write_atomically(Path(path), _encode_header(header) + data)
     return weights_hash
 
 
@@ -111,19 +111,6 @@ def _encode_header(header: dict[str, Any]) -> bytes:
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
     return struct.pack("<Q", len(encoded)) + encoded
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with open(partial, "wb") as out:
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def read_adapter_info(path: Path, verify_hash: bool = True) -> AdapterFileInfo:

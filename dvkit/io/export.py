@@ -31,6 +31,7 @@ from dvkit.io.adapter_file import (
     TOKEN_EMBEDDING_KEY,
     AdapterFileInfo,
 )
+from dvkit.io.files import write_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -139,7 +140,7 @@ def export_adapter(
     out = check_out_path(out, overwrite)
     record = catalog.show(ref)
     data = catalog.read_blob(_blob(catalog, record, step))
-    _write_atomically(out, data)
+    write_atomically(out, data)
     weights_hash = _split(data, out)[0].get("modelspec.hash_sha256", "")
     label = record.ref if step is None else f"{record.ref} step {step}"
     return ExportResult(out, [label], weights_hash, len(data))
@@ -173,22 +174,6 @@ def check_out_path(out: str | Path, overwrite: bool = False) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise DvkitError(f"cannot export to {out}: folder {folder} is not writable")
     return out
-
-
-def _write_atomically(path: Path, payload: bytes) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with open(partial, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except OSError as exc:
-        partial.unlink(missing_ok=True)
-        raise DvkitError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def _split(data: bytes, source: object) -> tuple[dict[str, str], dict[str, Any], bytes]:
@@ -288,7 +273,7 @@ def export_merged(
         "dvkit.recipe": json.dumps(recipe, sort_keys=True),
     }
     payload, weights_hash = _serialize(tensors, metadata)
-    _write_atomically(out, payload)
+    write_atomically(out, payload)
     return ExportResult(
         out, [_label(parts["subject"]), _label(parts["motion"])], weights_hash, len(payload)
     )

@@ -53,6 +53,23 @@ class BaseComponents:
         return digest.hexdigest()
 
 
+def dreamvideo_scheduler() -> DDIMScheduler:
+    """The DDIM noise schedule of ModelScope T2V (betas 0.00085 → 0.012, scaled linear), used
+    for training and sampling by DreamVideo and by dvkit's built-in bases."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
 def _config_dict(model: Any) -> dict[str, Any]:
     """The model's config as a plain dict, without private keys and load-time stamps."""
     config = model.config

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from diffusers import AutoencoderKL, UNet3DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from dvkit.models.components import BaseComponents
+from dvkit.models.components import BaseComponents, dreamvideo_scheduler
 from dvkit.models.image_encoder import ImageEncoder
 from dvkit.models.tiny import BOS_TOKEN, EOS_TOKEN, MAX_TOKENS, write_tiny_vocab
 
@@ -84,7 +84,7 @@ def build_modelscope_shaped(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
-        scheduler=modelscope_scheduler(),
+        scheduler=dreamvideo_scheduler(),
         name=MODELSCOPE_SHAPED_NAME,
         architecture=MODELSCOPE_ARCHITECTURE,
     )
@@ -166,20 +166,6 @@ def text_config(
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
-    )
-
-
-def modelscope_scheduler() -> DDIMScheduler:
-    """ModelScope T2V's DDIM schedule (its scheduler/scheduler_config.json)."""
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
     )
 
 

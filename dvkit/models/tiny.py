@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+from diffusers import AutoencoderKL, UNet3DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from dvkit.models.components import BaseComponents
+from dvkit.models.components import BaseComponents, dreamvideo_scheduler
 
 TINY_NAME = "tiny"
 TINY_ARCHITECTURE = "modelscope-t2v"
@@ -74,16 +74,7 @@ def build_tiny_base(seed: int = 0) -> BaseComponents:
                 pad_token_id=tokenizer.pad_token_id,
             )
         )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
+    scheduler = dreamvideo_scheduler()
     return BaseComponents(
         unet=unet.eval(),
         vae=vae.eval(),
