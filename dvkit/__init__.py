@@ -17,6 +17,7 @@ _LAZY = {
     "add_motion": "dvkit.train.api",
     "add_base": "dvkit.bases",
     "compose": "dvkit.generate.compose",
+    "score": "dvkit.evaluate.score",
 }
 
 __all__ = ["Catalog", "DvkitError", "__version__", *_LAZY]

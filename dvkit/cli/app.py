@@ -26,6 +26,7 @@ COMMAND_MODULES = {
     "add-subject": "train_commands",
     "add-motion": "train_commands",
     "compose": "compose_commands",
+    "score": "score_commands",
 }
 GROUPS = {"base": ("base_commands", "Base models: add, list and inspect.")}
 

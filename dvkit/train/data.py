@@ -67,7 +67,7 @@ def load_images(inputs: Sequence[str | Path], size: int) -> tuple[torch.Tensor, 
     import torch
 
     paths = collect_files(inputs, IMAGE_EXTENSIONS, "images")
-    pixels = torch.stack([_to_tensor(_read_image(p, "RGB"), size) for p in paths])
+    pixels = torch.stack([_to_tensor(read_image(p, "RGB"), size) for p in paths])
     return pixels, paths
 
 
@@ -83,7 +83,7 @@ def load_masks(folder: str | Path, images: Sequence[Path], size: int) -> torch.T
     for image in images:
         if image.stem not in by_stem:
             raise DataError(f"no mask for {image.name} in {folder} (expected {image.stem}.png)")
-        gray = _to_tensor(_read_image(by_stem[image.stem], "L"), size)
+        gray = _to_tensor(read_image(by_stem[image.stem], "L"), size)
         masks.append((gray > 0).to(torch.float32))
     return torch.stack(masks)
 
@@ -98,7 +98,7 @@ def load_videos(
     paths = collect_files(inputs, VIDEO_EXTENSIONS, "videos")
     clips = []
     for path in paths:
-        video, source_fps = _read_video(path)
+        video, source_fps = read_video(path)
         indices = sample_indices(path, len(video), frames, source_fps, fps)
         clips.append(torch.stack([_array_to_tensor(video[i], size) for i in indices]))
     return torch.stack(clips), paths
@@ -121,7 +121,8 @@ def sample_indices(
     return list(range(0, needed, stride))
 
 
-def _read_image(path: Path, mode: str):  # noqa: ANN202 - PIL image
+def read_image(path: Path, mode: str):  # noqa: ANN202 - PIL image
+    """An image file as a PIL image in `mode`, or a DataError naming the file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -131,11 +132,12 @@ def _read_image(path: Path, mode: str):  # noqa: ANN202 - PIL image
         raise DataError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
 
 
-def _read_video(path: Path) -> tuple[np.ndarray, float | None]:
+def read_video(path: Path) -> tuple[np.ndarray, float | None]:
+    """All frames of a video file or frame folder (T, H, W, 3) uint8, and its fps if known."""
     import numpy as np
 
     if path.is_dir():
-        frames = [np.asarray(_read_image(p, "RGB")) for p in _frame_files(path)]
+        frames = [np.asarray(read_image(p, "RGB")) for p in _frame_files(path)]
         if len({f.shape for f in frames}) > 1:
             raise DataError(f"{path}: frames differ in size")
         return np.stack(frames), None

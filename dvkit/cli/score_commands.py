@@ -1,0 +1,43 @@
+"""`dvkit score`: CLIP-T, CLIP-I, DINO-I and temporal consistency of any video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dvkit.cli import render
+
+LABELS = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "dino_i": "DINO-I", "t_cons": "T. Cons."}
+
+
+def score(
+    video: Annotated[Path, typer.Argument(help="mp4, webm, mov or gif file, or a frame folder.")],
+    prompt: Annotated[str | None, typer.Option("--prompt", help="For CLIP-T.")] = None,
+    references: Annotated[
+        list[Path] | None,
+        typer.Option("--references", help="Folder or images of the subject (CLIP-I, DINO-I)."),
+    ] = None,
+    clip: Annotated[
+        str, typer.Option("--clip", help="open_clip MODEL:PRETRAINED, or tiny.")
+    ] = "ViT-B-32:openai",
+    dino: Annotated[
+        str, typer.Option("--dino", help="timm model name, or tiny.")
+    ] = "vit_small_patch16_224.dino",
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score a video (made by dvkit or not) against a prompt and reference images."""
+    from dvkit.evaluate.score import score as run_score
+
+    result = run_score(video, prompt, references, clip=clip, dino=dino, device=device)
+    if as_json:
+        render.print_json(result)
+        return
+    for key in ("clip_t", "clip_i", "dino_i", "t_cons"):
+        if key in result:
+            print(f"{LABELS[key]:<9} {result[key]:.4f}")
+
+
+COMMANDS = {"score": score}
