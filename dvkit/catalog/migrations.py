@@ -106,6 +106,13 @@ def m002_checkpoints(db: Database) -> None:
     db.execute("CREATE INDEX checkpoints_blob ON checkpoints(blob)")
 
 
+@migrations()
+def m003_evaluation_cells(db: Database) -> None:
+    """The grid cell a scored video belongs to, so a re-run can skip finished cells."""
+    db.execute("ALTER TABLE evaluations ADD COLUMN cell TEXT")
+    db.execute("CREATE INDEX evaluations_cell ON evaluations(cell)")
+
+
 def migrate(conn: sqlite3.Connection, db_path: Path) -> None:
     """Apply pending migrations under the database's write lock, so concurrent openers agree."""
     db = Database(conn)

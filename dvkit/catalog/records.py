@@ -98,4 +98,6 @@ class EvaluationRecord(Record):
     sampler: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
     files: list[str] = Field(default_factory=list)
+    cell: str | None = None
+    """Key of the grid cell (adapters, prompt, seed, sampler settings) for `dvkit bench`."""
     created: datetime = Field(default_factory=utc_now)

@@ -454,6 +454,7 @@ class Catalog:
                         "motion_id": record.motion_id,
                         "prompt": record.prompt,
                         "seed": record.seed,
+                        "cell": record.cell,
                         "created": record.created.isoformat(),
                         "record": record.stored_json(),
                     }
@@ -462,8 +463,16 @@ class Catalog:
             )
         return record.id
 
-    def evaluation_rows(self) -> list[dict[str, Any]]:
-        rows = self._conn.execute("SELECT id, record FROM evaluations ORDER BY id")
+    def evaluation_rows(self, cells: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Recorded generations, all or those of the given grid cells."""
+        if cells is None:
+            rows = self._conn.execute("SELECT id, record FROM evaluations ORDER BY id")
+        else:
+            marks = ",".join("?" * len(cells))
+            rows = self._conn.execute(
+                f"SELECT id, record FROM evaluations WHERE cell IN ({marks}) ORDER BY id",
+                list(cells),
+            )
         return [{**json.loads(row["record"]), "id": row["id"]} for row in rows]
 
     # ---- bases -----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ COMMAND_MODULES = {
     "add-motion": "train_commands",
     "compose": "compose_commands",
     "score": "score_commands",
+    "bench": "bench_commands",
 }
 GROUPS = {"base": ("base_commands", "Base models: add, list and inspect.")}
 

@@ -105,14 +105,14 @@ def compose(
     targets = _targets(catalog, out, seeds, formats) if writes else [[] for _ in seeds]
     if merged is None:
         chosen = [
-            _load(catalog, ref, step, kind)
+            load_adapter(catalog, ref, step, kind)
             for ref, step, kind in (
                 (subject, subject_step, "subject"),
                 (motion, motion_step, "motion"),
             )
             if ref is not None
         ]
-    components, _ = _open_matching_base(catalog, chosen, base)
+    components, _ = open_matching_base(catalog, chosen, base)
     run_device = resolve_device(device)
     run_dtype = resolve_dtype(dtype, run_device)
     for model in (components.unet, components.vae, components.text_encoder):
@@ -133,7 +133,7 @@ def compose(
     injector = AdapterInjector(components.unet)
     scales: dict[str, float] = {}
     if subject_adapter:
-        _install_subject(components, injector, subject_adapter)
+        install_subject(components, injector, subject_adapter)
         scales["subject"] = subject_scale
     if motion_adapter:
         injector.load("motion", "motion", motion_adapter.tensors.adapters,
@@ -146,8 +146,8 @@ def compose(
         text = expand_placeholder(text, token, subject_adapter.record.num_vectors or 1)
     embed = None
     if motion_adapter:
-        embed = _guidance_embedding(
-            motion_adapter, subject_adapter, guidance_image, settings, run_device
+        embed = guidance_embedding(
+            motion_adapter, subject_adapter, guidance_image, settings.height, run_device
         )
     rows = [
         Row(text, seed, negative_prompt, scales, embed, image_strength, image_strength_uncond)
@@ -262,7 +262,8 @@ def _next_stamp(folder: Path) -> str:
     return f"{max(numbers, default=0) + 1:05d}"
 
 
-def _load(catalog: Catalog, ref: str, step: int | None, kind: str) -> LoadedAdapter:
+def load_adapter(catalog: Catalog, ref: str, step: int | None, kind: str) -> LoadedAdapter:
+    """An adapter version (or one of its kept checkpoints) with its hash-checked tensors."""
     record = catalog.show(ref)
     if record.kind != kind:
         raise DvkitError(f"{record.ref} is a {record.kind} adapter, not a {kind}")
@@ -276,11 +277,13 @@ def _load(catalog: Catalog, ref: str, step: int | None, kind: str) -> LoadedAdap
     return LoadedAdapter(record, step, load_adapter_tensors(catalog.read_blob(blob)))
 
 
-def _open_matching_base(
+def open_matching_base(
     catalog: Catalog, chosen: list[LoadedAdapter], default: str
 ) -> tuple[BaseComponents, object]:
-    if len({a.record.base_fingerprint for a in chosen}) > 1:
-        first, second = chosen
+    """The base all `chosen` adapters were trained on (`default` when none is chosen)."""
+    by_base = {a.record.base_fingerprint: a for a in reversed(chosen)}
+    if len(by_base) > 1:
+        first, second = list(by_base.values())[-2:][::-1]
         raise BaseMismatchError(
             f"{first.record.ref} was trained on base {first.record.base} "
             f"({first.record.base_fingerprint[:12]}) but {second.record.ref} on base "
@@ -299,23 +302,27 @@ def _open_matching_base(
     return components, base_record
 
 
-def _install_subject(
-    components: BaseComponents, injector: AdapterInjector, subject: LoadedAdapter
+def install_subject(
+    components: BaseComponents,
+    injector: AdapterInjector,
+    subject: LoadedAdapter,
+    name: str = "subject",
 ) -> None:
+    """Teach the text encoder the subject's token and load its identity adapter as `name`."""
     embedding = subject.tensors.token_embedding
     if embedding is None or not subject.record.token:
         raise DvkitError(f"{subject.record.ref} has no token embedding")
     apply_token_embedding(
         components.tokenizer, components.text_encoder, subject.record.token, embedding
     )
-    injector.load("subject", "subject", subject.tensors.adapters, subject.record.hidden_ratio)
+    injector.load(name, "subject", subject.tensors.adapters, subject.record.hidden_ratio)
 
 
-def _guidance_embedding(
+def guidance_embedding(
     motion: LoadedAdapter,
     subject: LoadedAdapter | None,
     guidance_image: str | Path | None,
-    settings: SamplerSettings,
+    size: int,
     device: torch.device,
 ) -> torch.Tensor | None:
     """The appearance-guidance embedding: the given image, else the subject's first reference."""
@@ -324,7 +331,7 @@ def _guidance_embedding(
     if guidance_image is not None:
         from dvkit.train.data import load_images
 
-        pixels, _ = load_images([guidance_image], settings.height)
+        pixels, _ = load_images([guidance_image], size)
     elif subject is not None and subject.tensors.reference_images is not None:
         pixels = subject.tensors.reference_images[:1].permute(0, 3, 1, 2).float() / 127.5 - 1
     else:

@@ -1,0 +1,121 @@
+"""`dvkit bench`: evaluate every subject × motion (with baselines) and show the scores."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dvkit.cli import render
+from dvkit.cli.context import open_catalog
+from dvkit.errors import DvkitError
+
+METRICS = (("clip_t", "CLIP-T"), ("clip_i", "CLIP-I"), ("dino_i", "DINO-I"), ("t_cons", "T. Cons."))
+
+
+def bench(
+    ctx: typer.Context,
+    subject: Annotated[
+        list[str] | None, typer.Option("--subject", help="Repeat; default all.")
+    ] = None,
+    motion: Annotated[
+        list[str] | None, typer.Option("--motion", help="Repeat; default all.")
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts", help="File of templates with {subject} and {motion}, one a line."
+        ),
+    ] = None,
+    seed: Annotated[list[int] | None, typer.Option("--seed", help="Repeat for more seeds.")] = None,
+    baselines: Annotated[
+        bool, typer.Option("--baselines/--no-baselines", help="Subject only, motion only, base.")
+    ] = True,
+    shard: Annotated[str, typer.Option("--shard", help="i/n: this process's part.")] = "0/1",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Videos per UNet batch.")] = 4,
+    steps: Annotated[int, typer.Option("--steps")] = 50,
+    guidance: Annotated[float, typer.Option("--guidance")] = 9.0,
+    frames: Annotated[int | None, typer.Option("--frames")] = None,
+    size: Annotated[int | None, typer.Option("--size")] = None,
+    clip: Annotated[str, typer.Option("--clip")] = "ViT-B-32:openai",
+    dino: Annotated[str, typer.Option("--dino")] = "vit_small_patch16_224.dino",
+    device: Annotated[str, typer.Option("--device")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print every cell as JSON.")] = False,
+) -> None:
+    """Generate, score and store the subject × motion grid; re-runs skip scored cells."""
+    from dvkit.cli.progress import RichReporter
+    from dvkit.evaluate.grid import DEFAULT_TEMPLATE
+    from dvkit.evaluate.grid import bench as run_bench
+    from dvkit.generate.sampler import SamplerSettings
+
+    templates = _templates(prompts) if prompts else [DEFAULT_TEMPLATE]
+    reporter, started = RichReporter(), []
+
+    def on_cell(done: int, total: int) -> None:
+        if not started:
+            reporter.start("cells", total, done - 1)
+            started.append(True)
+        reporter.step()
+        if done == total:
+            reporter.end()
+
+    with open_catalog(ctx) as catalog:
+        settings = None
+        if frames or size or steps != 50 or guidance != 9.0:
+            settings = SamplerSettings(steps=steps, guidance_scale=guidance, frames=frames or 16,
+                                       height=size or 256, width=size or 256)  # fmt: skip
+        result = run_bench(
+            catalog, subject, motion, templates, seed or [0], baselines=baselines,
+            shard=_shard(shard), batch_size=batch_size, settings=settings, clip=clip, dino=dino,
+            device=device, dtype=dtype, on_cell=on_cell,
+        )  # fmt: skip
+    if as_json:
+        render.print_json(result.rows)
+        return
+    _table(result.rows)
+    print(f"{result.cells} cells: {result.generated} generated, {result.skipped} already scored")
+
+
+def _table(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        pair = tuple(row["sampler"]["pair"])
+        groups[(*pair, row["sampler"]["role"])].append(row["metrics"])
+    table = Table(box=None, header_style="bold")
+    for column in ("SUBJECT", "MOTION", "ROLE", "N", *(label for _, label in METRICS)):
+        table.add_column(column)
+    for (subject, motion, role), scores in sorted(groups.items()):
+        means = [
+            sum(s[key] for s in scores if key in s) / max(1, sum(key in s for s in scores))
+            if any(key in s for s in scores) else None
+            for key, _ in METRICS
+        ]  # fmt: skip
+        cells = ["-" if m is None else f"{m:.4f}" for m in means]
+        table.add_row(subject, motion, role, str(len(scores)), *cells)
+    render.console().print(table)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or int(count) < 1:
+        raise DvkitError(f"--shard takes i/n, e.g. 0/4, not {text!r}")
+    return int(index), int(count)
+
+
+def _templates(path: Path) -> list[str]:
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except OSError as exc:
+        raise DvkitError(f"cannot read prompts file {path}: {exc.strerror or exc}") from None
+    templates = [line for line in lines if line and not line.startswith("#")]
+    if not templates:
+        raise DvkitError(f"prompts file {path} has no templates")
+    return templates
+
+
+COMMANDS = {"bench": bench}

@@ -1,0 +1,276 @@
+"""Evaluation grids: every subject × motion × prompt × seed, with the paper's baselines.
+
+Each cell is one video: the pair's subject and motion together ("joint"), the subject alone,
+the motion alone, or the bare base ("base"; subject-less cells are prompted with the subject's
+initializer word). Cells are generated several at a time in one UNet batch (per-row adapters),
+scored once with the encoders loaded once (reference and text embeddings cached per grid),
+and stored in the catalog with their cell key, so a re-run skips finished cells and `shard`
+splits one grid over processes or machines that share the catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from dvkit.catalog import Catalog
+from dvkit.catalog.records import EvaluationRecord
+from dvkit.errors import DvkitError
+from dvkit.evaluate import metrics
+from dvkit.evaluate.score import Scorer
+from dvkit.generate.compose import (
+    LoadedAdapter,
+    guidance_embedding,
+    install_subject,
+    load_adapter,
+    open_matching_base,
+)
+from dvkit.generate.sampler import Row, SamplerSettings, sample
+from dvkit.io.video import to_uint8, write_video
+from dvkit.models.injection import AdapterInjector
+from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
+from dvkit.models.textual_inversion import expand_placeholder
+
+ROLES = ("joint", "subject", "motion", "base")
+DEFAULT_TEMPLATE = "a {subject} {motion}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One video of the grid: which adapters act, for which subject × motion pair."""
+
+    pair_subject: str
+    pair_motion: str
+    role: str
+    template: str
+    seed: int
+
+    @property
+    def subject(self) -> str | None:
+        return self.pair_subject if self.role in ("joint", "subject") else None
+
+    @property
+    def motion(self) -> str | None:
+        return self.pair_motion if self.role in ("joint", "motion") else None
+
+    def key(self, sampler: dict) -> str:
+        text = json.dumps({**asdict(self), "sampler": sampler}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass
+class GridResult:
+    cells: int = 0
+    skipped: int = 0
+    generated: int = 0
+    rows: list[dict] = field(default_factory=list)
+    """The stored evaluation of every cell of this grid (this shard's cells)."""
+
+
+def bench(
+    catalog: Catalog,
+    subjects: Sequence[str] | None = None,
+    motions: Sequence[str] | None = None,
+    templates: Sequence[str] = (DEFAULT_TEMPLATE,),
+    seeds: Sequence[int] = (0,),
+    *,
+    baselines: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    batch_size: int = 4,
+    settings: SamplerSettings | None = None,
+    fps: float = 8.0,
+    clip: str = "ViT-B-32:openai",
+    dino: str = "vit_small_patch16_224.dino",
+    device: str = "auto",
+    dtype: str = "auto",
+    on_cell: Callable[[int, int], None] | None = None,
+) -> GridResult:
+    """Generate, score and store every missing cell of the grid; return all its evaluations."""
+    quiet_libraries()
+    index, count = shard
+    if not 0 <= index < count:
+        raise DvkitError(f"shard {index}/{count}: the index must be between 0 and {count - 1}")
+    if batch_size < 1:
+        raise DvkitError("the batch size must be at least 1")
+    for template in templates:
+        if "{subject}" not in template or "{motion}" not in template:
+            raise DvkitError(f"prompt template {template!r} needs {{subject}} and {{motion}}")
+    subject_adapters = _adapters(catalog, subjects, "subject")
+    motion_adapters = _adapters(catalog, motions, "motion")
+    _check_tokens(subject_adapters)
+    components, _ = open_matching_base(catalog, [*subject_adapters.values(),
+                                                 *motion_adapters.values()], "tiny")  # fmt: skip
+    settings = settings or SamplerSettings(
+        steps=50,
+        frames=_trained(motion_adapters, "frames", 16),
+        height=_trained(subject_adapters, "resolution", 256),
+        width=_trained(subject_adapters, "resolution", 256),
+    )
+    sampler = {**asdict(settings), "base": components.name}
+    roles = ROLES if baselines else ("joint",)
+    cells = sorted(
+        (Cell(s, m, role, t, seed) for s in subject_adapters for m in motion_adapters
+         for role in roles for t in templates for seed in seeds),
+        key=lambda cell: cell.key(sampler),
+    )  # fmt: skip
+    mine = [cell for position, cell in enumerate(cells) if position % count == index]
+    keys = {cell.key(sampler): cell for cell in mine}
+    done = {row["cell"] for row in catalog.evaluation_rows(list(keys))}
+    todo = [cell for key, cell in keys.items() if key not in done]
+    result = GridResult(cells=len(mine), skipped=len(mine) - len(todo))
+    if todo:
+        run_device = resolve_device(device)
+        run_dtype = resolve_dtype(dtype, run_device)
+        for model in (components.unet, components.vae, components.text_encoder):
+            model.to(device=run_device).requires_grad_(False).eval()
+            if model.dtype != run_dtype:
+                model.to(dtype=run_dtype)
+        injector = AdapterInjector(components.unet)
+        for ref, adapter in subject_adapters.items():
+            install_subject(components, injector, adapter, name=f"subject:{ref}")
+        for ref, adapter in motion_adapters.items():
+            injector.load(f"motion:{ref}", "motion", adapter.tensors.adapters,
+                          adapter.record.hidden_ratio)  # fmt: skip
+        for name in injector.loaded:
+            injector.get(name).to(dtype=run_dtype)
+        guidance = {
+            (s, m): guidance_embedding(motion_adapters[m], subject_adapters[s], None,
+                                       settings.height, run_device)
+            for s in subject_adapters for m in motion_adapters
+        }  # fmt: skip
+        scorer = _CachedScorer(Scorer(clip, dino, device), subject_adapters, motion_adapters)
+        folder = catalog.home / "videos" / "grid"
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            for start in range(0, len(todo), batch_size):
+                batch = todo[start : start + batch_size]
+                rows = [_row(cell, subject_adapters, motion_adapters, guidance) for cell in batch]
+                frames = sample(components, rows, settings, injector)
+                for cell, video in zip(batch, frames, strict=True):
+                    key = cell.key(sampler)
+                    path = write_video(to_uint8(video.numpy()), folder / f"{key}.gif", fps)
+                    scores = scorer.score(cell, video)
+                    catalog.add_evaluation(
+                        _record(cell, key, sampler, subject_adapters, motion_adapters, scores, path)
+                    )
+                    result.generated += 1
+                    if on_cell:
+                        on_cell(result.skipped + result.generated, result.cells)
+        finally:
+            injector.detach()
+    result.rows = catalog.evaluation_rows(list(keys))
+    return result
+
+
+def prompt_text(cell: Cell, subjects: dict, motions: dict, for_scoring: bool) -> str:
+    """The cell's prompt: the subject's token when its adapter acts (for generation), else the
+    initializer word (always, for CLIP-T: CLIP does not know the token)."""
+    subject = subjects[cell.pair_subject].record
+    word = subject.initializer or "object"
+    if cell.subject is not None and not for_scoring:
+        word = subject.token or word
+    caption = motions[cell.pair_motion].record.training.get("caption") or cell.pair_motion
+    return cell.template.format(subject=word, motion=caption.replace("_", " ").replace("-", " "))
+
+
+class _CachedScorer:
+    """Scores videos with text and reference embeddings computed once per grid."""
+
+    def __init__(
+        self, scorer: Scorer, subjects: dict[str, LoadedAdapter], motions: dict[str, LoadedAdapter]
+    ) -> None:
+        self.scorer, self.subjects, self.motions = scorer, subjects, motions
+        self._texts: dict[str, torch.Tensor] = {}
+        self._references: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+
+    def score(self, cell: Cell, frames: torch.Tensor) -> dict[str, float]:
+        """Metrics of a generated video's frames (F, H, W, 3), floats in [0, 1]."""
+        clip_frames = self.scorer.clip.images(frames)
+        result = {"t_cons": metrics.temporal_consistency(clip_frames)}
+        prompt = prompt_text(cell, self.subjects, self.motions, for_scoring=True)
+        if prompt not in self._texts:
+            self._texts[prompt] = self.scorer.clip.texts([prompt])[0]
+        result["clip_t"] = metrics.text_alignment(self._texts[prompt], clip_frames)
+        references = self._reference_embeddings(cell.pair_subject)
+        if references is not None:
+            clip_refs, dino_refs = references
+            result["clip_i"] = metrics.image_similarity(clip_refs, clip_frames)
+            dino_frames = self.scorer.dino.images(frames)
+            result["dino_i"] = metrics.image_similarity(dino_refs, dino_frames)
+        return result
+
+    def _reference_embeddings(self, ref: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if ref not in self._references:
+            images = self.subjects[ref].tensors.reference_images
+            self._references[ref] = None if images is None else (
+                self.scorer.clip.images(images), self.scorer.dino.images(images))  # fmt: skip
+        return self._references[ref]
+
+
+def _row(cell: Cell, subjects: dict, motions: dict, guidance: dict) -> Row:
+    text = prompt_text(cell, subjects, motions, for_scoring=False)
+    adapters: dict[str, float] = {}
+    if cell.subject is not None:
+        record = subjects[cell.subject].record
+        text = expand_placeholder(text, record.token or "", record.num_vectors or 1)
+        adapters[f"subject:{cell.subject}"] = 1.0
+    embed = None
+    if cell.motion is not None:
+        adapters[f"motion:{cell.motion}"] = 1.0
+        if cell.role == "joint":
+            embed = guidance[(cell.pair_subject, cell.pair_motion)]
+    return Row(text, cell.seed, "", adapters, embed)
+
+
+def _record(
+    cell: Cell, key: str, sampler: dict, subjects: dict, motions: dict, scores: dict, path: Path
+) -> EvaluationRecord:
+    subject = subjects[cell.subject].record if cell.subject else None
+    motion = motions[cell.motion].record if cell.motion else None
+    return EvaluationRecord(
+        subject_id=subject.id if subject else None,
+        motion_id=motion.id if motion else None,
+        subject=subject.ref if subject else None,
+        motion=motion.ref if motion else None,
+        prompt=prompt_text(cell, subjects, motions, for_scoring=False),
+        seed=cell.seed,
+        sampler={
+            **sampler,
+            "role": cell.role,
+            "pair": [cell.pair_subject, cell.pair_motion],
+            "template": cell.template,
+        },  # fmt: skip
+        metrics=scores,
+        files=[str(path)],
+        cell=key,
+    )
+
+
+def _adapters(catalog: Catalog, refs: Sequence[str] | None, kind: str) -> dict[str, LoadedAdapter]:
+    if refs is None:
+        refs = [record.ref for record in catalog.list(kind=kind)]
+    if not refs:
+        raise DvkitError(f"no {kind} adapters to evaluate (train or import some first)")
+    loaded = [load_adapter(catalog, ref, None, kind) for ref in refs]
+    return {adapter.record.ref: adapter for adapter in loaded}
+
+
+def _check_tokens(subjects: dict[str, LoadedAdapter]) -> None:
+    seen: dict[str, str] = {}
+    for ref, adapter in subjects.items():
+        token = adapter.record.token or ""
+        if token in seen:
+            raise DvkitError(
+                f"{seen[token]} and {ref} share the token {token}; evaluate one of them"
+            )
+        seen[token] = ref
+
+
+def _trained(adapters: dict[str, LoadedAdapter], key: str, default: int) -> int:
+    values = {a.record.training.get(key) for a in adapters.values()} - {None}
+    return int(max(values)) if values else default

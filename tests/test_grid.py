@@ -1,0 +1,109 @@
+"""`dvkit bench` grids on tiny: cells, baselines, batching, resume and shards."""
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dvkit.catalog import Catalog
+from dvkit.evaluate.grid import bench
+from dvkit.generate.sampler import SamplerSettings
+from dvkit.train.api import add_motion, add_subject
+
+SMALL = SamplerSettings(steps=2, frames=3, height=16, width=16)
+ENCODERS = {"clip": "tiny", "dino": "tiny", "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def grid_home(tmp_path_factory):
+    import imageio.v3 as iio
+
+    root = tmp_path_factory.mktemp("grid")
+    rng = np.random.default_rng(0)
+    catalog, _ = Catalog.init(root / "registry")
+    with catalog:
+        for name in ("cat", "dog"):
+            folder = root / name
+            folder.mkdir()
+            for index in range(2):
+                pixels = (rng.random((16, 16, 3)) * 255).astype("uint8")
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+            add_subject(name, [folder], catalog=catalog, preset="quick", inversion_steps=1,
+                        identity_steps=2)  # fmt: skip
+        videos = root / "videos"
+        videos.mkdir()
+        clip = (rng.random((4, 16, 16, 3)) * 255).astype("uint8")
+        iio.imwrite(videos / "0.mp4", clip, plugin="FFMPEG", fps=8)
+        add_motion("surfing", [videos], catalog=catalog, preset="quick", steps=2, frames=3)
+    return root / "registry"
+
+
+@pytest.fixture
+def catalog(grid_home, tmp_path):
+    shutil.copytree(grid_home, tmp_path / "registry")
+    with Catalog.open(tmp_path / "registry") as opened:
+        yield opened
+
+
+def test_grid_with_baselines_then_resume(catalog) -> None:
+    first = bench(catalog, seeds=[0], settings=SMALL, **ENCODERS)
+    assert (first.cells, first.generated, first.skipped) == (8, 8, 0)  # 2 pairs x 4 roles
+    roles = sorted(row["sampler"]["role"] for row in first.rows)
+    assert roles == ["base", "base", "joint", "joint", "motion", "motion", "subject", "subject"]
+    joint = next(r for r in first.rows if r["sampler"]["role"] == "joint")
+    assert set(joint["metrics"]) == {"clip_t", "clip_i", "dino_i", "t_cons"}
+    assert joint["prompt"] in ("a <cat> surfing", "a <dog> surfing")
+    again = bench(catalog, seeds=[0], settings=SMALL, **ENCODERS)
+    assert (again.generated, again.skipped) == (0, 8)
+    assert [r["metrics"] for r in again.rows] == [r["metrics"] for r in first.rows]
+
+
+def test_batched_scores_equal_one_cell_at_a_time(catalog) -> None:
+    batched = bench(catalog, ["cat"], ["surfing"], seeds=[3], batch_size=4, settings=SMALL,
+                    **ENCODERS)  # fmt: skip
+    catalog._conn.execute("DELETE FROM evaluations")  # the same cells again, one per batch
+    single = bench(catalog, ["cat"], ["surfing"], seeds=[3], batch_size=1, settings=SMALL,
+                   **ENCODERS)  # fmt: skip
+    assert single.generated == batched.generated == 4
+    by_cell = {r["cell"]: r["metrics"] for r in batched.rows}
+    for row in single.rows:
+        for name, value in row["metrics"].items():
+            assert value == pytest.approx(by_cell[row["cell"]][name], abs=1e-5)
+
+
+def test_two_shards_make_exactly_the_full_grid(catalog) -> None:
+    halves = [bench(catalog, seeds=[0, 1], shard=(i, 2), settings=SMALL, **ENCODERS)
+              for i in range(2)]  # fmt: skip
+    assert [h.generated for h in halves] == [8, 8]
+    cells = [r["cell"] for h in halves for r in h.rows]
+    assert len(cells) == len(set(cells)) == 16
+    full = bench(catalog, seeds=[0, 1], settings=SMALL, **ENCODERS)
+    assert (full.cells, full.generated) == (16, 0)
+    assert sorted(r["cell"] for r in full.rows) == sorted(cells)
+
+
+def test_grid_errors(catalog) -> None:
+    from dvkit.errors import DvkitError
+
+    with pytest.raises(DvkitError, match="index must be between"):
+        bench(catalog, shard=(2, 2), settings=SMALL, **ENCODERS)
+    with pytest.raises(DvkitError, match="needs {subject} and {motion}"):
+        bench(catalog, templates=["a photo"], settings=SMALL, **ENCODERS)
+    with pytest.raises(DvkitError, match="no adapter named 'bird'"):
+        bench(catalog, ["bird"], settings=SMALL, **ENCODERS)
+
+
+def test_cli_bench(cli, catalog, tmp_path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# templates\na {subject} {motion} at the beach\n")
+    sizes = ("--steps", "2", "--frames", "3", "--size", "16", "--clip", "tiny", "--dino", "tiny")
+    args = ("--home", catalog.home, "bench", "--subject", "cat", "--prompts", prompts, *sizes)
+    code, out, err = cli(*args)
+    assert code == 0, err
+    assert "4 cells: 4 generated, 0 already scored" in out
+    assert "joint" in out and "CLIP-T" in out
+    code, out, _ = cli(*args)
+    assert "4 cells: 0 generated, 4 already scored" in out
+    code, _, err = cli("--home", catalog.home, "bench", "--shard", "3")
+    assert code == 1 and "--shard takes i/n" in err
