@@ -107,3 +107,31 @@ def test_cli_bench(cli, catalog, tmp_path) -> None:
     assert "4 cells: 0 generated, 4 already scored" in out
     code, _, err = cli("--home", catalog.home, "bench", "--shard", "3")
     assert code == 1 and "--shard takes i/n" in err
+
+
+def test_report_files_and_rebuild(cli, catalog, tmp_path) -> None:
+    import csv
+    import json
+
+    sizes = ("--steps", "2", "--frames", "3", "--size", "16", "--clip", "tiny", "--dino", "tiny")
+    args = ("--home", catalog.home, "bench", "--subject", "cat", *sizes, "--out", tmp_path / "rep")
+    code, out, err = cli(*args)
+    assert code == 0, err
+    folder = tmp_path / "rep"
+    assert f"report: {folder / 'index.html'}" in out
+    rows = list(csv.DictReader(open(folder / "cells.csv")))
+    assert len(rows) == 4 and {r["role"] for r in rows} == {"joint", "subject", "motion", "base"}
+    summary = json.loads((folder / "report.json").read_text())["summary"]
+    assert set(summary["roles"]) == {"joint", "subject", "motion", "base"}
+    for key in ("clip_t", "clip_i", "dino_i", "t_cons"):
+        assert (folder / f"heatmap-{key}.png").is_file()
+    page = (folder / "index.html").read_text()
+    assert page.count("<figure>") == 4
+    import re
+
+    for source in re.findall(r'<img src="([^"]+)"', page):
+        assert (folder / source).resolve().is_file(), source  # every image the page shows exists
+    shutil.rmtree(folder)
+    code, out, _ = cli(*args, "--report")
+    assert code == 0 and "4 cells: 0 generated, 4 already scored" in out
+    assert (folder / "index.html").read_text().count("<figure>") == 4

@@ -43,9 +43,16 @@ def bench(
     dino: Annotated[str, typer.Option("--dino")] = "vit_small_patch16_224.dino",
     device: Annotated[str, typer.Option("--device")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
+    report_only: Annotated[
+        bool, typer.Option("--report", help="Only rebuild the report from stored results.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Report folder (default: reports/grid).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print every cell as JSON.")] = False,
 ) -> None:
-    """Generate, score and store the subject × motion grid; re-runs skip scored cells."""
+    """Generate, score and store the subject × motion grid; re-runs skip scored cells.
+    Writes a report: CSV, JSON, heatmap PNGs and an HTML page with every cell's GIF."""
     from dvkit.cli.progress import RichReporter
     from dvkit.evaluate.grid import DEFAULT_TEMPLATE
     from dvkit.evaluate.grid import bench as run_bench
@@ -70,13 +77,17 @@ def bench(
         result = run_bench(
             catalog, subject, motion, templates, seed or [0], baselines=baselines,
             shard=_shard(shard), batch_size=batch_size, settings=settings, clip=clip, dino=dino,
-            device=device, dtype=dtype, on_cell=on_cell,
+            device=device, dtype=dtype, generate=not report_only, on_cell=on_cell,
         )  # fmt: skip
+        from dvkit.evaluate.report import write_report
+
+        report = write_report(result.rows, out or catalog.home / "reports" / "grid")
     if as_json:
         render.print_json(result.rows)
         return
     _table(result.rows)
     print(f"{result.cells} cells: {result.generated} generated, {result.skipped} already scored")
+    print(f"report: {report.html}")
 
 
 def _table(rows: list[dict[str, Any]]) -> None:

@@ -88,9 +88,13 @@ def bench(
     dino: str = "vit_small_patch16_224.dino",
     device: str = "auto",
     dtype: str = "auto",
+    generate: bool = True,
     on_cell: Callable[[int, int], None] | None = None,
 ) -> GridResult:
-    """Generate, score and store every missing cell of the grid; return all its evaluations."""
+    """Generate, score and store every missing cell of the grid; return all its evaluations.
+
+    With `generate=False` nothing is generated: the result holds the cells already stored.
+    """
     quiet_libraries()
     index, count = shard
     if not 0 <= index < count:
@@ -103,15 +107,14 @@ def bench(
     subject_adapters = _adapters(catalog, subjects, "subject")
     motion_adapters = _adapters(catalog, motions, "motion")
     _check_tokens(subject_adapters)
-    components, _ = open_matching_base(catalog, [*subject_adapters.values(),
-                                                 *motion_adapters.values()], "tiny")  # fmt: skip
+    chosen = [*subject_adapters.values(), *motion_adapters.values()]
     settings = settings or SamplerSettings(
         steps=50,
         frames=_trained(motion_adapters, "frames", 16),
         height=_trained(subject_adapters, "resolution", 256),
         width=_trained(subject_adapters, "resolution", 256),
     )
-    sampler = {**asdict(settings), "base": components.name}
+    sampler = {**asdict(settings), "base": chosen[0].record.base}
     roles = ROLES if baselines else ("joint",)
     cells = sorted(
         (Cell(s, m, role, t, seed) for s in subject_adapters for m in motion_adapters
@@ -123,7 +126,8 @@ def bench(
     done = {row["cell"] for row in catalog.evaluation_rows(list(keys))}
     todo = [cell for key, cell in keys.items() if key not in done]
     result = GridResult(cells=len(mine), skipped=len(mine) - len(todo))
-    if todo:
+    if todo and generate:
+        components, _ = open_matching_base(catalog, chosen, "tiny")
         run_device = resolve_device(device)
         run_dtype = resolve_dtype(dtype, run_device)
         for model in (components.unet, components.vae, components.text_encoder):
