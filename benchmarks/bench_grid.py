@@ -28,18 +28,22 @@ import json, resource, sys, time
 from dvkit.catalog import Catalog
 from dvkit.generate.sampler import SamplerSettings
 home, steps, frames, size, batch = sys.argv[1], *map(int, sys.argv[2:6])
+device = sys.argv[6]
 settings = SamplerSettings(steps=steps, frames=frames, height=size, width=size)
 catalog = Catalog.open(home)
 start = time.perf_counter()
 """
 REPORT = """
-print(json.dumps({"seconds": time.perf_counter() - start, "cells": cells,
+import torch
+cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+print(json.dumps({"seconds": time.perf_counter() - start, "cells": cells, "peak_cuda_mb": cuda,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 BENCH = """
 from dvkit.evaluate.grid import bench
 catalog._conn.execute("DELETE FROM evaluations")
-result = bench(catalog, settings=settings, batch_size=batch, clip="tiny", dino="tiny", device="cpu")
+result = bench(catalog, settings=settings, batch_size=batch, clip="tiny", dino="tiny",
+               device=device)
 cells = result.generated
 """
 NAIVE = """
@@ -50,7 +54,7 @@ from dvkit.evaluate.score import Scorer
 from dvkit.generate.compose import guidance_embedding, install_subject, load_adapter
 from dvkit.generate.sampler import sample
 from dvkit.models.injection import AdapterInjector
-scorer = Scorer("tiny", "tiny", "cpu")
+scorer = Scorer("tiny", "tiny", device)
 subjects = {r.ref: load_adapter(catalog, r.ref, None, r.kind) for r in catalog.list(kind="subject")}
 motions = {r.ref: load_adapter(catalog, r.ref, None, r.kind) for r in catalog.list(kind="motion")}
 cells = 0
@@ -59,12 +63,15 @@ for s in subjects:
         for role in ROLES:
             cell = Cell(s, m, role, DEFAULT_TEMPLATE, 0)
             components, _ = open_base(catalog, "tiny")
+            for model in (components.unet, components.vae, components.text_encoder):
+                model.to(scorer.device)
             injector = AdapterInjector(components.unet)
             if cell.subject:
                 install_subject(components, injector, subjects[s], name=f"subject:{s}")
             if cell.motion:
                 injector.load(f"motion:{m}", "motion", motions[m].tensors.adapters)
-            guidance = {(s, m): guidance_embedding(motions[m], subjects[s], None, size, "cpu")}
+            guidance = {(s, m): guidance_embedding(motions[m], subjects[s], None, size,
+                                                   scorer.device)}
             video = sample(components, [_row(cell, subjects, motions, guidance)], settings,
                            injector)[0]
             references = subjects[s].tensors.reference_images
@@ -81,7 +88,9 @@ BASELINE = """
 from dvkit.bases import open_base
 from dvkit.evaluate.score import Scorer
 components, _ = open_base(catalog, "tiny")
-scorer = Scorer("tiny", "tiny", "cpu")
+scorer = Scorer("tiny", "tiny", device)
+for model in (components.unet, components.vae, components.text_encoder):
+    model.to(scorer.device)
 scorer.clip, scorer.dino
 cells = 0
 """
@@ -111,14 +120,15 @@ def build_catalog(root: Path) -> Path:
             folder = root / name
             folder.mkdir()
             clip = (rng.random((6, 16, 16, 3)) * 255).astype("uint8")
-            iio.imwrite(folder / "0.mp4", clip, plugin="FFMPEG", fps=8)
+            iio.imwrite(folder / "0.gif", clip, plugin="pillow", duration=125, loop=0)
             add_motion(name, [folder], catalog=catalog, preset="quick", steps=3, frames=4)
     return root / "registry"
 
 
 def run(script: str, home: Path, args: argparse.Namespace) -> dict:
     code = textwrap.dedent(COMMON) + textwrap.dedent(script) + textwrap.dedent(REPORT)
-    values = [str(v) for v in (home, args.steps, args.frames, args.size, args.batch_size)]
+    values = [str(v) for v in (home, args.steps, args.frames, args.size, args.batch_size,
+                               args.device)]  # fmt: skip
     output = subprocess.run([sys.executable, "-c", code, *values], capture_output=True,
                             text=True, check=True)  # fmt: skip
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -130,6 +140,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dvkit-grid-") as folder:
         home = build_catalog(Path(folder))
@@ -147,6 +158,8 @@ def main() -> None:
         "goal_speedup": 3.0,
         "peak_rss_mb": {"bench": round(fast["peak_rss_mb"]), "naive": round(naive["peak_rss_mb"]),
                         "one_base_plus_encoders": round(baseline["peak_rss_mb"])},
+        "peak_cuda_mb": {"bench": fast["peak_cuda_mb"], "naive": naive["peak_cuda_mb"],
+                         "one_base_plus_encoders": baseline["peak_cuda_mb"]},
         "bench_over_base_and_encoders": round(fast["peak_rss_mb"] / baseline["peak_rss_mb"], 2),
         "goal_memory_ratio": 1.3,
     }, indent=2))  # fmt: skip

@@ -86,6 +86,7 @@ def bench(
         render.print_json(result.rows)
         return
     _table(result.rows)
+    _extremes(result.rows)
     print(f"{result.cells} cells: {result.generated} generated, {result.skipped} already scored")
     print(f"report: {report.html}")
 
@@ -109,6 +110,23 @@ def _table(rows: list[dict[str, Any]]) -> None:
         cells = ["-" if m is None else f"{m:.4f}" for m in means]
         table.add_row(subject, motion, role, str(len(scores)), *cells)
     render.console().print(table)
+
+
+def _extremes(rows: list[dict[str, Any]]) -> None:
+    """The best and worst joint cell for each metric."""
+    joint = [row for row in rows if row["sampler"]["role"] == "joint"]
+    for key, label in METRICS:
+        scored = [row for row in joint if key in row["metrics"]]
+        if len(scored) < 2:
+            continue
+        best = max(scored, key=lambda row: row["metrics"][key])
+        worst = min(scored, key=lambda row: row["metrics"][key])
+        print(f"{label:<9} best {_cell(best, key)}   worst {_cell(worst, key)}")
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    subject, motion = row["sampler"]["pair"]
+    return f"{row['metrics'][key]:.4f} {subject} × {motion} seed {row['seed']}"
 
 
 def _shard(text: str) -> tuple[int, int]:
