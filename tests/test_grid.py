@@ -72,6 +72,12 @@ def test_batched_scores_equal_one_cell_at_a_time(catalog) -> None:
             assert value == pytest.approx(by_cell[row["cell"]][name], abs=1e-5)
 
 
+def test_interrupted_grid_generates_only_the_missing_cells(catalog) -> None:
+    half = bench(catalog, seeds=[0, 1], shard=(0, 2), settings=SMALL, **ENCODERS)
+    rest = bench(catalog, seeds=[0, 1], settings=SMALL, **ENCODERS)
+    assert (half.generated, rest.cells, rest.skipped, rest.generated) == (8, 16, 8, 8)
+
+
 def test_two_shards_make_exactly_the_full_grid(catalog) -> None:
     halves = [bench(catalog, seeds=[0, 1], shard=(i, 2), settings=SMALL, **ENCODERS)
               for i in range(2)]  # fmt: skip
