@@ -23,6 +23,14 @@ Resume = Annotated[
 ]
 Tags = Annotated[list[str] | None, typer.Option("--tag", help="Tag to add (repeatable).")]
 Description = Annotated[str, typer.Option("--description", help="Free text shown by dvkit show.")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size")]
+Resolution = Annotated[int | None, typer.Option("--resolution", help="Square size in pixels.")]
+Seed = Annotated[int | None, typer.Option("--seed")]
+HiddenRatio = Annotated[float | None, typer.Option("--hidden-ratio", help="Adapter width / C.")]
+CheckpointEvery = Annotated[int | None, typer.Option("--checkpoint-every")]
+GradientCheckpointing = Annotated[
+    bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
+]
 KeepSteps = Annotated[
     str | None,
     typer.Option(
@@ -56,15 +64,13 @@ def add_subject(
     inversion_lr: Annotated[float | None, typer.Option("--inversion-lr")] = None,
     identity_steps: Annotated[int | None, typer.Option("--identity-steps")] = None,
     identity_lr: Annotated[float | None, typer.Option("--identity-lr")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
-    resolution: Annotated[int | None, typer.Option("--resolution")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
-    hidden_ratio: Annotated[float | None, typer.Option("--hidden-ratio")] = None,
+    batch_size: BatchSize = None,
+    resolution: Resolution = None,
+    seed: Seed = None,
+    hidden_ratio: HiddenRatio = None,
     keep_steps: KeepSteps = None,
-    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every")] = None,
-    gradient_checkpointing: Annotated[
-        bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
-    ] = False,
+    checkpoint_every: CheckpointEvery = None,
+    gradient_checkpointing: GradientCheckpointing = False,
     base: Base = "tiny",
     preset: Preset = "official",
     device: Device = "auto",
@@ -110,10 +116,10 @@ def add_motion(
     ] = None,
     steps: Annotated[int | None, typer.Option("--steps")] = None,
     lr: Annotated[float | None, typer.Option("--lr")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
-    resolution: Annotated[int | None, typer.Option("--resolution")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
-    hidden_ratio: Annotated[float | None, typer.Option("--hidden-ratio")] = None,
+    batch_size: BatchSize = None,
+    resolution: Resolution = None,
+    seed: Seed = None,
+    hidden_ratio: HiddenRatio = None,
     text_dropout: Annotated[float | None, typer.Option("--text-dropout")] = None,
     image_dropout: Annotated[float | None, typer.Option("--image-dropout")] = None,
     image_encoder: Annotated[
@@ -121,10 +127,8 @@ def add_motion(
         typer.Option("--image-encoder", help="open_clip MODEL:PRETRAINED, or tiny (offline)."),
     ] = None,
     keep_steps: KeepSteps = None,
-    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every")] = None,
-    gradient_checkpointing: Annotated[
-        bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
-    ] = False,
+    checkpoint_every: CheckpointEvery = None,
+    gradient_checkpointing: GradientCheckpointing = False,
     base: Base = "tiny",
     preset: Preset = "official",
     device: Device = "auto",
