@@ -92,25 +92,28 @@ class AdapterFileInfo:
 
 def write_adapter_file(path: Path, tensors: dict[str, torch.Tensor], info: AdapterFileInfo) -> str:
     """Write `tensors` with `info`'s metadata atomically to `path`; return the weights hash."""
-    from safetensors.torch import save
-
-    contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    raw = save(contiguous, metadata=info.metadata())
-    (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + length])
-    data = raw[8 + length :]
-    import hashlib
-
-    weights_hash = "0x" + hashlib.sha256(data).hexdigest()
-    header["__metadata__"]["modelspec.hash_sha256"] = weights_hash
-    write_atomically(Path(path), _encode_header(header) + data)
+    payload, weights_hash = serialize_with_hash(tensors, info.metadata())
+    write_atomically(Path(path), payload)
     return weights_hash
 
 
-def _encode_header(header: dict[str, Any]) -> bytes:
+def serialize_with_hash(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> tuple[bytes, str]:
+    """safetensors bytes whose `modelspec.hash_sha256` is the sha256 of their tensor data."""
+    import hashlib
+
+    from safetensors.torch import save
+
+    raw = save({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, metadata)
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    data = raw[8 + length :]
+    weights_hash = "0x" + hashlib.sha256(data).hexdigest()
+    header["__metadata__"]["modelspec.hash_sha256"] = weights_hash
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)
-    return struct.pack("<Q", len(encoded)) + encoded
+    return struct.pack("<Q", len(encoded)) + encoded + data, weights_hash
 
 
 def read_adapter_info(path: Path, verify_hash: bool = True) -> AdapterFileInfo:

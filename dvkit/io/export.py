@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from dvkit.io.adapter_file import (
     REFERENCE_IMAGES_KEY,
     TOKEN_EMBEDDING_KEY,
     AdapterFileInfo,
+    serialize_with_hash,
 )
 from dvkit.io.files import write_atomically
 
@@ -272,7 +272,7 @@ def export_merged(
         "dvkit.motion": _label(parts["motion"]),
         "dvkit.recipe": json.dumps(recipe, sort_keys=True),
     }
-    payload, weights_hash = _serialize(tensors, metadata)
+    payload, weights_hash = serialize_with_hash(tensors, metadata)
     write_atomically(out, payload)
     return ExportResult(
         out, [_label(parts["subject"]), _label(parts["motion"])], weights_hash, len(payload)
@@ -331,21 +331,6 @@ def _part_recipe(part: _Part, scale: float) -> dict[str, Any]:
     else:
         entry["image_encoder"] = record.training.get("image_encoder", "")
     return entry
-
-
-def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[bytes, str]:
-    """safetensors bytes whose `modelspec.hash_sha256` is the sha256 of their tensor data."""
-    from safetensors.torch import save
-
-    raw = save({name: t.detach().contiguous().cpu() for name, t in tensors.items()}, metadata)
-    (length,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + length])
-    data = raw[8 + length :]
-    weights_hash = "0x" + hashlib.sha256(data).hexdigest()
-    header["__metadata__"]["modelspec.hash_sha256"] = weights_hash
-    encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    encoded += b" " * (-len(encoded) % 8)
-    return struct.pack("<Q", len(encoded)) + encoded + data, weights_hash
 
 
 # ---- reading merged files -------------------------------------------------------------------

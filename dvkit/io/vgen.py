@@ -19,7 +19,6 @@ ordinary dvkit adapter (safetensors, dvkit tensor names).
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 import tempfile
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dvkit.catalog.blobs import hash_file
 from dvkit.errors import AdapterFileError, DvkitError
 from dvkit.names import validate_name, validate_tag
 
@@ -199,7 +199,7 @@ def _read_checkpoint(path: Path) -> _Checkpoint:
     state, step = _state_dict(path, _torch_load(path))
     if step is None:
         step = _file_step(path, _ADAPTER_FILE)
-    return _Checkpoint(path, state, step, _sha256(path))
+    return _Checkpoint(path, state, step, hash_file(path))
 
 
 def _map_checkpoint(checkpoint: _Checkpoint, unet: nn.Module) -> VgenAdapter:
@@ -348,7 +348,7 @@ def read_vgen_embedding(path: str | Path) -> VgenEmbedding:
     if not bool(torch.isfinite(vectors).all()):
         raise AdapterFileError(f"{path}: the learned embedding holds NaN or infinite values")
     step = _file_step(path, _EMBEDDING_FILE)
-    return VgenEmbedding(path, vectors.float().contiguous().clone(), step, _sha256(path))
+    return VgenEmbedding(path, vectors.float().contiguous().clone(), step, hash_file(path))
 
 
 def _torch_load(path: Path, allowed: Sequence[type] = ()) -> Any:
@@ -469,14 +469,6 @@ def _shown(names: Sequence[str]) -> str:
     shown = ", ".join(names[:_NAMES_SHOWN])
     more = len(names) - _NAMES_SHOWN
     return f"{shown} and {more} more" if more > 0 else shown
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---- preparing and registering ------------------------------------------------------------------
