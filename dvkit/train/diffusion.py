@@ -1,4 +1,5 @@
-"""The ε-prediction objective: noising cached latents and the (optionally masked) MSE loss."""
+"""The diffusion objective: noising cached latents, the scheduler's target (ε or v) and the
+(optionally masked) MSE loss."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ def add_noise(
     generator: torch.Generator,
     offset_noise: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Noisy latents (B, C, F, H, W), the noise to predict and the timesteps.
+    """Noisy latents (B, C, F, H, W), what the UNet should predict, and the timesteps.
 
+    The target is the noise for ε-prediction schedulers and the velocity for v-prediction ones.
     Offset noise adds a per-video, per-channel constant, scaled by `offset_noise`.
     """
     batch, channels = latents.shape[:2]
@@ -32,14 +34,17 @@ def add_noise(
         noise = noise + offset_noise * torch.randn(shape, generator=generator, device=device)
     steps = scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, steps, (batch,), generator=generator, device=device)
-    return scheduler.add_noise(latents, noise, timesteps), noise, timesteps
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    if scheduler.config.prediction_type == "v_prediction":
+        return noisy, scheduler.get_velocity(latents, noise, timesteps), timesteps
+    return noisy, noise, timesteps
 
 
-def epsilon_loss(
-    prediction: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor | None = None
+def diffusion_loss(
+    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Mean squared error; with a mask (B, 1, F, H, W) only the subject's pixels count."""
     if mask is None:
-        return F.mse_loss(prediction.float(), noise.float())
-    error = (prediction.float() - noise.float()) ** 2 * mask
+        return F.mse_loss(prediction.float(), target.float())
+    error = (prediction.float() - target.float()) ** 2 * mask
     return error.sum() / (mask.sum() * prediction.shape[1]).clamp(min=1)

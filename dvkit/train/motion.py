@@ -16,7 +16,7 @@ import torch
 from dvkit.models.components import BaseComponents
 from dvkit.models.image_encoder import ImageEncoder
 from dvkit.models.injection import AdapterInjector, create_adapter_state
-from dvkit.train.diffusion import add_noise, epsilon_loss, sample_latents
+from dvkit.train.diffusion import add_noise, diffusion_loss, sample_latents
 from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.encode import as_video, encode_frames, encode_text
 from dvkit.train.loop import Reporter, Stage, run_stage
@@ -71,12 +71,12 @@ def train_motion(
         keep_image = torch.rand(batch, generator=gen, device=device) >= settings.image_dropout
         keep_text = torch.rand(batch, generator=gen, device=device) >= settings.text_dropout
         latents = sample_latents(mean[index], std[index], gen)
-        noisy, noise, timesteps = add_noise(base.scheduler, latents, gen, settings.offset_noise)
+        noisy, target, timesteps = add_noise(base.scheduler, latents, gen, settings.offset_noise)
         image = embeds[index, frame] * keep_image[:, None]
         text = torch.where(keep_text[:, None, None], caption, empty)
         injector.set_active({ADAPTER_NAME: 1.0}, image_embeds=image)
         prediction = unet(noisy.to(dtype), timesteps, encoder_hidden_states=text).sample
-        return epsilon_loss(prediction, noise)
+        return diffusion_loss(prediction, target)
 
     result = run_stage(
         Stage("motion", settings.steps, settings.lr, weights.parameters_by_name(), motion_loss,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector, create_adapter_state
 from dvkit.models.textual_inversion import TrainableRows, add_placeholder_tokens, expand_placeholder
-from dvkit.train.diffusion import add_noise, epsilon_loss, sample_latents
+from dvkit.train.diffusion import add_noise, diffusion_loss, sample_latents
 from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.encode import encode_frames, tokenize
 from dvkit.train.loop import Reporter, Stage, run_stage
@@ -70,15 +70,15 @@ def train_subject(
     def noisy_batch(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         index = torch.randint(len(mean), (batch,), generator=gen, device=device)
         latents = sample_latents(mean[index], std[index], gen)
-        noisy, noise, timesteps = add_noise(base.scheduler, latents, gen, settings.offset_noise)
-        return index, noisy.to(dtype), noise, timesteps
+        noisy, target, timesteps = add_noise(base.scheduler, latents, gen, settings.offset_noise)
+        return index, noisy.to(dtype), target, timesteps
 
     rows = TrainableRows(text_encoder, ids)
 
     def inversion_loss(gen: torch.Generator) -> torch.Tensor:
-        _, noisy, noise, timesteps = noisy_batch(gen)
+        _, noisy, target, timesteps = noisy_batch(gen)
         text = text_encoder(input_ids.expand(batch, -1))[0]
-        return epsilon_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, noise)
+        return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, target)
 
     inversion = run_stage(
         Stage("inversion", settings.inversion_steps, settings.inversion_lr,
@@ -95,10 +95,10 @@ def train_subject(
     injector.train_adapter(ADAPTER_NAME)
 
     def identity_loss(gen: torch.Generator) -> torch.Tensor:
-        index, noisy, noise, timesteps = noisy_batch(gen)
+        index, noisy, target, timesteps = noisy_batch(gen)
         mask = latent_masks[index] if latent_masks is not None else None
         prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
-        return epsilon_loss(prediction, noise, mask)
+        return diffusion_loss(prediction, target, mask)
 
     identity = run_stage(
         Stage("identity", settings.identity_steps, settings.identity_lr,
