@@ -8,7 +8,7 @@ from diffusers import AutoencoderKL, UNet3DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from dvkit.models.components import BaseComponents
-from dvkit.models.tiny import TINY_WORDS, build_tiny_base, write_tiny_vocab
+from dvkit.models.tiny import TINY_WORDS, build_tiny_base, write_word_vocab
 
 
 def test_fingerprint_is_deterministic_and_follows_the_seed():
@@ -60,7 +60,7 @@ def test_tokenizer_and_text_encoder_agree():
 
 
 def test_vocab_files_hold_every_byte_with_and_without_end_of_word(tmp_path):
-    write_tiny_vocab(tmp_path)
+    write_word_vocab(tmp_path)
     vocab = json.loads((tmp_path / "vocab.json").read_text(encoding="utf-8"))
     singles = [symbol for symbol in vocab if len(symbol) == 1]
     assert len(singles) == 256

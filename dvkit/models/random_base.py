@@ -30,7 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dvkit.models.components import BaseComponents, dreamvideo_scheduler
 from dvkit.models.image_encoder import ImageEncoder
-from dvkit.models.tiny import BOS_TOKEN, EOS_TOKEN, MAX_TOKENS, write_tiny_vocab
+from dvkit.models.tiny import BOS_TOKEN, EOS_TOKEN, MAX_TOKENS, write_word_vocab
 
 MODELSCOPE_SHAPED_NAME = "modelscope-shaped"
 MODELSCOPE_ARCHITECTURE = "modelscope-t2v"
@@ -179,7 +179,7 @@ def build_clip_sized_tokenizer() -> CLIPTokenizer:
     """
     with tempfile.TemporaryDirectory(prefix="dvkit-shaped-tokenizer-") as name:
         folder = Path(name)
-        write_tiny_vocab(folder)
+        write_word_vocab(folder)
         vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
         del vocab[BOS_TOKEN], vocab[EOS_TOKEN]
         for index in range(len(vocab), CLIP_VOCAB - 2):

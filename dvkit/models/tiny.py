@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -60,20 +61,7 @@ def build_tiny_base(seed: int = 0) -> BaseComponents:
             norm_num_groups=8,
             sample_size=8,
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=TEXT_WIDTH,
-                intermediate_size=37,
-                projection_dim=TEXT_WIDTH,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=MAX_TOKENS,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        text_encoder = small_text_encoder(tokenizer, TEXT_WIDTH, intermediate=37)
     scheduler = dreamvideo_scheduler()
     return BaseComponents(
         unet=unet.eval(),
@@ -86,27 +74,54 @@ def build_tiny_base(seed: int = 0) -> BaseComponents:
     )
 
 
+def small_text_encoder(
+    tokenizer: CLIPTokenizer, width: int, intermediate: int, layers: int = 2, heads: int = 4
+) -> CLIPTextModel:
+    """A freshly initialised CLIP text encoder sized for `tokenizer` (draws from torch's RNG)."""
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            intermediate_size=intermediate,
+            projection_dim=width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
 def build_tiny_tokenizer() -> CLIPTokenizer:
-    """A CLIP tokenizer over the tiny vocabulary, loaded from files written to a temp folder."""
-    with tempfile.TemporaryDirectory(prefix="dvkit-tiny-tokenizer-") as folder:
-        write_tiny_vocab(Path(folder))
-        return CLIPTokenizer.from_pretrained(folder, model_max_length=MAX_TOKENS)
+    """A CLIP tokenizer over the tiny vocabulary."""
+    return build_word_tokenizer(TINY_WORDS, MAX_TOKENS)
 
 
-def write_tiny_vocab(folder: Path) -> None:
-    """Write the tiny tokenizer's `vocab.json` and `merges.txt` into `folder`.
+def build_word_tokenizer(words: Sequence[str], max_tokens: int) -> CLIPTokenizer:
+    """A CLIP tokenizer knowing `words` whole, loaded from files written to a temp folder."""
+    with tempfile.TemporaryDirectory(prefix="dvkit-tokenizer-") as folder:
+        write_word_vocab(Path(folder), words)
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=max_tokens)
+
+
+def write_word_vocab(folder: Path, words: Sequence[str] = TINY_WORDS) -> None:
+    """Write a byte-level BPE tokenizer's `vocab.json` and `merges.txt` into `folder`.
 
     The vocabulary holds the 256 byte characters of byte-level BPE, each again with the end-of-word
-    suffix, the merge results that spell every word of `TINY_WORDS`, then the start and end tokens.
+    suffix, the merge results that spell every word of `words`, then the start and end tokens.
     Each word is spelled by merging left to right; longer words' merges rank first so that a short
-    word's merge cannot split a longer word.
+    word's merge cannot split a longer word. A word whose inner letters start a longer word (e.g.
+    "striped" beside "triangle") loses those letters to the longer word's merges and becomes a
+    few tokens; every word of `TINY_WORDS` is one token.
     """
     characters = _byte_characters()
     vocab = {symbol: index for index, symbol in enumerate(characters)}
     for character in characters:
         vocab[character + END_OF_WORD] = len(vocab)
     merges: list[str] = []
-    for word in sorted(TINY_WORDS, key=lambda w: (-len(w), w)):
+    for word in sorted(set(words), key=lambda w: (-len(w), w)):
         merged = word[0]
         for position, character in enumerate(word[1:], start=2):
             symbol = character + (END_OF_WORD if position == len(word) else "")
