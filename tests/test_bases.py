@@ -34,7 +34,7 @@ def test_open_base_registers_builtin_once(catalog) -> None:
 
 def test_base_list_shows_unused_builtins(cli, home) -> None:
     code, out, _ = cli("--home", home, "base", "list", "--json")
-    assert [row["name"] for row in json.loads(out)] == ["tiny"]
+    assert [row["name"] for row in json.loads(out)] == ["tiny", "sprites"]
 
 
 def test_base_add_errors(cli, home, tmp_path, run_dvkit) -> None:
@@ -52,4 +52,4 @@ def test_base_add_errors(cli, home, tmp_path, run_dvkit) -> None:
     code, _, err = cli("--home", home, "base", "add", "Bad", tmp_path / "not-a-model")
     assert code == 1 and "invalid base name" in err
     code, out, _ = cli("--home", home, "base", "list", "--json")
-    assert [row["name"] for row in json.loads(out)] == ["tiny"]  # nothing was added
+    assert [row["name"] for row in json.loads(out)] == ["tiny", "sprites"]  # nothing was added

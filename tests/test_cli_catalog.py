@@ -104,7 +104,14 @@ def test_base_commands(cli, home) -> None:
     from dvkit.catalog.records import BaseModelRecord
 
     code, out, _ = cli("--home", home, "base", "list")
-    assert code == 0 and out.split() == ["tiny", "built-in", "builtin:tiny"]
+    assert code == 0 and out.split() == [
+        "tiny",
+        "built-in",
+        "builtin:tiny",
+        "sprites",
+        "built-in",
+        "builtin:sprites",
+    ]
     with Catalog.open(home) as catalog:
         catalog.add_base(
             BaseModelRecord(

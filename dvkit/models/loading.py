@@ -47,11 +47,16 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_base(source: str, name: str | None = None) -> BaseComponents:
-    """Components of a built-in base (`tiny`) or of a Hub id / local diffusers folder."""
+    """Components of a built-in base (`tiny`, `sprites`) or of a Hub id / local diffusers folder."""
     if source in ("tiny", "builtin:tiny"):
         from dvkit.models.tiny import build_tiny_base
 
         return build_tiny_base()
+    if source in ("sprites", "builtin:sprites"):
+        from dvkit.sprites.base import build_sprites_base
+
+        quiet_libraries()
+        return build_sprites_base()
     return load_pretrained(source, name or _default_name(source))
 
 
