@@ -11,8 +11,7 @@ import typer
 from dvkit.cli import render
 from dvkit.cli.context import open_catalog
 from dvkit.errors import DvkitError
-
-METRICS = (("clip_t", "CLIP-T"), ("clip_i", "CLIP-I"), ("dino_i", "DINO-I"), ("t_cons", "T. Cons."))
+from dvkit.evaluate.labels import present
 
 
 def bench(
@@ -35,8 +34,10 @@ def bench(
     ] = True,
     shard: Annotated[str, typer.Option("--shard", help="i/n: this process's part.")] = "0/1",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Videos per UNet batch.")] = 4,
-    steps: Annotated[int, typer.Option("--steps")] = 50,
-    guidance: Annotated[float, typer.Option("--guidance")] = 9.0,
+    steps: Annotated[int | None, typer.Option("--steps", help="Default 50 (sprites: 25).")] = None,
+    guidance: Annotated[
+        float | None, typer.Option("--guidance", help="Default 9.0 (sprites: 2.0).")
+    ] = None,
     frames: Annotated[int | None, typer.Option("--frames")] = None,
     size: Annotated[int | None, typer.Option("--size")] = None,
     clip: Annotated[str, typer.Option("--clip")] = "ViT-B-32:openai",
@@ -56,27 +57,16 @@ def bench(
     from dvkit.cli.progress import RichReporter
     from dvkit.evaluate.grid import DEFAULT_TEMPLATE
     from dvkit.evaluate.grid import bench as run_bench
-    from dvkit.generate.sampler import SamplerSettings
+    from dvkit.train.loop import count_progress
 
     templates = _templates(prompts) if prompts else [DEFAULT_TEMPLATE]
-    reporter, started = RichReporter(), []
-
-    def on_cell(done: int, total: int) -> None:
-        if not started:
-            reporter.start("cells", total, done - 1)
-            started.append(True)
-        reporter.step()
-        if done == total:
-            reporter.end()
+    on_cell = count_progress(RichReporter(), "cells")
 
     with open_catalog(ctx) as catalog:
-        settings = None
-        if frames or size or steps != 50 or guidance != 9.0:
-            settings = SamplerSettings(steps=steps, guidance_scale=guidance, frames=frames or 16,
-                                       height=size or 256, width=size or 256)  # fmt: skip
         result = run_bench(
             catalog, subject, motion, templates, seed or [0], baselines=baselines,
-            shard=_shard(shard), batch_size=batch_size, settings=settings, clip=clip, dino=dino,
+            shard=_shard(shard), batch_size=batch_size, steps=steps, guidance=guidance,
+            frames=frames, size=size, clip=clip, dino=dino,
             device=device, dtype=dtype, generate=not report_only, on_cell=on_cell,
         )  # fmt: skip
         from dvkit.evaluate.report import write_report
@@ -98,14 +88,15 @@ def _table(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         pair = tuple(row["sampler"]["pair"])
         groups[(*pair, row["sampler"]["role"])].append(row["metrics"])
+    shown = present([row["metrics"] for row in rows])
     table = Table(box=None, header_style="bold")
-    for column in ("SUBJECT", "MOTION", "ROLE", "N", *(label for _, label in METRICS)):
+    for column in ("SUBJECT", "MOTION", "ROLE", "N", *shown.values()):
         table.add_column(column)
     for (subject, motion, role), scores in sorted(groups.items()):
         means = [
             sum(s[key] for s in scores if key in s) / max(1, sum(key in s for s in scores))
             if any(key in s for s in scores) else None
-            for key, _ in METRICS
+            for key in shown
         ]  # fmt: skip
         cells = ["-" if m is None else f"{m:.4f}" for m in means]
         table.add_row(subject, motion, role, str(len(scores)), *cells)
@@ -115,7 +106,7 @@ def _table(rows: list[dict[str, Any]]) -> None:
 def _extremes(rows: list[dict[str, Any]]) -> None:
     """The best and worst joint cell for each metric."""
     joint = [row for row in rows if row["sampler"]["role"] == "joint"]
-    for key, label in METRICS:
+    for key, label in present([row["metrics"] for row in joint]).items():
         scored = [row for row in joint if key in row["metrics"]]
         if len(scored) < 2:
             continue

@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 
 from dvkit.cli import render
-
-LABELS = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "dino_i": "DINO-I", "t_cons": "T. Cons."}
+from dvkit.evaluate.labels import METRICS
 
 
 def score(
@@ -35,9 +34,9 @@ def score(
     if as_json:
         render.print_json(result)
         return
-    for key in ("clip_t", "clip_i", "dino_i", "t_cons"):
+    for key, label in METRICS.items():
         if key in result:
-            print(f"{LABELS[key]:<9} {result[key]:.4f}")
+            print(f"{label:<11} {result[key]:.4f}")
 
 
 COMMANDS = {"score": score}

@@ -32,11 +32,13 @@ from dvkit.generate.compose import (
 )
 from dvkit.generate.sampler import Row, SamplerSettings, sample
 from dvkit.io.video import to_uint8, write_video
+from dvkit.models.builtin import sampling_default
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.textual_inversion import expand_placeholder
 
 ROLES = ("joint", "subject", "motion", "base")
+SPRITES_BASE = "sprites"
 DEFAULT_TEMPLATE = "a {subject} {motion}"
 
 
@@ -83,6 +85,10 @@ def bench(
     shard: tuple[int, int] = (0, 1),
     batch_size: int = 4,
     settings: SamplerSettings | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    frames: int | None = None,
+    size: int | None = None,
     fps: float = 8.0,
     clip: str = "ViT-B-32:openai",
     dino: str = "vit_small_patch16_224.dino",
@@ -93,7 +99,10 @@ def bench(
 ) -> GridResult:
     """Generate, score and store every missing cell of the grid; return all its evaluations.
 
-    With `generate=False` nothing is generated: the result holds the cells already stored.
+    `settings` fixes the whole sampler; otherwise `steps`, `guidance`, `frames` and `size`
+    override the defaults (the adapters' training frames and resolution, the base's own
+    sampling defaults). With `generate=False` nothing is generated: the result holds the cells
+    already stored.
     """
     quiet_libraries()
     index, count = shard
@@ -108,13 +117,20 @@ def bench(
     motion_adapters = _adapters(catalog, motions, "motion")
     _check_tokens(subject_adapters)
     chosen = [*subject_adapters.values(), *motion_adapters.values()]
-    settings = settings or SamplerSettings(
-        steps=50,
-        frames=_trained(motion_adapters, "frames", 16),
-        height=_trained(subject_adapters, "resolution", 256),
-        width=_trained(subject_adapters, "resolution", 256),
-    )
-    sampler = {**asdict(settings), "base": chosen[0].record.base}
+    base = chosen[0].record.base
+    if settings is None:
+        resolution = size or _trained(subject_adapters, "resolution", 256)
+        settings = SamplerSettings(
+            steps=steps or int(sampling_default(base, "steps", 50)),
+            guidance_scale=sampling_default(base, "guidance", 9.0)
+            if guidance is None
+            else guidance,
+            frames=frames
+            or _trained(motion_adapters, "frames", int(sampling_default(base, "frames", 16))),
+            height=resolution,
+            width=resolution,
+        )
+    sampler = {**asdict(settings), "base": base}
     roles = ROLES if baselines else ("joint",)
     cells = sorted(
         (Cell(s, m, role, t, seed) for s in subject_adapters for m in motion_adapters
@@ -147,7 +163,9 @@ def bench(
                                        settings.height, run_device)
             for s in subject_adapters for m in motion_adapters
         }  # fmt: skip
-        scorer = _CachedScorer(Scorer(clip, dino, device), subject_adapters, motion_adapters)
+        scorer = _CachedScorer(
+            Scorer(clip, dino, device), subject_adapters, motion_adapters, base == SPRITES_BASE
+        )
         folder = catalog.home / "videos" / "grid"
         folder.mkdir(parents=True, exist_ok=True)
         try:
@@ -183,14 +201,20 @@ def prompt_text(cell: Cell, subjects: dict, motions: dict, for_scoring: bool) ->
 
 
 class _CachedScorer:
-    """Scores videos with text and reference embeddings computed once per grid."""
+    """Scores videos with text and reference embeddings computed once per grid; on the sprites
+    base also with the ground-truth metrics, against the pair's subject and motion."""
 
     def __init__(
-        self, scorer: Scorer, subjects: dict[str, LoadedAdapter], motions: dict[str, LoadedAdapter]
+        self,
+        scorer: Scorer,
+        subjects: dict[str, LoadedAdapter],
+        motions: dict[str, LoadedAdapter],
+        ground_truth: bool = False,
     ) -> None:
         self.scorer, self.subjects, self.motions = scorer, subjects, motions
         self._texts: dict[str, torch.Tensor] = {}
         self._references: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        self._targets = _sprites_targets(subjects, motions) if ground_truth else None
 
     def score(self, cell: Cell, frames: torch.Tensor) -> dict[str, float]:
         """Metrics of a generated video's frames (F, H, W, 3), floats in [0, 1]."""
@@ -206,6 +230,12 @@ class _CachedScorer:
             result["clip_i"] = metrics.image_similarity(clip_refs, clip_frames)
             dino_frames = self.scorer.dino.images(frames)
             result["dino_i"] = metrics.image_similarity(dino_refs, dino_frames)
+        if self._targets is not None:
+            from dvkit.sprites.metrics import ground_truth
+
+            subjects, motions = self._targets
+            targets = subjects[cell.pair_subject], motions[cell.pair_motion]
+            result.update(ground_truth(frames.float().cpu().numpy(), *targets))
         return result
 
     def _reference_embeddings(self, ref: str) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -214,6 +244,29 @@ class _CachedScorer:
             self._references[ref] = None if images is None else (
                 self.scorer.clip.images(images), self.scorer.dino.images(images))  # fmt: skip
         return self._references[ref]
+
+
+def _sprites_targets(
+    subjects: dict[str, LoadedAdapter], motions: dict[str, LoadedAdapter]
+) -> tuple[dict[str, tuple[str, str] | None], dict[str, str | None]]:
+    """Each subject's colour and shape (read from its reference images) and each motion's
+    sprites motion (named by the adapter's name or caption), where known."""
+    from dvkit.sprites.metrics import describe, motion_named
+
+    subject_targets: dict[str, tuple[str, str] | None] = {}
+    for ref, adapter in subjects.items():
+        images = adapter.tensors.reference_images
+        try:
+            subject_targets[ref] = (
+                None if images is None else describe(images.float().numpy() / 255)
+            )
+        except ValueError:
+            subject_targets[ref] = None
+    motion_targets = {
+        ref: motion_named(a.record.name, a.record.training.get("caption") or "")
+        for ref, a in motions.items()
+    }
+    return subject_targets, motion_targets
 
 
 def _row(cell: Cell, subjects: dict, motions: dict, guidance: dict) -> Row:

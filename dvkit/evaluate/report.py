@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-METRICS = {"clip_t": "CLIP-T", "clip_i": "CLIP-I", "dino_i": "DINO-I", "t_cons": "T. Cons."}
+from dvkit.evaluate.labels import METRICS, present
+
 ROLE_ORDER = ("joint", "subject", "motion", "base")
 
 
@@ -47,13 +48,14 @@ def write_report(rows: list[dict[str, Any]], folder: Path) -> Report:
     folder.mkdir(parents=True, exist_ok=True)
     report = Report(folder, folder / "cells.csv", folder / "report.json", folder / "index.html")
     summary = summarise(rows)
-    _write_csv(rows, report.csv)
+    shown = present([row["metrics"] for row in rows])
+    _write_csv(rows, report.csv, shown)
     report.json.write_text(json.dumps({"summary": summary, "cells": rows}, indent=2, default=str))
-    for key, label in METRICS.items():
+    for key, label in shown.items():
         path = folder / f"heatmap-{key}.png"
         if draw_heatmap(summary["pairs"], key, label, path):
             report.heatmaps.append(path)
-    report.html.write_text(_html(rows, summary, report), encoding="utf-8")
+    report.html.write_text(_html(rows, summary, report, shown), encoding="utf-8")
     return report
 
 
@@ -104,22 +106,24 @@ def _means(scores: list[dict[str, float]]) -> dict[str, float | None]:
     return means
 
 
-def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def _write_csv(rows: list[dict[str, Any]], path: Path, shown: dict[str, str]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["subject", "motion", "role", "prompt", "seed", *METRICS, "video"])
+        writer.writerow(["subject", "motion", "role", "prompt", "seed", *shown, "video"])
         for row in rows:
             pair, scores = row["sampler"]["pair"], row["metrics"]
             writer.writerow([pair[0], pair[1], row["sampler"]["role"], row["prompt"], row["seed"],
-                             *(scores.get(k, "") for k in METRICS),
+                             *(scores.get(k, "") for k in shown),
                              (row.get("files") or [""])[0]])  # fmt: skip
 
 
-def _html(rows: list[dict[str, Any]], summary: dict[str, Any], report: Report) -> str:
+def _html(
+    rows: list[dict[str, Any]], summary: dict[str, Any], report: Report, shown: dict[str, str]
+) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(label)}</th>" for label in METRICS.values())
+    head = "".join(f"<th>{esc(label)}</th>" for label in shown.values())
     role_rows = "".join(
-        f"<tr><td>{esc(role)}</td>{_score_cells(summary['roles'][role])}</tr>"
+        f"<tr><td>{esc(role)}</td>{_score_cells(summary['roles'][role], shown)}</tr>"
         for role in ROLE_ORDER if role in summary["roles"]
     )  # fmt: skip
     heatmaps = "".join(f'<img src="{esc(p.name)}" alt="{esc(p.stem)}">' for p in report.heatmaps)
@@ -142,7 +146,8 @@ td,th{{padding:4px 10px;border-bottom:1px solid #ccc;text-align:right}}
 figure{{display:inline-block;margin:8px;width:220px;vertical-align:top;font-size:12px}}
 figure img{{width:200px;image-rendering:pixelated}} .maps img{{margin:8px}}</style></head>
 <body><h1>dvkit grid report</h1>
-<p>{len(rows)} cells. Metrics are raw cosines (CLIP-T, CLIP-I, DINO-I, temporal consistency).</p>
+<p>{len(rows)} cells. CLIP-T, CLIP-I, DINO-I and T. Cons. are raw cosines; on the sprites
+base, subject fidelity, motion fidelity and GT T. Cons. are measured from pixels (0 to 1).</p>
 <h2>Means by role</h2><table><tr><th>role</th>{head}</tr>{role_rows}</table>
 <h2>Heatmaps</h2><div class="maps">{heatmaps}</div>
 <h2>Every cell</h2>{"".join(cells)}
@@ -150,5 +155,6 @@ figure img{{width:200px;image-rendering:pixelated}} .maps img{{margin:8px}}</sty
 """
 
 
-def _score_cells(means: dict[str, float | None]) -> str:
-    return "".join(f"<td>{'-' if v is None else f'{v:.4f}'}</td>" for v in means.values())
+def _score_cells(means: dict[str, float | None], shown: dict[str, str]) -> str:
+    values = (means.get(key) for key in shown)
+    return "".join(f"<td>{'-' if v is None else f'{v:.4f}'}</td>" for v in values)

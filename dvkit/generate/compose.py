@@ -17,6 +17,7 @@ from dvkit.errors import DvkitError, NotFoundError
 from dvkit.generate.sampler import Row, SamplerSettings, sample, vae_scale_factor
 from dvkit.io.adapter_file import AdapterTensors, load_adapter_tensors
 from dvkit.io.video import VIDEO_FORMATS, check_writable_folder, to_uint8, write_video
+from dvkit.models.builtin import sampling_default
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
@@ -96,8 +97,8 @@ def compose(
         chosen, recipe = _from_merged(merged)
     subject_scale = _pick(subject_scale, recipe.get("subject", {}).get("scale"), 1.0)
     motion_scale = _pick(motion_scale, recipe.get("motion", {}).get("scale"), 1.0)
-    steps = int(_pick(steps, recipe.get("steps"), 50))
-    guidance = _pick(guidance, recipe.get("guidance_scale"), 9.0)
+    steps = _pick(steps, recipe.get("steps"), None)
+    guidance = _pick(guidance, recipe.get("guidance_scale"), None)
     image_strength = _pick(image_strength, recipe.get("image_strength"), 1.0)
     image_strength_uncond = _pick(image_strength_uncond, recipe.get("image_strength_uncond"), 1.0)
     _check_options(seeds, steps, formats)
@@ -113,6 +114,10 @@ def compose(
             if ref is not None
         ]
     components, _ = open_matching_base(catalog, chosen, base)
+    steps = int(steps or sampling_default(components.name, "steps", 50))
+    guidance = (
+        guidance if guidance is not None else sampling_default(components.name, "guidance", 9.0)
+    )
     run_device = resolve_device(device)
     run_dtype = resolve_dtype(dtype, run_device)
     for model in (components.unet, components.vae, components.text_encoder):
@@ -124,7 +129,8 @@ def compose(
     settings = SamplerSettings(
         steps=steps,
         guidance_scale=guidance,
-        frames=frames or _trained(motion_adapter, "frames", 16),
+        frames=frames
+        or _trained(motion_adapter, "frames", int(sampling_default(components.name, "frames", 16))),
         height=size
         or _trained(subject_adapter or motion_adapter, "resolution", _native(components)),
         width=size
@@ -200,7 +206,7 @@ def default_prompt(subject: LoadedAdapter | None, motion: LoadedAdapter | None) 
     return " ".join(words)
 
 
-def _pick(given: float | None, recipe: float | None, default: float) -> float:
+def _pick(given: float | None, recipe: float | None, default: float | None) -> float | None:
     return given if given is not None else recipe if recipe is not None else default
 
 
@@ -227,10 +233,10 @@ def _from_merged(path: str | Path) -> tuple[list[LoadedAdapter], dict]:
     return parts, merged.recipe
 
 
-def _check_options(seeds: Sequence[int], steps: int, formats: Sequence[str]) -> None:
+def _check_options(seeds: Sequence[int], steps: float | None, formats: Sequence[str]) -> None:
     if not seeds:
         raise DvkitError("give at least one seed")
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise DvkitError(f"--steps must be at least 1, not {steps}")
     unknown = [f for f in formats if f not in VIDEO_FORMATS]
     if unknown or not formats:

@@ -41,7 +41,7 @@ class Reporter(Protocol):
 
     def start(self, stage: str, total: int, completed: int) -> None: ...
 
-    def step(self, loss: float) -> None: ...
+    def step(self, loss: float | None) -> None: ...
 
     def end(self) -> None: ...
 
@@ -50,11 +50,27 @@ class SilentReporter:
     def start(self, stage: str, total: int, completed: int) -> None:
         pass
 
-    def step(self, loss: float) -> None:
+    def step(self, loss: float | None) -> None:
         pass
 
     def end(self) -> None:
         pass
+
+
+def count_progress(reporter: Reporter, stage: str) -> Callable[[int, int], None]:
+    """An `on_done(done, total)` callback that shows counted work (e.g. grid cells) on
+    `reporter`; the first call may report work already done before this run."""
+    started: list[bool] = []
+
+    def on_done(done: int, total: int) -> None:
+        if not started:
+            reporter.start(stage, total, done - 1)
+            started.append(True)
+        reporter.step(None)
+        if done == total:
+            reporter.end()
+
+    return on_done
 
 
 @dataclass
