@@ -2,7 +2,7 @@
 
 Importing the package is cheap: heavy libraries (torch, diffusers) load only when a function
 that needs them is first used (`dvkit.add_subject`, `dvkit.add_motion`, `dvkit.add_base`,
-`dvkit.compose`).
+`dvkit.compose`, `dvkit.bench`, `dvkit.run_demo`).
 """
 
 from typing import Any
@@ -18,6 +18,8 @@ _LAZY = {
     "add_base": "dvkit.bases",
     "compose": "dvkit.generate.compose",
     "score": "dvkit.evaluate.score",
+    "bench": "dvkit.evaluate.grid",
+    "run_demo": "dvkit.sprites.demo",
 }
 
 __all__ = ["Catalog", "DvkitError", "__version__", *_LAZY]

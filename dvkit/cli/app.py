@@ -28,8 +28,12 @@ COMMAND_MODULES = {
     "compose": "compose_commands",
     "score": "score_commands",
     "bench": "bench_commands",
+    "demo": "demo_commands",
 }
-GROUPS = {"base": ("base_commands", "Base models: add, list and inspect.")}
+GROUPS = {
+    "base": ("base_commands", "Base models: add, list and inspect."),
+    "sprites": ("demo_commands", "The sprites world: list it, write stills and clips."),
+}
 
 
 def build_app(command: str | None = None) -> typer.Typer:
