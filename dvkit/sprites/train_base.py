@@ -6,7 +6,8 @@ classifier-free guidance and, with `--attribute-dropout P`, the colour word left
 P of the captions (so that "a triangle" alone still draws a clean triangle). The weights
 written are an exponential moving average. The run stops after `--steps` or `--minutes`,
 writes the weights file every `--save-every` steps and can be resumed with `--resume` from its
-state file. Runs on a laptop CPU; a GPU is used when present.
+state file, or started from a weights file with `--init` (e.g. the shipped one, to train it
+further). Runs on a laptop CPU; a GPU is used when present.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from dvkit.models.components import BaseComponents
-from dvkit.sprites.base import WEIGHTS_FILE, build_sprites_base, state_tensors
+from dvkit.sprites.base import WEIGHTS_FILE, build_sprites_base, load_weights, state_tensors
 from dvkit.sprites.world import caption, training_batch
 from dvkit.train.diffusion import add_noise, diffusion_loss
 from dvkit.train.encode import encode_text
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     optimizer = torch.optim.AdamW(models.parameters(), lr=args.lr, weight_decay=0.0)
     state_file = args.out.with_suffix(".state.pt")
     step = 0
+    if args.init is not None:
+        models.load_state_dict(load_weights(args.init, expected_sha256=""))
+        ema = {k: v.detach().clone() for k, v in models.state_dict().items()}
     if args.resume and state_file.is_file():
         state = torch.load(state_file, map_location=device, weights_only=True)
         models.load_state_dict(state["models"])
@@ -144,7 +148,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--attribute-dropout", type=float, default=0.0, help="colour word left out")
     parser.add_argument("--save-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue from the state file")
+    parser.add_argument("--init", type=Path, help="start from a weights file (no optimizer state)")
     return parser
 
 
