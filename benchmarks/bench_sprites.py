@@ -50,10 +50,11 @@ def bench_base(clips: int, batch: int, weights: Path | None, seed: int) -> dict:
             rows = [Row(e.caption, seed=seed * 100_000 + start + i) for i, e in enumerate(chunk)]
             videos = sample(base, rows, settings).numpy()
             for example, video in zip(chunk, videos, strict=True):
-                scores["colour"].append(metrics.colour_right(video, example.sprite.colour))
-                scores["shape"].append(metrics.shape_right(video, example.sprite.shape))
-                scores["motion"].append(metrics.motion_fidelity(video, example.motion))
-                scores["t_cons"].append(metrics.temporal_consistency(video))
+                seen = metrics.read_clip(video)
+                scores["colour"].append(metrics.colour_right(video, example.sprite.colour, seen))
+                scores["shape"].append(metrics.shape_right(video, example.sprite.shape, seen))
+                scores["motion"].append(metrics.motion_fidelity(video, example.motion, seen))
+                scores["t_cons"].append(metrics.temporal_consistency(video, seen))
     return {
         "what": "sprites base on seen captions (seen object × seen motion), scored from pixels",
         "clips": clips,

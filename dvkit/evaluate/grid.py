@@ -146,10 +146,7 @@ def bench(
         components, _ = open_matching_base(catalog, chosen, "tiny")
         run_device = resolve_device(device)
         run_dtype = resolve_dtype(dtype, run_device)
-        for model in (components.unet, components.vae, components.text_encoder):
-            model.to(device=run_device).requires_grad_(False).eval()
-            if model.dtype != run_dtype:
-                model.to(dtype=run_dtype)
+        components.freeze(run_device, run_dtype)
         injector = AdapterInjector(components.unet)
         for ref, adapter in subject_adapters.items():
             install_subject(components, injector, adapter, name=f"subject:{ref}")

@@ -120,10 +120,7 @@ def compose(
     )
     run_device = resolve_device(device)
     run_dtype = resolve_dtype(dtype, run_device)
-    for model in (components.unet, components.vae, components.text_encoder):
-        model.to(device=run_device).requires_grad_(False).eval()
-        if model.dtype != run_dtype:
-            model.to(dtype=run_dtype)
+    components.freeze(run_device, run_dtype)
     by_kind = {adapter.record.kind: adapter for adapter in chosen}
     subject_adapter, motion_adapter = by_kind.get("subject"), by_kind.get("motion")
     settings = SamplerSettings(

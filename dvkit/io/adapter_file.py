@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -116,6 +117,21 @@ def serialize_with_hash(
     return struct.pack("<Q", len(encoded)) + encoded + data, weights_hash
 
 
+def check_header(
+    path: Path, meta: dict[str, str], required: Sequence[str], newest: int, what: str
+) -> None:
+    """Refuse a dvkit header that lacks a `required` entry or has a format newer than `newest`."""
+    missing = [key for key in required if not meta.get(key)]
+    if missing:
+        raise AdapterFileError(f"{path}: {what} header lacks {', '.join(missing)}")
+    fmt = meta["dvkit.format"]
+    if not fmt.isdigit() or int(fmt) > newest:
+        raise AdapterFileError(
+            f"{path}: {what} format {fmt!r} is newer than this dvkit reads ({newest}); "
+            "upgrade dvkit"
+        )
+
+
 def read_adapter_info(path: Path, verify_hash: bool = True) -> AdapterFileInfo:
     """Validate a dvkit adapter file's header (and tensor-data hash); say exactly what is wrong."""
     header = read_header(path)
@@ -124,15 +140,7 @@ def read_adapter_info(path: Path, verify_hash: bool = True) -> AdapterFileInfo:
         raise AdapterFileError(
             f"{path}: not a dvkit adapter file (its header has no dvkit.* metadata)"
         )
-    missing = [key for key in REQUIRED_KEYS if not meta.get(key)]
-    if missing:
-        raise AdapterFileError(f"{path}: adapter header lacks {', '.join(missing)}")
-    fmt = meta["dvkit.format"]
-    if not fmt.isdigit() or int(fmt) > FORMAT_VERSION:
-        raise AdapterFileError(
-            f"{path}: adapter file format {fmt!r} is newer than this dvkit reads "
-            f"({FORMAT_VERSION}); upgrade dvkit"
-        )
+    check_header(path, meta, REQUIRED_KEYS, FORMAT_VERSION, "adapter file")
     kind = meta["dvkit.kind"]
     if kind not in ARCHITECTURE_SUFFIX:
         raise AdapterFileError(

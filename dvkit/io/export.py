@@ -29,6 +29,7 @@ from dvkit.io.adapter_file import (
     REFERENCE_IMAGES_KEY,
     TOKEN_EMBEDDING_KEY,
     AdapterFileInfo,
+    check_header,
     serialize_with_hash,
 )
 from dvkit.io.files import write_atomically
@@ -362,15 +363,7 @@ def load_merged(path: str | Path) -> MergedAdapters:
         )
     if kind != MERGED_KIND:
         raise AdapterFileError(f"{path}: not a dvkit merged export (dvkit.kind is {kind!r})")
-    missing = [key for key in _MERGED_REQUIRED if not meta.get(key)]
-    if missing:
-        raise AdapterFileError(f"{path}: merged export header lacks {', '.join(missing)}")
-    fmt = meta["dvkit.format"]
-    if not fmt.isdigit() or int(fmt) > MERGED_FORMAT:
-        raise AdapterFileError(
-            f"{path}: merged export format {fmt!r} is newer than this dvkit reads "
-            f"({MERGED_FORMAT}); upgrade dvkit"
-        )
+    check_header(path, meta, _MERGED_REQUIRED, MERGED_FORMAT, "merged export")
     recipe = _read_recipe(path, meta)
     _check_tensor_names(path, header.tensors)
     actual = data_sha256(path, header)

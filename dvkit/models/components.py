@@ -32,6 +32,14 @@ class BaseComponents:
     name: str
     architecture: str
 
+    def freeze(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Move the UNet, VAE and text encoder to `device` in `dtype`, frozen in eval mode."""
+        for model in (self.unet, self.vae, self.text_encoder):
+            model.to(device=device)
+            if model.dtype != dtype:
+                model.to(dtype=dtype)
+            model.requires_grad_(False).eval()
+
     def fingerprint(self) -> str:
         """sha256 hex digest over the UNet, VAE and text-encoder configs and all their weights.
 

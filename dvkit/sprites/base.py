@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, UNet3DConditionModel
-from safetensors.torch import load_file
+from safetensors.torch import load
 
 from dvkit.errors import DvkitError
 from dvkit.models.components import BaseComponents
@@ -106,13 +106,14 @@ def load_weights(path: Path, expected_sha256: str | None = None) -> dict[str, to
             f"the sprites weights are missing ({path}); reinstall dvkit, or train them with: "
             "python -m dvkit.sprites.train_base"
         )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     if expected and digest != expected:
         raise SpritesWeightsError(
             f"{path} has sha256 {digest[:12]}…, but this dvkit expects {expected[:12]}…; "
             "reinstall dvkit"
         )
-    return load_file(str(path))
+    return load(data)
 
 
 def state_tensors(components: BaseComponents) -> dict[str, torch.Tensor]:

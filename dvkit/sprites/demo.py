@@ -17,6 +17,7 @@ from dvkit.errors import DvkitError
 from dvkit.sprites.world import HELD_OUT_MOTIONS, MOTION_PHRASES, Sprite, caption
 
 if TYPE_CHECKING:
+    from dvkit.catalog import Catalog
     from dvkit.train.loop import Reporter
 
 SUBJECT_TRAINING = {
@@ -145,8 +146,9 @@ def _check(subject: str, motion: str, seeds: int) -> Sprite:
     return sprite
 
 
-def _interrupted(catalog: object, kind: str, name: str) -> bool:
-    runs = catalog.home / "runs"  # type: ignore[attr-defined]
+def _interrupted(catalog: Catalog, kind: str, name: str) -> bool:
+    """Whether an interrupted training run of this adapter waits to be resumed."""
+    runs = catalog.home / "runs"
     return runs.is_dir() and any(runs.glob(f"{kind}-{name}-*"))
 
 

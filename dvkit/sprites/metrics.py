@@ -70,22 +70,27 @@ def describe(images: np.ndarray) -> tuple[str, str]:
     return colour, shape
 
 
-def colour_right(clip: np.ndarray, colour: str) -> float:
-    return float(np.mean([o.colour == colour for o in read_clip(clip)]))
+Objects = list[FrameObject] | None
+"""A clip's `read_clip` result, to pass to several metrics of one clip instead of re-reading."""
 
 
-def shape_right(clip: np.ndarray, shape: str) -> float:
-    return float(np.mean([o.shape == shape for o in read_clip(clip)]))
+def colour_right(clip: np.ndarray, colour: str, objects: Objects = None) -> float:
+    return float(np.mean([o.colour == colour for o in objects or read_clip(clip)]))
 
 
-def subject_fidelity(clip: np.ndarray, colour: str, shape: str) -> float:
+def shape_right(clip: np.ndarray, shape: str, objects: Objects = None) -> float:
+    return float(np.mean([o.shape == shape for o in objects or read_clip(clip)]))
+
+
+def subject_fidelity(clip: np.ndarray, colour: str, shape: str, objects: Objects = None) -> float:
     """Fraction of frames whose object has the given colour and shape."""
-    return float(np.mean([o.colour == colour and o.shape == shape for o in read_clip(clip)]))
+    objects = objects or read_clip(clip)
+    return float(np.mean([o.colour == colour and o.shape == shape for o in objects]))
 
 
-def motion_fidelity(clip: np.ndarray, motion: str) -> float:
+def motion_fidelity(clip: np.ndarray, motion: str, objects: Objects = None) -> float:
     """How closely the object's path follows `motion`'s path (1 exact, 0 standing still)."""
-    objects = read_clip(clip)
+    objects = objects or read_clip(clip)
     target = motion_path(motion, len(objects))
     found = [index for index, o in enumerate(objects) if o.centre is not None]
     if len(found) < 2:
@@ -100,11 +105,11 @@ def motion_fidelity(clip: np.ndarray, motion: str) -> float:
     return float(np.clip(1.0 - error / spread, 0.0, 1.0))
 
 
-def temporal_consistency(clip: np.ndarray) -> float:
+def temporal_consistency(clip: np.ndarray, objects: Objects = None) -> float:
     """Mean soft IoU of consecutive frames, each moved half-way so their objects' centroids
     meet (both are resampled alike, so an object that keeps its look scores near 1)."""
     frames = np.asarray(clip, dtype=np.float64)
-    objects = read_clip(frames)
+    objects = objects or read_clip(frames)
     scores = []
     for index in range(len(frames) - 1):
         first, second = objects[index].centre, objects[index + 1].centre
@@ -133,12 +138,13 @@ def ground_truth(
 ) -> dict[str, float]:
     """The ground-truth metrics that apply: `gt_subject` and `gt_colour` (with a target colour
     and shape), `gt_motion` (with a target motion) and `gt_t_cons`."""
-    result = {"gt_t_cons": temporal_consistency(clip)}
+    objects = read_clip(clip)
+    result = {"gt_t_cons": temporal_consistency(clip, objects)}
     if subject is not None:
-        result["gt_subject"] = subject_fidelity(clip, *subject)
-        result["gt_colour"] = colour_right(clip, subject[0])
+        result["gt_subject"] = subject_fidelity(clip, *subject, objects=objects)
+        result["gt_colour"] = colour_right(clip, subject[0], objects)
     if motion is not None and motion in MOTIONS:
-        result["gt_motion"] = motion_fidelity(clip, motion)
+        result["gt_motion"] = motion_fidelity(clip, motion, objects)
     return result
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from dvkit.models.components import BaseComponents
-from dvkit.sprites.base import WEIGHTS_FILE, build_sprites_base, load_weights, state_tensors
+from dvkit.sprites.base import WEIGHTS_FILE, build_sprites_base, load_weights
 from dvkit.sprites.world import caption, training_batch
 from dvkit.train.diffusion import add_noise, diffusion_loss
 from dvkit.train.encode import encode_text
@@ -73,8 +73,8 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
         if step % args.save_every == 0:
-            _save(base, models, ema, optimizer, step, args.out, state_file)
-    _save(base, models, ema, optimizer, step, args.out, state_file)
+            _save(models, ema, optimizer, step, args.out, state_file)
+    _save(models, ema, optimizer, step, args.out, state_file)
     print(json.dumps({"done": step, "weights": str(args.out)}), flush=True)
 
 
@@ -108,7 +108,6 @@ def _step_loss(
 
 
 def _save(
-    base: BaseComponents,
     models: torch.nn.ModuleDict,
     ema: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
@@ -116,19 +115,22 @@ def _save(
     out: Path,
     state_file: Path,
 ) -> None:
-    """Write the EMA weights (safetensors) and the resumable state, each atomically."""
+    """Write the EMA weights (safetensors; the ModuleDict's `unet.*` and `text_encoder.*` keys
+    are the weights file's keys) and the resumable state, each atomically."""
     from safetensors.torch import save_file
 
-    live = {k: v.detach().clone() for k, v in models.state_dict().items()}
-    models.load_state_dict(ema)
-    tensors = state_tensors(base)
-    models.load_state_dict(live)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".part")
+    tensors = {key: value.detach().cpu().contiguous() for key, value in ema.items()}
     save_file(tensors, str(partial), metadata={"dvkit.sprites.steps": str(step)})
     partial.replace(out)
     torch.save(
-        {"models": live, "optimizer": optimizer.state_dict(), "ema": ema, "step": step},
+        {
+            "models": models.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ema": ema,
+            "step": step,
+        },
         state_file.with_suffix(".part"),
     )
     state_file.with_suffix(".part").replace(state_file)

@@ -18,11 +18,7 @@ def prepare_base(
     base: BaseComponents, device: torch.device, dtype: torch.dtype, gradient_checkpointing: bool
 ) -> None:
     """Move the base to `device` in `dtype`, frozen (no gradients for any of its weights)."""
-    for model in (base.unet, base.vae, base.text_encoder):
-        model.to(device=device)
-        if model.dtype != dtype:
-            model.to(dtype=dtype)
-        model.requires_grad_(False).eval()
+    base.freeze(device, dtype)
     if gradient_checkpointing:
         checkpoint_blocks(base.unet)
 
