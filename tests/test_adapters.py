@@ -329,3 +329,30 @@ def test_adapters_read_the_block_input_before_the_norm(unet, kind):
         x = x + block.attn2(block.norm2(x), encoder_hidden_states=text) + adapter_output("attn2", x)
         expected = x + block.ff(block.norm3(x)) + adapter_output("ff", x)
     torch.testing.assert_close(hooked, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_motion_adapters_see_the_frame_positions_a_block_adds(unet):
+    from dvkit.sprites.base import add_frame_positions
+
+    add_frame_positions(unet)
+    injector = AdapterInjector(unet)
+    injector.load("x", "motion", random_state(unet, "motion", 1))
+    slot = adapter_slots(unet, "motion")[-1]
+    block = unet.get_submodule(slot.block)
+    weights = injector.get("x")
+
+    def adapter_output(layer, x):
+        return weights.adapter(f"{slot.block}.{layer}_adapter")(block.pos_embed(x))
+
+    h = torch.randn(4, 1, slot.channels).expand(4, 5, slot.channels)  # the same in every frame
+    with torch.no_grad():
+        injector.set_active({"x": 1.0})
+        hooked = block(h)
+        injector.clear()
+        without = block(h)
+        x = h + block.attn1(block.pos_embed(block.norm1(h))) + adapter_output("attn1", h)
+        x = x + block.attn2(block.pos_embed(block.norm2(x))) + adapter_output("attn2", x)
+        expected = x + block.ff(block.norm3(x)) + adapter_output("ff", x)
+    torch.testing.assert_close(hooked, expected, rtol=1e-5, atol=1e-5)
+    added = hooked - without
+    assert (added[:, 0] - added[:, 3]).abs().max() > 1e-3  # frames told apart

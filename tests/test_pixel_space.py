@@ -85,3 +85,19 @@ def test_add_noise_with_offset_noise_and_v_prediction() -> None:
     noise = (noisy - alpha.sqrt() * latents) / (1 - alpha).sqrt()
     assert torch.allclose(target, alpha.sqrt() * noise - (1 - alpha).sqrt() * latents, atol=1e-4)
     assert diffusion_loss(target, target).item() == 0.0
+
+
+def test_high_noise_share_draws_timesteps_from_the_noisier_half() -> None:
+    scheduler = _scheduler("epsilon")
+    latents = _pixels(400, 1, 1, 2, 2)
+    uniform = add_noise(scheduler, latents, torch.Generator().manual_seed(5), 0.0, 0.0)[2]
+    assert torch.equal(
+        uniform, add_noise(scheduler, latents, torch.Generator().manual_seed(5), 0.0)[2]
+    )
+    for share in (0.5, 1.0):
+        steps = add_noise(scheduler, latents, torch.Generator().manual_seed(5), 0.0, share)[2]
+        noisier = (steps >= 500).float().mean().item()
+        # uniform draws put half in the noisier half; the share moves the rest there too
+        assert abs(noisier - (share + (1 - share) / 2)) < 0.07
+        assert steps.min() >= 0 and steps.max() < 1000
+    assert abs((uniform >= 500).float().mean().item() - 0.5) < 0.07

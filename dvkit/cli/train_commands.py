@@ -122,6 +122,10 @@ def add_motion(
     hidden_ratio: HiddenRatio = None,
     text_dropout: Annotated[float | None, typer.Option("--text-dropout")] = None,
     image_dropout: Annotated[float | None, typer.Option("--image-dropout")] = None,
+    high_noise_share: Annotated[
+        float | None,
+        typer.Option("--high-noise-share", help="Share of steps on the noisier half (paths)."),
+    ] = None,
     image_encoder: Annotated[
         str | None,
         typer.Option("--image-encoder", help="open_clip MODEL:PRETRAINED, or tiny (offline)."),
@@ -150,6 +154,7 @@ def add_motion(
         "hidden_ratio": hidden_ratio,
         "text_dropout": text_dropout,
         "image_dropout": image_dropout,
+        "high_noise_share": high_noise_share,
         "image_encoder": image_encoder,
         "keep_steps": _steps(keep_steps),
         "checkpoint_every": checkpoint_every,

@@ -5,6 +5,9 @@ Placement (DESIGN §1): identity ("subject") adapters sit beside `attn2` of ever
 `attn2` and `ff` of every block inside a temporal `TransformerTemporalModel` (`transformer_in`
 included). A block then computes `h + layer(norm(h)) + A(h)`: a forward pre-hook on the norm
 that feeds the layer records `h`, and a forward hook on the layer adds `A(h)` to its output.
+Where a block adds positional embeddings to its layers' input (the `sprites` base gives its
+temporal blocks frame positions), the adapter reads `h` with them added: otherwise a per-token
+adapter in a temporal block could not tell one frame from another.
 Adapters live outside the UNet, so its module tree and state dict never change; `detach()`
 removes every hook.
 
@@ -344,9 +347,10 @@ class AdapterInjector:
         """Hook one slot: record the norm's input, add the adapters' output to the layer's."""
         block = self.unet.get_submodule(slot.block)
         prefix = slot.prefix
+        positions = getattr(block, "pos_embed", None)
 
         def capture(_module: nn.Module, args: tuple) -> None:
-            self._captured[prefix] = args[0]
+            self._captured[prefix] = args[0] if positions is None else positions(args[0])
 
         def add(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
             return self._add_adapters(prefix, self._captured.pop(prefix), output)

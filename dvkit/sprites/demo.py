@@ -35,8 +35,10 @@ MOTION_TRAINING = {
     "batch_size": 2,
     "frames": 8,
     "steps": 300,
-    "lr": 3e-3,
+    "lr": 1e-2,
     "offset_noise": 0.0,
+    "image_dropout": 0.5,
+    "high_noise_share": 0.75,
     "checkpoint_every": 50,
 }
 IMAGES, CLIPS = 5, 6

@@ -20,11 +20,14 @@ def add_noise(
     latents: torch.Tensor,
     generator: torch.Generator,
     offset_noise: float,
+    high_noise_share: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Noisy latents (B, C, F, H, W), what the UNet should predict, and the timesteps.
 
     The target is the noise for ε-prediction schedulers and the velocity for v-prediction ones.
-    Offset noise adds a per-video, per-channel constant, scaled by `offset_noise`.
+    Offset noise adds a per-video, per-channel constant, scaled by `offset_noise`. Timesteps are
+    uniform, except that a share `high_noise_share` of the videos (on average) draw theirs from
+    the noisier half of the schedule.
     """
     batch, channels = latents.shape[:2]
     device = latents.device
@@ -34,6 +37,10 @@ def add_noise(
         noise = noise + offset_noise * torch.randn(shape, generator=generator, device=device)
     steps = scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, steps, (batch,), generator=generator, device=device)
+    if high_noise_share:
+        noisier = torch.randint(steps // 2, steps, (batch,), generator=generator, device=device)
+        chosen = torch.rand(batch, generator=generator, device=device) < high_noise_share
+        timesteps = torch.where(chosen, noisier, timesteps)
     noisy = scheduler.add_noise(latents, noise, timesteps)
     if scheduler.config.prediction_type == "v_prediction":
         return noisy, scheduler.get_velocity(latents, noise, timesteps), timesteps

@@ -59,6 +59,9 @@ class MotionSettings(CommonSettings):
     caption: str = ""
     text_dropout: float = Field(0.5, ge=0, le=1)
     image_dropout: float = Field(0.0, ge=0, le=1)
+    high_noise_share: float = Field(
+        0.0, ge=0, le=1, description="share of steps on the noisier half of the schedule"
+    )
     image_encoder: str = ""
     """open_clip `MODEL:PRETRAINED`; empty: the base's default (see `default_image_encoder`)."""
 
