@@ -27,6 +27,8 @@ from dvkit.sprites.world import caption, training_batch
 from dvkit.train.diffusion import add_noise, diffusion_loss
 from dvkit.train.encode import encode_text
 
+STEPS_KEY = "dvkit.sprites.steps"
+
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
@@ -38,15 +40,16 @@ def main(argv: list[str] | None = None) -> None:
     ema = {k: v.detach().clone() for k, v in models.state_dict().items()}
     optimizer = torch.optim.AdamW(models.parameters(), lr=args.lr, weight_decay=0.0)
     state_file = args.out.with_suffix(".state.pt")
-    step = 0
+    step = prior = 0
     if args.init is not None:
         models.load_state_dict(load_weights(args.init, expected_sha256=""))
+        prior = trained_steps(args.init)
         ema = {k: v.detach().clone() for k, v in models.state_dict().items()}
     if args.resume and state_file.is_file():
         state = torch.load(state_file, map_location=device, weights_only=True)
         models.load_state_dict(state["models"])
         optimizer.load_state_dict(state["optimizer"])
-        ema, step = state["ema"], state["step"]
+        ema, step, prior = state["ema"], state["step"], state.get("prior", 0)
     generator = torch.Generator(device).manual_seed(args.seed)
     started = time.monotonic()
     while step < args.steps and (time.monotonic() - started) / 60 < args.minutes:
@@ -73,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
                 flush=True,
             )
         if step % args.save_every == 0:
-            _save(models, ema, optimizer, step, args.out, state_file)
-    _save(models, ema, optimizer, step, args.out, state_file)
+            _save(models, ema, optimizer, step, prior, args.out, state_file)
+    _save(models, ema, optimizer, step, prior, args.out, state_file)
     print(json.dumps({"done": step, "weights": str(args.out)}), flush=True)
 
 
@@ -112,17 +115,19 @@ def _save(
     ema: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     step: int,
+    prior: int,
     out: Path,
     state_file: Path,
 ) -> None:
     """Write the EMA weights (safetensors; the ModuleDict's `unet.*` and `text_encoder.*` keys
-    are the weights file's keys) and the resumable state, each atomically."""
+    are the weights file's keys; their step count includes the `prior` steps of an `--init`
+    file) and the resumable state, each atomically."""
     from safetensors.torch import save_file
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_suffix(".part")
     tensors = {key: value.detach().cpu().contiguous() for key, value in ema.items()}
-    save_file(tensors, str(partial), metadata={"dvkit.sprites.steps": str(step)})
+    save_file(tensors, str(partial), metadata={STEPS_KEY: str(prior + step)})
     partial.replace(out)
     torch.save(
         {
@@ -130,10 +135,19 @@ def _save(
             "optimizer": optimizer.state_dict(),
             "ema": ema,
             "step": step,
+            "prior": prior,
         },
         state_file.with_suffix(".part"),
     )
     state_file.with_suffix(".part").replace(state_file)
+
+
+def trained_steps(path: Path) -> int:
+    """The training steps a weights file records (0 if it records none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return int((handle.metadata() or {}).get(STEPS_KEY, 0))
 
 
 def _parser() -> argparse.ArgumentParser:
