@@ -28,7 +28,7 @@ SPRITES_ARCHITECTURE = "sprites-pixel-t2v"
 TEXT_WIDTH = 64
 MAX_TOKENS = 24
 WEIGHTS_FILE = Path(__file__).with_name("weights") / "sprites.safetensors"
-WEIGHTS_SHA256 = "fb9530ac47c3b9490699de638fc9c7ffe5775f4c799c15017b963bdbda80c5cc"
+WEIGHTS_SHA256 = "746c2ab761cdd074d968fdbe9f34f300a133f18388cd0a721836f950726d19d6"
 
 
 class SpritesWeightsError(DvkitError):
