@@ -32,13 +32,13 @@ from dvkit.generate.compose import (
 )
 from dvkit.generate.sampler import Row, SamplerSettings, sample
 from dvkit.io.video import to_uint8, write_video
-from dvkit.models.builtin import sampling_default
+from dvkit.models.builtin import sampling_default, steps_and_guidance
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.textual_inversion import expand_placeholder
+from dvkit.sprites.base import SPRITES_NAME
 
 ROLES = ("joint", "subject", "motion", "base")
-SPRITES_BASE = "sprites"
 DEFAULT_TEMPLATE = "a {subject} {motion}"
 
 
@@ -120,13 +120,12 @@ def bench(
     base = chosen[0].record.base
     if settings is None:
         resolution = size or _trained(subject_adapters, "resolution", 256)
+        steps, guidance = steps_and_guidance(base, steps, guidance)
         settings = SamplerSettings(
-            steps=steps or int(sampling_default(base, "steps", 50)),
-            guidance_scale=sampling_default(base, "guidance", 9.0)
-            if guidance is None
-            else guidance,
+            steps=steps,
+            guidance_scale=guidance,
             frames=frames
-            or _trained(motion_adapters, "frames", int(sampling_default(base, "frames", 16))),
+            or _trained(motion_adapters, "frames", int(sampling_default(base, "frames"))),
             height=resolution,
             width=resolution,
         )
@@ -161,7 +160,7 @@ def bench(
             for s in subject_adapters for m in motion_adapters
         }  # fmt: skip
         scorer = _CachedScorer(
-            Scorer(clip, dino, device), subject_adapters, motion_adapters, base == SPRITES_BASE
+            Scorer(clip, dino, device), subject_adapters, motion_adapters, base == SPRITES_NAME
         )
         folder = catalog.home / "videos" / "grid"
         folder.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from dvkit.errors import DvkitError, NotFoundError
 from dvkit.generate.sampler import Row, SamplerSettings, sample, vae_scale_factor
 from dvkit.io.adapter_file import AdapterTensors, load_adapter_tensors
 from dvkit.io.video import VIDEO_FORMATS, check_writable_folder, to_uint8, write_video
-from dvkit.models.builtin import sampling_default
+from dvkit.models.builtin import sampling_default, steps_and_guidance
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
@@ -114,10 +114,7 @@ def compose(
             if ref is not None
         ]
     components, _ = open_matching_base(catalog, chosen, base)
-    steps = int(steps or sampling_default(components.name, "steps", 50))
-    guidance = (
-        guidance if guidance is not None else sampling_default(components.name, "guidance", 9.0)
-    )
+    steps, guidance = steps_and_guidance(components.name, steps, guidance)
     run_device = resolve_device(device)
     run_dtype = resolve_dtype(dtype, run_device)
     components.freeze(run_device, run_dtype)
@@ -127,7 +124,7 @@ def compose(
         steps=steps,
         guidance_scale=guidance,
         frames=frames
-        or _trained(motion_adapter, "frames", int(sampling_default(components.name, "frames", 16))),
+        or _trained(motion_adapter, "frames", int(sampling_default(components.name, "frames"))),
         height=size
         or _trained(subject_adapter or motion_adapter, "resolution", _native(components)),
         width=size

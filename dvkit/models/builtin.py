@@ -7,12 +7,21 @@ BUILTIN_BASES: dict[str, str] = {
     "sprites": "16×16 pixel-space model of the sprites world (coloured shapes moving over black)",
 }
 
-# Sampling defaults of built-in bases where they differ from dvkit's (50 steps, guidance 9.0).
+# dvkit's sampling defaults (the official DreamVideo inference), and built-in bases' own.
+DEFAULT_SAMPLING: dict[str, float] = {"frames": 16, "steps": 50, "guidance": 9.0}
 BUILTIN_SAMPLING: dict[str, dict[str, float]] = {
     "sprites": {"frames": 8, "steps": 25, "guidance": 2.0},
 }
 
 
-def sampling_default(base: str, key: str, fallback: float) -> float:
-    """A built-in base's own default for `frames`, `steps` or `guidance`, else `fallback`."""
-    return BUILTIN_SAMPLING.get(base, {}).get(key, fallback)
+def sampling_default(base: str, key: str) -> float:
+    """The default `frames`, `steps` or `guidance` for sampling from `base`."""
+    return BUILTIN_SAMPLING.get(base, {}).get(key, DEFAULT_SAMPLING[key])
+
+
+def steps_and_guidance(base: str, steps: int | None, guidance: float | None) -> tuple[int, float]:
+    """The sampler's steps and guidance scale: the given ones, else `base`'s defaults."""
+    return (
+        int(steps or sampling_default(base, "steps")),
+        sampling_default(base, "guidance") if guidance is None else guidance,
+    )

@@ -38,18 +38,7 @@ def build_tiny_base(seed: int = 0) -> BaseComponents:
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet3DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-            block_out_channels=(16, 32),
-            layers_per_block=1,
-            norm_num_groups=8,
-            cross_attention_dim=TEXT_WIDTH,
-            attention_head_dim=4,  # diffusers' name for the number of heads
-        )
+        unet = small_unet(sample_size=8, channels=4, widths=(16, 32), text_width=TEXT_WIDTH)
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
@@ -71,6 +60,26 @@ def build_tiny_base(seed: int = 0) -> BaseComponents:
         scheduler=scheduler,
         name=TINY_NAME,
         architecture=TINY_ARCHITECTURE,
+    )
+
+
+def small_unet(
+    sample_size: int, channels: int, widths: tuple[int, int], text_width: int
+) -> UNet3DConditionModel:
+    """A freshly initialised two-level 3D UNet (cross-attention and spatial/temporal transformers
+    at the first level and in the middle, 4 heads), as the built-in bases use (draws from torch's
+    RNG)."""
+    return UNet3DConditionModel(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels=widths,
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=text_width,
+        attention_head_dim=4,  # diffusers' name for the number of heads
     )
 
 

@@ -20,7 +20,7 @@ from safetensors.torch import load
 from dvkit.errors import DvkitError
 from dvkit.models.components import BaseComponents
 from dvkit.models.pixel_codec import PixelCodec
-from dvkit.models.tiny import build_word_tokenizer, small_text_encoder
+from dvkit.models.tiny import build_word_tokenizer, small_text_encoder, small_unet
 from dvkit.sprites.world import SIZE, VOCABULARY
 
 SPRITES_NAME = "sprites"
@@ -41,18 +41,7 @@ def build_sprites_base(weights: Path | None = WEIGHTS_FILE, seed: int = 0) -> Ba
     tokenizer = build_word_tokenizer(VOCABULARY, MAX_TOKENS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet3DConditionModel(
-            sample_size=SIZE,
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-            block_out_channels=(32, 64),
-            layers_per_block=1,
-            norm_num_groups=8,
-            cross_attention_dim=TEXT_WIDTH,
-            attention_head_dim=4,  # diffusers' name for the number of heads
-        )
+        unet = small_unet(sample_size=SIZE, channels=3, widths=(32, 64), text_width=TEXT_WIDTH)
         add_frame_positions(unet)
         text_encoder = small_text_encoder(tokenizer, TEXT_WIDTH, intermediate=128)
     if weights is not None:

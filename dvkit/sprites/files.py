@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
+from dvkit.io.video import to_uint8, write_video
 from dvkit.sprites.world import FRAMES, Sprite, examples_of, sprites, still_images
-
-
-def _uint8(frames: np.ndarray) -> np.ndarray:
-    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
 def write_images(sprite: Sprite, folder: Path, count: int = 5, seed: int = 0) -> list[Path]:
@@ -21,7 +16,7 @@ def write_images(sprite: Sprite, folder: Path, count: int = 5, seed: int = 0) ->
     paths = []
     for index, image in enumerate(still_images(sprite, count, seed)):
         path = folder / f"{sprite.words.replace(' ', '-')}-{index:02d}.png"
-        Image.fromarray(_uint8(image)).save(path)
+        Image.fromarray(to_uint8(image)).save(path)
         paths.append(path)
     return paths
 
@@ -31,11 +26,9 @@ def write_clips(
 ) -> list[Path]:
     """`count` GIF clips of `motion`, by `sprite` or by varied seen objects (a motion's clips
     should vary in looks so that the motion, not an appearance, is what they share)."""
-    from dvkit.io.video import write_video
-
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, example in enumerate(examples_of(sprite, motion, count, seed, sprites())):
         path = folder / f"{motion}-{index:02d}.gif"
-        paths.append(write_video(_uint8(example.clip), path, fps=FRAMES))
+        paths.append(write_video(to_uint8(example.clip), path, fps=FRAMES))
     return paths
