@@ -28,7 +28,7 @@ SPRITES_ARCHITECTURE = "sprites-pixel-t2v"
 TEXT_WIDTH = 64
 MAX_TOKENS = 24
 WEIGHTS_FILE = Path(__file__).with_name("weights") / "sprites.safetensors"
-WEIGHTS_SHA256 = "746c2ab761cdd074d968fdbe9f34f300a133f18388cd0a721836f950726d19d6"
+WEIGHTS_SHA256 = "b08e99c3ff51eeb997b22a916a7480673d3e503dfbf03f6e67f6ab0a6ebca5d4"
 
 
 class SpritesWeightsError(DvkitError):
