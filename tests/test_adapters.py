@@ -77,8 +77,12 @@ def test_adapter_matches_the_formula_and_broadcasts_the_condition():
             expected[row, position] = adapter.up.weight @ hidden + adapter.up.bias
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert adapter.down.out_features == 2
-    assert torch.equal(adapter(h, e, torch.zeros(2)), adapter(h))
-    assert torch.equal(adapter(h, e, 0.0), adapter(h))
+    no_condition = adapter.up(F.gelu(adapter.down(h)))
+    torch.testing.assert_close(adapter(h, e, torch.zeros(2)), no_condition)
+    torch.testing.assert_close(adapter(h, e, 0.0), no_condition)
+    # No image at all is the zero embedding (training's image dropout): λ·bias still enters.
+    assert torch.equal(adapter(h), adapter(h, torch.zeros(1, 3)))
+    assert not torch.allclose(adapter(h), no_condition)
     with pytest.raises(ValueError):
         adapter(h[:5], e)
 
@@ -217,9 +221,14 @@ def test_scale_zero_and_zero_strength(unet):
     injector.set_rows([{"a": 0.0}, {"a": 0.0, "m": 0.0}])
     assert torch.equal(run(unet, inputs), base)
     injector.set_active({"m": 1.0})
+    no_image = run(unet, inputs)
+    injector.set_active({"m": 1.0}, torch.zeros(2, COND_DIM))
+    torch.testing.assert_close(run(unet, inputs), no_image, rtol=0, atol=1e-6)
+    injector.set_active({"m": 1.0}, torch.randn(2, COND_DIM), strength=0.0)
     unconditioned = run(unet, inputs)
     injector.set_active({"m": 1.0}, torch.randn(2, COND_DIM), strength=0.0)
     assert torch.equal(run(unet, inputs), unconditioned)
+    assert not torch.allclose(unconditioned, no_image)
     injector.set_active({"m": 1.0}, torch.randn(2, COND_DIM), strength=torch.tensor([0.0, 1.0]))
     guided = run(unet, inputs)
     assert torch.equal(guided[0], unconditioned[0])

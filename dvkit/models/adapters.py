@@ -65,11 +65,15 @@ class Adapter(nn.Module):
         one value per video (B,); or `shift` gives `condition_shift(cond, cond_scale)` already
         computed. The N rows of `h` are B videos, video-major (N = B·F for spatial layers, B·H·W
         for temporal ones), so each video's condition is repeated over its N // B rows and
-        broadcast over the L positions. The result has `h`'s dtype.
+        broadcast over the L positions. A motion adapter given neither sees the zero embedding,
+        as when training drops the image (it still adds λ·W_down·bias of `cond`). The result
+        has `h`'s dtype.
         """
         autocast = torch.is_autocast_enabled(h.device.type)
         hidden = self.down(h if autocast else h.to(self.down.weight.dtype))
-        if shift is None and cond is not None:
+        if shift is None and self.cond is not None:
+            if cond is None:
+                cond = self.cond.weight.new_zeros(1, self.cond.in_features)
             shift = self.condition_shift(cond, cond_scale)
         if shift is not None:
             videos, rows = shift.shape[0], hidden.shape[0]

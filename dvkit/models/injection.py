@@ -268,7 +268,7 @@ class AdapterInjector:
         """Activate adapters on every row, each at its scale (the training and single-combo case).
 
         `image_embeds` (B, cond_dim) is the appearance guidance of each video for motion adapters,
-        `strength` its λ (a number or (B,)). Without it motion adapters see no condition.
+        `strength` its λ (a number or (B,)). Without it motion adapters see the zero embedding.
         """
         for name in scales:
             self.get(name)
