@@ -88,7 +88,7 @@ def bench_adapters(folder: Path, subject: str, motion: str, seeds: int) -> dict:
     }
 
 
-def direction_losses(folder: Path, ref: str, motion: str, clips: int = 8, draws: int = 6) -> dict:
+def direction_losses(folder: Path, ref: str, motion: str, clips: int = 8, draws: int = 16) -> dict:
     """High-noise v-loss on fresh clips of `motion` forwards and reversed, base vs adapter."""
     import torch
 
@@ -96,7 +96,9 @@ def direction_losses(folder: Path, ref: str, motion: str, clips: int = 8, draws:
     from dvkit.generate.compose import load_adapter
     from dvkit.models.injection import AdapterInjector
     from dvkit.sprites.base import build_sprites_base
+    from dvkit.sprites.train_base import video_tensor
     from dvkit.sprites.world import MOTION_PHRASES, examples_of
+    from dvkit.train.diffusion import add_noise, diffusion_loss
     from dvkit.train.encode import encode_text
 
     base = build_sprites_base()
@@ -104,27 +106,22 @@ def direction_losses(folder: Path, ref: str, motion: str, clips: int = 8, draws:
         adapter = load_adapter(catalog, ref, None, "motion")
     injector = AdapterInjector(base.unet)
     injector.load("motion", "motion", adapter.tensors.adapters, adapter.record.hidden_ratio)
-    fresh = examples_of(None, motion, clips, seed=1)  # the demo trains on seed 0's clips
-    video = torch.from_numpy(np.stack([e.clip for e in fresh])).float().permute(0, 4, 1, 2, 3)
-    video = video * 2 - 1  # (N, 3, F, H, W) in [-1, 1]
-    generator = torch.Generator().manual_seed(0)
-    noise_draws = [
-        (torch.randn(video.shape, generator=generator),
-         torch.randint(500, 1000, (clips,), generator=generator))
-        for _ in range(draws)
-    ]  # fmt: skip
-    scheduler, unet = base.scheduler, base.unet
+    # The demo trains on seed 0's clips.
+    video = video_tensor(np.stack([e.clip for e in examples_of(None, motion, clips, seed=1)]))
     with torch.no_grad():
         (text,) = encode_text(base.tokenizer, base.text_encoder, [MOTION_PHRASES[motion]])
+        text = text.expand(clips, -1, -1)
 
         def loss(clip: torch.Tensor) -> float:
+            """Mean over `draws` noise draws, the same for every clip order and role."""
             total = 0.0
-            for noise, timesteps in noise_draws:
-                noisy = scheduler.add_noise(clip, noise, timesteps)
-                target = scheduler.get_velocity(clip, noise, timesteps)
-                text_rows = text.expand(clips, -1, -1)
-                prediction = unet(noisy, timesteps, encoder_hidden_states=text_rows).sample
-                total += float(((prediction - target) ** 2).mean())
+            for draw in range(draws):
+                generator = torch.Generator().manual_seed(draw)
+                noisy, target, timesteps = add_noise(
+                    base.scheduler, clip, generator, 0.0, high_noise_share=1.0
+                )
+                prediction = base.unet(noisy, timesteps, encoder_hidden_states=text).sample
+                total += float(diffusion_loss(prediction, target))
             return round(total / draws, 4)
 
         result = {}

@@ -103,11 +103,16 @@ def _step_loss(
     text = encode_text(base.tokenizer, base.text_encoder, captions)
     total = torch.zeros((), device=device)
     for pixels, texts in ((videos, text[: len(clips)]), (frames, text[len(clips) :])):
-        latents = torch.from_numpy(pixels).float().permute(0, 4, 1, 2, 3).to(device) * 2 - 1
+        latents = video_tensor(pixels).to(device)
         noisy, target, timesteps = add_noise(base.scheduler, latents, generator, 0.0)
         prediction = base.unet(noisy, timesteps, encoder_hidden_states=texts).sample
         total = total + diffusion_loss(prediction, target) * len(pixels)
     return total / (len(clips) + len(stills))
+
+
+def video_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """Generated clips (B, F, H, W, 3) in [0, 1] as the UNet's input (B, 3, F, H, W) in [-1, 1]."""
+    return torch.from_numpy(pixels).float().permute(0, 4, 1, 2, 3) * 2 - 1
 
 
 def _save(
