@@ -222,9 +222,17 @@ def test_cli_training_errors_leave_catalog_unchanged(cli, home, images, videos, 
         (("add-subject", "cat", "--images", images, "--batch-size", "0"), "batch_size"),
         (("add-subject", "Cat", "--images", images), "invalid name"),
         (("add-subject", "cat", "--images", images, "--preset", "slow"), "unknown preset"),
+        (
+            ("add-subject", "cat", "--images", images, "--high-noise-band", "0.5", "1.5"),
+            "the high-noise band needs 0 ≤ LOW < HIGH ≤ 1",
+        ),
         (("add-motion", "surf", "--videos", broken_video), "not a readable video"),
         (("add-motion", "surf", "--videos", videos, "--frames", "9"), "fewer than the 9 asked"),
         (("add-motion", "surf", "--videos", empty), "no videos found"),
+        (
+            ("add-motion", "surf", "--videos", videos, "--high-noise-band", "0.9", "0.5"),
+            "invalid training settings: the high-noise band needs 0 ≤ LOW < HIGH ≤ 1",
+        ),
         (
             ("add-motion", "surf", "--videos", videos, "--resume", "--preset", "quick"),
             "nothing to resume",

@@ -31,6 +31,16 @@ CheckpointEvery = Annotated[int | None, typer.Option("--checkpoint-every")]
 GradientCheckpointing = Annotated[
     bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
 ]
+HighNoiseShare = Annotated[
+    float | None,
+    typer.Option("--high-noise-share", help="Share of steps drawn from the high-noise band."),
+]
+HighNoiseBand = Annotated[
+    tuple[float, float] | None,
+    typer.Option(
+        "--high-noise-band", help="LOW HIGH: that band, as fractions of the schedule (0.5 1)."
+    ),
+]
 KeepSteps = Annotated[
     str | None,
     typer.Option(
@@ -68,6 +78,8 @@ def add_subject(
     resolution: Resolution = None,
     seed: Seed = None,
     hidden_ratio: HiddenRatio = None,
+    high_noise_share: HighNoiseShare = None,
+    high_noise_band: HighNoiseBand = None,
     keep_steps: KeepSteps = None,
     checkpoint_every: CheckpointEvery = None,
     gradient_checkpointing: GradientCheckpointing = False,
@@ -93,6 +105,8 @@ def add_subject(
         "resolution": resolution,
         "seed": seed,
         "hidden_ratio": hidden_ratio,
+        "high_noise_share": high_noise_share,
+        "high_noise_band": high_noise_band,
         "keep_steps": _steps(keep_steps),
         "checkpoint_every": checkpoint_every,
         "gradient_checkpointing": gradient_checkpointing or None,
@@ -122,10 +136,8 @@ def add_motion(
     hidden_ratio: HiddenRatio = None,
     text_dropout: Annotated[float | None, typer.Option("--text-dropout")] = None,
     image_dropout: Annotated[float | None, typer.Option("--image-dropout")] = None,
-    high_noise_share: Annotated[
-        float | None,
-        typer.Option("--high-noise-share", help="Share of steps on the noisier half (paths)."),
-    ] = None,
+    high_noise_share: HighNoiseShare = None,
+    high_noise_band: HighNoiseBand = None,
     image_encoder: Annotated[
         str | None,
         typer.Option("--image-encoder", help="open_clip MODEL:PRETRAINED, or tiny (offline)."),
@@ -155,6 +167,7 @@ def add_motion(
         "text_dropout": text_dropout,
         "image_dropout": image_dropout,
         "high_noise_share": high_noise_share,
+        "high_noise_band": high_noise_band,
         "image_encoder": image_encoder,
         "keep_steps": _steps(keep_steps),
         "checkpoint_every": checkpoint_every,

@@ -25,9 +25,11 @@ SUBJECT_TRAINING = {
     "batch_size": 4,
     "inversion_steps": 150,
     "inversion_lr": 1e-2,
-    "identity_steps": 200,
+    "identity_steps": 400,
     "identity_lr": 2e-3,
     "offset_noise": 0.0,
+    "high_noise_share": 1.0,
+    "high_noise_band": (0.2, 0.6),
     "checkpoint_every": 50,
 }
 MOTION_TRAINING = {
@@ -38,7 +40,8 @@ MOTION_TRAINING = {
     "lr": 1e-2,
     "offset_noise": 0.0,
     "image_dropout": 0.5,
-    "high_noise_share": 0.75,
+    "high_noise_share": 1.0,
+    "high_noise_band": (0.65, 0.9),
     "checkpoint_every": 50,
 }
 IMAGES, CLIPS = 5, 6

@@ -175,8 +175,11 @@ def _settings(
         return cls(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "settings"
-        raise DvkitError(f"invalid training setting {where}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:
+            raise DvkitError(f"invalid training settings: {message}") from None
+        where = ".".join(str(part) for part in first["loc"])
+        raise DvkitError(f"invalid training setting {where}: {message}") from None
 
 
 def _run_folder(

@@ -21,13 +21,14 @@ def add_noise(
     generator: torch.Generator,
     offset_noise: float,
     high_noise_share: float = 0.0,
+    high_noise_band: tuple[float, float] = (0.5, 1.0),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Noisy latents (B, C, F, H, W), what the UNet should predict, and the timesteps.
 
     The target is the noise for ε-prediction schedulers and the velocity for v-prediction ones.
     Offset noise adds a per-video, per-channel constant, scaled by `offset_noise`. Timesteps are
     uniform, except that a share `high_noise_share` of the videos (on average) draw theirs from
-    the noisier half of the schedule.
+    `high_noise_band`, given as fractions of the schedule (default: its noisier half).
     """
     batch, channels = latents.shape[:2]
     device = latents.device
@@ -38,7 +39,8 @@ def add_noise(
     steps = scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, steps, (batch,), generator=generator, device=device)
     if high_noise_share:
-        noisier = torch.randint(steps // 2, steps, (batch,), generator=generator, device=device)
+        low, high = (round(bound * steps) for bound in high_noise_band)
+        noisier = torch.randint(low, high, (batch,), generator=generator, device=device)
         chosen = torch.rand(batch, generator=generator, device=device) < high_noise_share
         timesteps = torch.where(chosen, noisier, timesteps)
     noisy = scheduler.add_noise(latents, noise, timesteps)

@@ -72,8 +72,9 @@ def train_motion(
         keep_text = torch.rand(batch, generator=gen, device=device) >= settings.text_dropout
         latents = sample_latents(mean[index], std[index], gen)
         noisy, target, timesteps = add_noise(
-            base.scheduler, latents, gen, settings.offset_noise, settings.high_noise_share
-        )
+            base.scheduler, latents, gen, settings.offset_noise,
+            settings.high_noise_share, settings.high_noise_band,
+        )  # fmt: skip
         image = embeds[index, frame] * keep_image[:, None]
         text = torch.where(keep_text[:, None, None], caption, empty)
         injector.set_active({ADAPTER_NAME: 1.0}, image_embeds=image)

@@ -24,6 +24,21 @@ class CommonSettings(BaseModel):
         default_factory=list, description="adapter steps kept as selectable checkpoints"
     )
     gradient_checkpointing: bool = False
+    high_noise_share: float = Field(
+        0.0, ge=0, le=1, description="share of steps drawn from `high_noise_band`"
+    )
+    high_noise_band: tuple[float, float] = Field(
+        (0.5, 1.0), description="timesteps of those steps, as fractions of the schedule"
+    )
+
+    @model_validator(mode="after")
+    def _check_band(self) -> CommonSettings:
+        low, high = self.high_noise_band
+        if not 0 <= low < high <= 1:
+            raise ValueError(
+                "the high-noise band needs 0 ≤ LOW < HIGH ≤ 1 (fractions of the schedule)"
+            )
+        return self
 
 
 class SubjectSettings(CommonSettings):
@@ -59,9 +74,6 @@ class MotionSettings(CommonSettings):
     caption: str = ""
     text_dropout: float = Field(0.5, ge=0, le=1)
     image_dropout: float = Field(0.0, ge=0, le=1)
-    high_noise_share: float = Field(
-        0.0, ge=0, le=1, description="share of steps on the noisier half of the schedule"
-    )
     image_encoder: str = ""
     """open_clip `MODEL:PRETRAINED`; empty: the base's default (see `default_image_encoder`)."""
 

@@ -70,7 +70,10 @@ def train_subject(
     def noisy_batch(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         index = torch.randint(len(mean), (batch,), generator=gen, device=device)
         latents = sample_latents(mean[index], std[index], gen)
-        noisy, target, timesteps = add_noise(base.scheduler, latents, gen, settings.offset_noise)
+        noisy, target, timesteps = add_noise(
+            base.scheduler, latents, gen, settings.offset_noise,
+            settings.high_noise_share, settings.high_noise_band,
+        )  # fmt: skip
         return index, noisy.to(dtype), target, timesteps
 
     rows = TrainableRows(text_encoder, ids)
