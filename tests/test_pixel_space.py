@@ -106,12 +106,15 @@ def test_high_noise_share_draws_timesteps_from_the_noisier_half() -> None:
 def test_high_noise_band_bounds_the_chosen_timesteps() -> None:
     scheduler = _scheduler("epsilon")
     latents = _pixels(400, 1, 1, 2, 2)
-    steps = add_noise(scheduler, latents, torch.Generator().manual_seed(5), 0.0, 1.0, (0.65, 0.9))[
-        2
-    ]
+
+    def timesteps(share: float) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(5)
+        return add_noise(scheduler, latents, generator, 0.0, share, (0.65, 0.9))[2]
+
+    steps = timesteps(1.0)
     assert steps.min() >= 650 and steps.max() < 900
     assert steps.float().std() > 50  # spread over the band, not one value
-    half = add_noise(scheduler, latents, torch.Generator().manual_seed(5), 0.0, 0.5, (0.65, 0.9))[2]
+    half = timesteps(0.5)
     inside = ((half >= 650) & (half < 900)).float().mean().item()
     # half the draws come from the band, and a quarter of the uniform rest land there anyway
     assert abs(inside - (0.5 + 0.5 * 0.25)) < 0.07

@@ -181,6 +181,29 @@ def test_add_motion_end_to_end(catalog, videos) -> None:
     assert record.training["caption"] == "surfing" and record.training["image_encoder"] == "tiny"
 
 
+def test_training_draws_timesteps_from_the_chosen_band(catalog, images, videos, monkeypatch):
+    import dvkit.train.diffusion as diffusion
+    import dvkit.train.motion as motion
+    import dvkit.train.subject as subject
+
+    drawn = []
+
+    def recording(*args, **kwargs):
+        result = diffusion.add_noise(*args, **kwargs)
+        drawn.append(result[2])
+        return result
+
+    monkeypatch.setattr(subject, "add_noise", recording)
+    monkeypatch.setattr(motion, "add_noise", recording)
+    band = {"high_noise_share": 1.0, "high_noise_band": (0.2, 0.3)}
+    cat = add_subject("cat", [images], catalog=catalog, preset="quick", **FAST_SUBJECT, **band)
+    surf = add_motion("surfing", [videos], catalog=catalog, preset="quick", **FAST_MOTION, **band)
+    steps = torch.cat(drawn)
+    assert len(drawn) == 6 + 6 + 6 and steps.min() >= 200 and steps.max() < 300
+    for record in (cat, surf):
+        assert record.training["high_noise_band"] == [0.2, 0.3]
+
+
 def _one_error_line(code, err, expected):
     lines = err.strip().splitlines()
     assert code != 0 and len(lines) == 1 and expected in lines[0], err
