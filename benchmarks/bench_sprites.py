@@ -9,10 +9,10 @@ with the demo's settings) on a grid with more seeds, and the ground-truth means 
 subject fidelity of the subject's cells against the base prompted with the initializer word,
 motion fidelity of the motion's cells against the base, and both together. It also measures
 whether the motion adapter learnt the motion's direction, without sampling: the v-prediction
-loss in the demo's high-noise band (timesteps 650–899, where sampling picks a path) on fresh
-clips of the motion played forwards and backwards, for the base and with the adapter. A base
-that has not learnt the motion scores both alike; an adapter that has learnt it scores the
-reversed clips clearly worse than the forward ones.
+loss on the band of timesteps the demo trains its motion on (`MOTION_TRAINING`, where sampling
+picks a path) on fresh clips of the motion played forwards and backwards, for the base and
+with the adapter. A base that has not learnt the motion scores both alike; an adapter that has
+learnt it scores the reversed clips clearly worse than the forward ones.
 
     python benchmarks/bench_sprites.py base --clips 64
     python benchmarks/bench_sprites.py adapters --seeds 8 --folder /tmp/sprites-bench
@@ -90,7 +90,8 @@ def bench_adapters(folder: Path, subject: str, motion: str, seeds: int) -> dict:
 
 
 def direction_losses(folder: Path, ref: str, motion: str, clips: int = 8, draws: int = 16) -> dict:
-    """High-noise v-loss on fresh clips of `motion` forwards and reversed, base vs adapter."""
+    """V-loss in the demo's motion band on fresh clips of `motion` forwards and reversed, base
+    vs adapter."""
     import torch
 
     from dvkit.catalog import Catalog
