@@ -1,9 +1,11 @@
-"""OpenCLIP image encoders for appearance guidance: `ViT-H-14:laion2b_s32b_b79k` for real bases
-(from the open_clip / Hugging Face cache), `tiny` (seeded random weights, no download) for tests."""
+"""Image encoders for appearance guidance: OpenCLIP `ViT-H-14:laion2b_s32b_b79k` for real bases
+(from the open_clip / Hugging Face cache), `tiny` (seeded random weights, no download) for tests,
+and `sprites` (colour and centred shape from pixels, see `dvkit.sprites.appearance`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,7 @@ from torch import nn
 from dvkit.errors import DvkitError
 
 TINY_SPEC = "tiny"
+SPRITES_SPEC = "sprites"
 TINY_EMBED_DIM = 32
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -19,6 +22,17 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class ImageEncoderError(DvkitError):
     """An image encoder that cannot be found or loaded."""
+
+
+class AppearanceEncoder(Protocol):
+    """What appearance guidance needs of an encoder: its spec, width and `encode`."""
+
+    spec: str
+    embed_dim: int
+
+    def encode(self, pixels: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """Embeddings (N, embed_dim) of pixels (N, 3, H, W) in [-1, 1]."""
+        ...
 
 
 @dataclass
@@ -48,10 +62,15 @@ class ImageEncoder:
         return torch.cat(outputs)
 
 
-def load_image_encoder(spec: str, device: torch.device | str = "cpu") -> ImageEncoder:
-    """`tiny`, or `MODEL:PRETRAINED` as open_clip names them (PRETRAINED may be a local file)."""
+def load_image_encoder(spec: str, device: torch.device | str = "cpu") -> AppearanceEncoder:
+    """`tiny`, `sprites`, or `MODEL:PRETRAINED` as open_clip names them (PRETRAINED may be a
+    local file)."""
     if spec == TINY_SPEC:
         return _tiny_encoder().to_device(device)
+    if spec == SPRITES_SPEC:
+        from dvkit.sprites.appearance import SpritesAppearanceEncoder
+
+        return SpritesAppearanceEncoder()
     name, _, pretrained = spec.partition(":")
     import open_clip
 

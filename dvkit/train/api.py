@@ -111,13 +111,11 @@ def add_motion(
     **overrides: Any,
 ) -> AdapterRecord:
     """Learn a motion from a few videos (motion adapters with appearance guidance); register it."""
-    from dvkit.models.builtin import BUILTIN_BASES
-
     catalog = catalog or Catalog.open()
     tags = _check_request(catalog, name, "motion", tags)
     overrides["caption"] = overrides.get("caption") or name.replace("_", " ").replace("-", " ")
     if not overrides.get("image_encoder"):
-        overrides["image_encoder"] = default_image_encoder(base in BUILTIN_BASES)
+        overrides["image_encoder"] = default_image_encoder(base)
     settings = _settings(MotionSettings, "motion", preset, overrides)
     world = current_world()
     run_device = _device(device, world)

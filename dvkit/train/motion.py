@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from dvkit.models.components import BaseComponents
-from dvkit.models.image_encoder import ImageEncoder
+from dvkit.models.image_encoder import AppearanceEncoder
 from dvkit.models.injection import AdapterInjector, create_adapter_state
 from dvkit.train.diffusion import add_noise, diffusion_loss, sample_latents
 from dvkit.train.distributed import SINGLE_PROCESS, World
@@ -36,7 +36,7 @@ class MotionResult:
 def train_motion(
     base: BaseComponents,
     clips: torch.Tensor,
-    encoder: ImageEncoder,
+    encoder: AppearanceEncoder,
     settings: MotionSettings,
     device: torch.device,
     dtype: torch.dtype,

@@ -101,8 +101,9 @@ QUICK = {
 
 
 REAL_IMAGE_ENCODER = "ViT-H-14:laion2b_s32b_b79k"
+BUILTIN_IMAGE_ENCODERS = {"tiny": "tiny", "sprites": "sprites"}
 
 
-def default_image_encoder(builtin_base: bool) -> str:
-    """The official OpenCLIP ViT-H/14 for real bases; the tiny offline encoder for built-ins."""
-    return "tiny" if builtin_base else REAL_IMAGE_ENCODER
+def default_image_encoder(base: str) -> str:
+    """The official OpenCLIP ViT-H/14 for real bases; built-in bases' own offline encoders."""
+    return BUILTIN_IMAGE_ENCODERS.get(base, REAL_IMAGE_ENCODER)
