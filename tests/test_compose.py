@@ -1,6 +1,7 @@
 """The sampler against diffusers' pipeline, per-row adapter batches, and `compose`."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -70,6 +71,39 @@ def test_batch_of_combinations_equals_each_alone(loaded) -> None:
     together = sample(base, rows, SMALL, injector)
     alone = torch.cat([sample(base, [row], SMALL, injector) for row in rows])
     assert (together - alone).abs().max().item() <= 1e-5
+
+
+def test_motion_until_switches_motion_adapters_off_at_low_noise(loaded) -> None:
+    base, injector = loaded
+    embed = torch.randn(32, generator=torch.Generator().manual_seed(3))
+    row = Row("a cat surfing", seed=2, adapters={"s": 1.0, "m": 1.0}, image_embed=embed)
+    calls: list[list[int]] = []  # per UNet call: its timestep, then how often `m` ran in it
+    first_motion_adapter = next(iter(injector.get("m").adapters.values()))
+    hooks = [
+        base.unet.register_forward_pre_hook(lambda _, args: calls.append([int(args[1]), 0])),
+        first_motion_adapter.register_forward_hook(lambda *_: calls[-1].__setitem__(1, 1)),
+    ]
+    try:
+        half = sample(base, [row], replace(SMALL, motion_until=0.5), injector)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == [[751, 1], [501, 1], [251, 0], [1, 0]]
+    always = sample(base, [row], SMALL, injector)
+    never = sample(base, [row], replace(SMALL, motion_until=1.0), injector)
+    subject_only = sample(
+        base, [Row("a cat surfing", seed=2, adapters={"s": 1.0})], SMALL, injector
+    )
+    assert (never - subject_only).abs().max().item() <= 1e-6
+    assert (half - always).abs().max().item() > 1e-3 and (half - never).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5])
+def test_motion_until_outside_the_schedule_is_refused(value) -> None:
+    from dvkit.errors import DvkitError
+
+    with pytest.raises(DvkitError, match="--motion-until must be a fraction"):
+        SamplerSettings(motion_until=value)
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +186,7 @@ def test_cli_compose(cli, trained, tmp_path) -> None:
         (("--subject", "cat", "--out", "video.avi"), "unsupported video extension .avi"),
         (("--subject", "cat", "--format", "webm"), "unknown video format webm"),
         (("--subject", "cat", "--steps", "0"), "at least 1"),
+        (("--motion", "surfing", "--motion-until", "1.2"), "--motion-until must be a fraction"),
         (("--subject", "cat", "--device", "tpu"), "unknown device"),
     ],
 )

@@ -104,15 +104,19 @@ def test_cli_bench(cli, catalog, tmp_path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# templates\na {subject} {motion} at the beach\n")
     sizes = ("--steps", "2", "--frames", "3", "--size", "16", "--clip", "tiny", "--dino", "tiny")
-    args = ("--home", catalog.home, "bench", "--subject", "cat", "--prompts", prompts, *sizes)
+    args = ("--home", catalog.home, "bench", "--subject", "cat", "--prompts", prompts, *sizes,
+            "--motion-until", "0.5")  # fmt: skip
     code, out, err = cli(*args)
     assert code == 0, err
     assert "4 cells: 4 generated, 0 already scored" in out
+    assert {row["sampler"]["motion_until"] for row in catalog.evaluation_rows()} == {0.5}
     assert "joint" in out and "CLIP-T" in out
     code, out, _ = cli(*args)
     assert "4 cells: 0 generated, 4 already scored" in out
     code, _, err = cli("--home", catalog.home, "bench", "--shard", "3")
     assert code == 1 and "--shard takes i/n" in err
+    code, _, err = cli("--home", catalog.home, "bench", "--motion-until", "2")
+    assert code == 1 and err.count("\n") == 1 and "--motion-until must be a fraction" in err
 
 
 def test_report_files_and_rebuild(cli, catalog, tmp_path) -> None:

@@ -32,7 +32,9 @@ def test_demo_trains_composes_and_scores_the_grid(tmp_path, quick_training, cli)
         motion = catalog.show("zigzag")
         assert subject.base == motion.base == "sprites"
         assert subject.initializer == "triangle" and motion.training["caption"] == "zigzagging"
+        assert motion.training["image_encoder"] == "sprites"  # the base's own encoder
         rows = catalog.evaluation_rows()
+    assert {row["sampler"]["motion_until"] for row in rows} == {0.4}  # the base's default
     code, out, err = cli("demo", folder, "--seeds", "1", "--steps", "2", "--device", "cpu")
     assert code == 0, err
     assert "report:" in out and "joint" in out

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dvkit.cli.context import open_catalog
+from dvkit.cli.context import MotionUntilOption, open_catalog
 
 
 def compose(
@@ -50,6 +50,7 @@ def compose(
         Path | None,
         typer.Option("--guidance-image", help="Default: the subject's first reference image."),
     ] = None,
+    motion_until: MotionUntilOption = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="A .mp4/.gif file or a folder (default: videos/).")
     ] = None,
@@ -83,7 +84,8 @@ def compose(
             motion_scale=motion_scale, subject_step=subject_step, motion_step=motion_step,
             seeds=seed or [0], negative_prompt=negative_prompt, steps=steps, guidance=guidance,
             frames=frames, size=size, fps=fps, image_strength=image_strength,
-            image_strength_uncond=image_strength_uncond, guidance_image=guidance_image, out=out,
+            image_strength_uncond=image_strength_uncond, guidance_image=guidance_image,
+            motion_until=motion_until, out=out,
             formats=[f.strip() for f in video_format.split(",") if f.strip()], device=device,
             dtype=dtype, on_step=on_step,
         )  # fmt: skip

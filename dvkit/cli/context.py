@@ -1,8 +1,10 @@
-"""Shared helpers of the commands: opening the catalog chosen by the global options."""
+"""Shared helpers of the commands: opening the catalog chosen by the global options, and the
+sampler options that several commands take."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -16,3 +18,13 @@ def home_option(ctx: typer.Context) -> Path | None:
 
 def open_catalog(ctx: typer.Context) -> Catalog:
     return Catalog.open(home_option(ctx))
+
+
+MotionUntilOption = Annotated[
+    float | None,
+    typer.Option(
+        "--motion-until",
+        help="Switch motion adapters off below this fraction of the noise schedule. "
+        "Default 0: never (sprites: 0.4).",
+    ),
+]

@@ -32,7 +32,7 @@ from dvkit.generate.compose import (
 )
 from dvkit.generate.sampler import Row, SamplerSettings, sample
 from dvkit.io.video import to_uint8, write_video
-from dvkit.models.builtin import sampling_default, steps_and_guidance
+from dvkit.models.builtin import sampler_choices, sampling_default
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.textual_inversion import expand_placeholder
@@ -89,6 +89,7 @@ def bench(
     guidance: float | None = None,
     frames: int | None = None,
     size: int | None = None,
+    motion_until: float | None = None,
     fps: float = 8.0,
     clip: str = "ViT-B-32:openai",
     dino: str = "vit_small_patch16_224.dino",
@@ -99,10 +100,10 @@ def bench(
 ) -> GridResult:
     """Generate, score and store every missing cell of the grid; return all its evaluations.
 
-    `settings` fixes the whole sampler; otherwise `steps`, `guidance`, `frames` and `size`
-    override the defaults (the adapters' training frames and resolution, the base's own
-    sampling defaults). With `generate=False` nothing is generated: the result holds the cells
-    already stored.
+    `settings` fixes the whole sampler; otherwise `steps`, `guidance`, `frames`, `size` and
+    `motion_until` override the defaults (the adapters' training frames and resolution, the
+    base's own sampling defaults). With `generate=False` nothing is generated: the result holds
+    the cells already stored.
     """
     quiet_libraries()
     index, count = shard
@@ -120,7 +121,7 @@ def bench(
     base = chosen[0].record.base
     if settings is None:
         resolution = size or _trained(subject_adapters, "resolution", 256)
-        steps, guidance = steps_and_guidance(base, steps, guidance)
+        steps, guidance, motion_until = sampler_choices(base, steps, guidance, motion_until)
         settings = SamplerSettings(
             steps=steps,
             guidance_scale=guidance,
@@ -128,6 +129,7 @@ def bench(
             or _trained(motion_adapters, "frames", int(sampling_default(base, "frames"))),
             height=resolution,
             width=resolution,
+            motion_until=motion_until,
         )
     sampler = {**asdict(settings), "base": base}
     roles = ROLES if baselines else ("joint",)

@@ -17,7 +17,7 @@ from dvkit.errors import DvkitError, NotFoundError
 from dvkit.generate.sampler import Row, SamplerSettings, sample, vae_scale_factor
 from dvkit.io.adapter_file import AdapterTensors, load_adapter_tensors
 from dvkit.io.video import VIDEO_FORMATS, check_writable_folder, to_uint8, write_video
-from dvkit.models.builtin import sampling_default, steps_and_guidance
+from dvkit.models.builtin import sampler_choices, sampling_default
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
@@ -72,6 +72,7 @@ def compose(
     image_strength: float | None = None,
     image_strength_uncond: float | None = None,
     guidance_image: str | Path | None = None,
+    motion_until: float | None = None,
     out: str | Path | None = None,
     formats: Sequence[str] = ("mp4",),
     device: str = "auto",
@@ -83,6 +84,8 @@ def compose(
 
     `merged` is a file from `dvkit export --merged`: its subject and motion are used and its
     recipe gives the scales, guidance, steps and appearance strengths not passed here.
+    `motion_until` switches the motion adapter off below that fraction of the noise schedule
+    (default: the base's, 0.4 on `sprites`, else 0: it acts at every step).
 
     Writes MP4/GIF files to `out` (a file for one seed, a folder, or by default the catalog's
     videos/ folder) and returns the frames; `record=False` writes nothing unless `out` is given
@@ -114,7 +117,7 @@ def compose(
             if ref is not None
         ]
     components, _ = open_matching_base(catalog, chosen, base)
-    steps, guidance = steps_and_guidance(components.name, steps, guidance)
+    steps, guidance, motion_until = sampler_choices(components.name, steps, guidance, motion_until)
     run_device = resolve_device(device)
     run_dtype = resolve_dtype(dtype, run_device)
     components.freeze(run_device, run_dtype)
@@ -129,6 +132,7 @@ def compose(
         or _trained(subject_adapter or motion_adapter, "resolution", _native(components)),
         width=size
         or _trained(subject_adapter or motion_adapter, "resolution", _native(components)),
+        motion_until=motion_until,
     )
     injector = AdapterInjector(components.unet)
     scales: dict[str, float] = {}

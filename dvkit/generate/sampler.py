@@ -4,7 +4,9 @@ With no adapters it follows diffusers' `TextToVideoSDPipeline` step for step (sa
 same seed, same classifier-free guidance, same decoding). On top it runs a batch of rows that
 may each use other adapters, scales, prompts, seeds and appearance guidance: the conditional
 branch sees the row's image embedding at strength λ, the unconditional branch a zero embedding
-at its own strength (as the official DreamVideo inference does).
+at its own strength (as the official DreamVideo inference does). `motion_until` can switch the
+motion adapters off for the last, low-noise steps, where a motion is already laid out and only
+the look is being refined.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import DDIMScheduler
 
+from dvkit.errors import DvkitError
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
 from dvkit.train.encode import encode_text
@@ -41,6 +44,16 @@ class SamplerSettings:
     height: int = 256
     width: int = 256
     decode_batch: int = 16
+    motion_until: float = 0.0
+    """Motion adapters act while the timestep is at least this fraction of the schedule, and
+    are switched off below it (0: at every step)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.motion_until <= 1:
+            raise DvkitError(
+                f"--motion-until must be a fraction of the schedule from 0 to 1, "
+                f"not {self.motion_until}"
+            )
 
 
 @torch.no_grad()
@@ -67,8 +80,13 @@ def sample(
         texts = texts[len(rows) :]
     if injector is not None:
         _select(injector, rows, guided, device)
+    motion_off = settings.motion_until * scheduler.config.num_train_timesteps
+    motion_on = injector is not None and settings.motion_until > 0
     total = len(scheduler.timesteps)
     for index, timestep in enumerate(scheduler.timesteps):
+        if motion_on and timestep < motion_off:
+            _select(injector, rows, guided, device, without_kind="motion")
+            motion_on = False
         model_input = torch.cat([latents] * 2) if guided else latents
         model_input = scheduler.scale_model_input(model_input, timestep)
         noise = unet(model_input, timestep, encoder_hidden_states=texts, return_dict=False)[0]
@@ -118,9 +136,14 @@ def decode(vae: torch.nn.Module, latents: torch.Tensor, batch_size: int) -> torc
 
 
 def _select(
-    injector: AdapterInjector, rows: Sequence[Row], guided: bool, device: torch.device
+    injector: AdapterInjector,
+    rows: Sequence[Row],
+    guided: bool,
+    device: torch.device,
+    without_kind: str | None = None,
 ) -> None:
-    """Per-row adapters for both branches; image embeddings only in the conditional one."""
+    """Per-row adapters for both branches, leaving out adapters of `without_kind`; image
+    embeddings only in the conditional one."""
     dims = {e.shape[-1] for row in rows if (e := row.image_embed) is not None}
     embeds = strengths = None
     if dims:
@@ -133,5 +156,9 @@ def _select(
             uncond_strength = torch.tensor([row.image_strength_uncond for row in rows])
             embeds = torch.cat([torch.zeros_like(cond), cond]).to(device)
             strengths = torch.cat([uncond_strength, cond_strength]).to(device)
-    choices = [dict(row.adapters) for row in rows]
+    choices = [
+        {name: scale for name, scale in row.adapters.items()
+         if injector.get(name).kind != without_kind}
+        for row in rows
+    ]  # fmt: skip
     injector.set_rows(choices * 2 if guided else choices, image_embeds=embeds, strength=strengths)

@@ -8,20 +8,26 @@ BUILTIN_BASES: dict[str, str] = {
 }
 
 # dvkit's sampling defaults (the official DreamVideo inference), and built-in bases' own.
-DEFAULT_SAMPLING: dict[str, float] = {"frames": 16, "steps": 50, "guidance": 9.0}
+# On sprites a motion is laid out above timestep 400: motion adapters stop there, so that the
+# last steps draw the object's own look (see `SamplerSettings.motion_until`).
+DEFAULT_SAMPLING: dict[str, float] = {"frames": 16, "steps": 50, "guidance": 9.0, "motion_until": 0}
 BUILTIN_SAMPLING: dict[str, dict[str, float]] = {
-    "sprites": {"frames": 8, "steps": 25, "guidance": 2.0},
+    "sprites": {"frames": 8, "steps": 25, "guidance": 2.0, "motion_until": 0.4},
 }
 
 
 def sampling_default(base: str, key: str) -> float:
-    """The default `frames`, `steps` or `guidance` for sampling from `base`."""
+    """The default `frames`, `steps`, `guidance` or `motion_until` for sampling from `base`."""
     return BUILTIN_SAMPLING.get(base, {}).get(key, DEFAULT_SAMPLING[key])
 
 
-def steps_and_guidance(base: str, steps: int | None, guidance: float | None) -> tuple[int, float]:
-    """The sampler's steps and guidance scale: the given ones, else `base`'s defaults."""
+def sampler_choices(
+    base: str, steps: int | None, guidance: float | None, motion_until: float | None
+) -> tuple[int, float, float]:
+    """The sampler's steps, guidance scale and `motion_until`: the given ones, else `base`'s
+    defaults."""
     return (
         int(steps or sampling_default(base, "steps")),
         sampling_default(base, "guidance") if guidance is None else guidance,
+        sampling_default(base, "motion_until") if motion_until is None else motion_until,
     )
