@@ -15,13 +15,14 @@ with the adapter. A base that has not learnt the motion scores both alike; an ad
 learnt it scores the reversed clips clearly worse than the forward ones.
 
     python benchmarks/bench_sprites.py base --clips 64
-    python benchmarks/bench_sprites.py adapters --seeds 8 --folder /tmp/sprites-bench
+    python benchmarks/bench_sprites.py adapters --seeds 8
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,7 +142,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="base: clips per UNet batch")
     parser.add_argument("--weights", type=Path, help="base: another weights file to measure")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--folder", type=Path, default=Path("/tmp/dvkit-sprites-bench"))
+    parser.add_argument(
+        "--folder", type=Path, help="adapters: the demo's folder (default: a new temporary one; "
+        "a folder with a finished demo is measured as it is, without training again)",
+    )  # fmt: skip
     parser.add_argument("--subject", default="orange triangle")
     parser.add_argument("--motion", default="zigzag")
     parser.add_argument("--seeds", type=int, default=8, help="adapters: seeds per grid cell")
@@ -150,7 +154,8 @@ def main() -> None:
     if args.part in ("base", "all"):
         results["base"] = bench_base(args.clips, args.batch, args.weights, args.seed)
     if args.part in ("adapters", "all"):
-        results["adapters"] = bench_adapters(args.folder, args.subject, args.motion, args.seeds)
+        folder = args.folder or Path(tempfile.mkdtemp(prefix="dvkit-sprites-bench-"))
+        results["adapters"] = bench_adapters(folder, args.subject, args.motion, args.seeds)
     print(json.dumps(results, indent=2))
 
 
