@@ -140,7 +140,11 @@ def add_motion(
     high_noise_band: HighNoiseBand = None,
     image_encoder: Annotated[
         str | None,
-        typer.Option("--image-encoder", help="open_clip MODEL:PRETRAINED, or tiny (offline)."),
+        typer.Option(
+            "--image-encoder",
+            help="open_clip MODEL:PRETRAINED, or tiny / sprites (offline). Default: the base's "
+            "own on built-in bases, else ViT-H-14:laion2b_s32b_b79k.",
+        ),
     ] = None,
     keep_steps: KeepSteps = None,
     checkpoint_every: CheckpointEvery = None,

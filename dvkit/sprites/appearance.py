@@ -18,7 +18,7 @@ from dvkit.sprites.world import SIZE
 
 POOLED = 8
 COLOUR_WEIGHT, MASK_WEIGHT = 4.0, 2.0
-"""Scales that give the 3 colour values and the 64 mask values similar total weight."""
+"""Scales that keep the 3 colour values from being swamped by the 64 mask values."""
 
 
 class SpritesAppearanceEncoder:
