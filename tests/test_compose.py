@@ -210,9 +210,13 @@ def test_merged_export_composes_like_its_catalog_entries(trained, tmp_path) -> N
     from dvkit.io.export import export_merged
 
     pair = tmp_path / "pair.safetensors"
-    export_merged(trained, "cat", "surfing", pair, subject_scale=0.8, steps=3, guidance_scale=7.0)
+    export_merged(trained, "cat", "surfing", pair, subject_scale=0.8, steps=3, guidance_scale=7.0,
+                  motion_until=0.5)  # fmt: skip
     from_catalog = compose("cat", "surfing", catalog=trained, subject_scale=0.8, steps=3,
-                           guidance=7.0, record=False)  # fmt: skip
+                           guidance=7.0, motion_until=0.5, record=False)  # fmt: skip
     from_file = compose(merged=pair, catalog=trained, record=False)
     assert from_file.prompt == from_catalog.prompt == "a <cat> surfing"
     assert np.array_equal(from_catalog.frames, from_file.frames)
+    motion_to_the_end = compose("cat", "surfing", catalog=trained, subject_scale=0.8, steps=3,
+                                guidance=7.0, record=False)  # fmt: skip
+    assert not np.array_equal(motion_to_the_end.frames, from_file.frames)  # the recipe's 0.5

@@ -88,7 +88,8 @@ def test_merged_export_holds_both_parts_and_the_recipe(cli, home, pair, tmp_path
     code, stdout, err = cli("--home", home, "export", "--merged", "--subject", "cat",
                             "--motion", "surfing", "--out", out, "--subject-scale", "0.8",
                             "--motion-scale", "1.2", "--guidance", "7.5", "--image-strength",
-                            "0.9", "--image-strength-uncond", "0.5", "--steps", "25")  # fmt: skip
+                            "0.9", "--image-strength-uncond", "0.5", "--steps", "25",
+                            "--motion-until", "0.3")  # fmt: skip
     assert code == 0, err
     assert "exported cat@1 + surfing@1" in stdout
     tensors = load_file(out)
@@ -110,7 +111,8 @@ def test_merged_export_holds_both_parts_and_the_recipe(cli, home, pair, tmp_path
         "name": "tiny", "fingerprint": "tiny-fingerprint", "architecture": "dvkit-tiny"
     }  # fmt: skip
     assert (recipe["guidance_scale"], recipe["image_strength"], recipe["image_strength_uncond"],
-            recipe["steps"], recipe["token"]) == (7.5, 0.9, 0.5, 25, "<cat>")  # fmt: skip
+            recipe["steps"], recipe["token"], recipe["motion_until"]) == (
+        7.5, 0.9, 0.5, 25, "<cat>", 0.3)  # fmt: skip
     subject, motion = recipe["subject"], recipe["motion"]
     assert (subject["name"], subject["version"], subject["step"], subject["scale"]) == (
         "cat", 1, None, 0.8)  # fmt: skip
@@ -124,6 +126,7 @@ def test_merged_export_holds_both_parts_and_the_recipe(cli, home, pair, tmp_path
     assert merged.token == "<cat>" and merged.base == "tiny"
     assert (merged.subject_scale, merged.motion_scale, merged.guidance_scale) == (0.8, 1.2, 7.5)
     assert (merged.image_strength, merged.image_strength_uncond, merged.steps) == (0.9, 0.5, 25)
+    assert merged.motion_until == 0.3
     assert merged.weights_hash == meta["modelspec.hash_sha256"]
     assert torch.equal(merged.token_embedding, cat["token_embedding"])
     assert merged.subject_tensors.keys() == cat.keys() - {"token_embedding"}
@@ -141,6 +144,7 @@ def test_merged_defaults_match_the_cli(catalog, pair, tmp_path) -> None:
     assert (merged.guidance_scale, merged.steps) == (9.0, 50)
     assert (merged.subject_scale, merged.motion_scale) == (1.0, 1.0)
     assert (merged.image_strength, merged.image_strength_uncond) == (1.0, 1.0)
+    assert merged.motion_until is None and "motion_until" not in merged.recipe  # the base's
     assert export_commands.GUIDANCE_SCALE == export_module.DEFAULT_GUIDANCE_SCALE
     assert export_commands.STEPS == export_module.DEFAULT_STEPS
     assert export_commands.IMAGE_STRENGTH == export_module.DEFAULT_IMAGE_STRENGTH
@@ -181,6 +185,8 @@ def test_export_errors_are_one_line(cli, home, pair, tmp_path) -> None:
         ((*merged, "--out", good, "--steps", "0"), "expected 1 to 1000"),
         ((*merged, "--out", good, "--guidance", "-1"), "must be at least 0"),
         ((*merged, "--out", good, "--motion-scale", "nan"), "expected a finite number"),
+        ((*merged, "--out", good, "--motion-until", "1.5"), "a fraction of the schedule"),
+        (("cat", "--out", good, "--motion-until", "0.4"), "--motion-until applies to merged"),
         ((*merged, "--out", tmp_path / "nowhere" / "p.safetensors"), "does not exist"),
     ]  # fmt: skip
     for args, expected in cases:
@@ -240,6 +246,11 @@ def test_load_merged_says_what_is_wrong(catalog, pair, tmp_path) -> None:
         del recipe["guidance_scale"]
         header["__metadata__"]["dvkit.recipe"] = json.dumps(recipe)
 
+    def bad_until(header):
+        recipe = json.loads(header["__metadata__"]["dvkit.recipe"])
+        recipe["motion_until"] = 1.5
+        header["__metadata__"]["dvkit.recipe"] = json.dumps(recipe)
+
     def newer(header):
         header["__metadata__"]["dvkit.format"] = "99"
 
@@ -250,6 +261,7 @@ def test_load_merged_says_what_is_wrong(catalog, pair, tmp_path) -> None:
         ("drop", drop_recipe, "header lacks dvkit.recipe"),
         ("bad", bad_recipe, "unreadable dvkit.recipe"),
         ("noguide", no_guidance, "no numeric guidance_scale"),
+        ("until", bad_until, "motion_until is not a fraction"),
         ("newer", newer, "newer than this dvkit reads"),
         ("base", other_base, "recipe's base does not match"),
     ):

@@ -66,6 +66,14 @@ def export(
         ),
     ] = None,
     steps: Annotated[int | None, typer.Option("--steps", help=f"Sampling steps [{STEPS}].")] = None,
+    motion_until: Annotated[
+        float | None,
+        typer.Option(
+            "--motion-until",
+            help="Switch the motion adapter off below this fraction of the noise schedule "
+            "[the base's default when composed].",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write an adapter version as a standalone .safetensors file, or (--merged) a subject and a
@@ -81,6 +89,7 @@ def export(
         "--image-strength": image_strength,
         "--image-strength-uncond": image_strength_uncond,
         "--steps": steps,
+        "--motion-until": motion_until,
     }
     if not merged:
         used = [option for option, value in pair_options.items() if value is not None]
@@ -122,6 +131,7 @@ def export(
                     else image_strength_uncond
                 ),
                 steps=STEPS if steps is None else steps,
+                motion_until=motion_until,
                 overwrite=force,
             )
     print(

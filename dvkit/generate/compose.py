@@ -83,7 +83,8 @@ def compose(
     """Generate videos of a subject doing a motion (either may be None), one per seed.
 
     `merged` is a file from `dvkit export --merged`: its subject and motion are used and its
-    recipe gives the scales, guidance, steps and appearance strengths not passed here.
+    recipe gives the scales, guidance, steps, appearance strengths and `motion_until` not passed
+    here.
     `motion_until` switches the motion adapter off below that fraction of the noise schedule
     (default: the base's, 0.4 on `sprites`, else 0: it acts at every step).
 
@@ -104,6 +105,7 @@ def compose(
     guidance = _pick(guidance, recipe.get("guidance_scale"), None)
     image_strength = _pick(image_strength, recipe.get("image_strength"), 1.0)
     image_strength_uncond = _pick(image_strength_uncond, recipe.get("image_strength_uncond"), 1.0)
+    motion_until = _pick(motion_until, recipe.get("motion_until"), None)
     _check_options(seeds, steps, formats)
     writes = record or out is not None
     targets = _targets(catalog, out, seeds, formats) if writes else [[] for _ in seeds]

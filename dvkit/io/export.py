@@ -8,7 +8,8 @@
   `subject.` and `motion.` (the token embedding is `subject.token_embedding`), ModelSpec keys
   (architecture `<base arch>/dreamvideo-pair`, hash of the tensor data, trigger phrase) and
   `dvkit.kind = "merged"` with `dvkit.recipe`, a JSON composition recipe: both parts (name,
-  version, step, scale, hidden ratio, own header metadata), token, base, guidance settings.
+  version, step, scale, hidden ratio, own header metadata), token, base, guidance settings,
+  and `motion_until` when one was chosen (without it, composing uses the base's default).
 - `load_merged`: reads such a file back into `MergedAdapters`, validating header, recipe and hash.
 """
 
@@ -125,6 +126,10 @@ class MergedAdapters:
     def steps(self) -> int:
         return self.recipe["steps"]
 
+    @property
+    def motion_until(self) -> float | None:
+        return self.recipe.get("motion_until")
+
 
 # ---- single adapters ------------------------------------------------------------------------
 
@@ -213,9 +218,11 @@ def export_merged(
     image_strength: float = DEFAULT_IMAGE_STRENGTH,
     image_strength_uncond: float = DEFAULT_IMAGE_STRENGTH_UNCOND,
     steps: int = DEFAULT_STEPS,
+    motion_until: float | None = None,
     overwrite: bool = False,
 ) -> ExportResult:
-    """Write a subject and a motion adapter (same base) and their recipe to one file."""
+    """Write a subject and a motion adapter (same base) and their recipe to one file;
+    `motion_until` None leaves it to the base's default when the pair is composed."""
     out = check_out_path(out, overwrite)
     settings = {
         "guidance_scale": _number("guidance scale", guidance_scale, minimum=0.0),
@@ -225,6 +232,8 @@ def export_merged(
         ),
         "steps": _steps(steps),
     }
+    if motion_until is not None:
+        settings["motion_until"] = _fraction("motion-until", motion_until)
     scales = {
         "subject": _number("subject scale", subject_scale),
         "motion": _number("motion scale", motion_scale),
@@ -290,6 +299,13 @@ def _number(what: str, value: float, minimum: float | None = None) -> float:
     if minimum is not None and value < minimum:
         raise DvkitError(f"invalid {what} {value!r}: must be at least {minimum:g}")
     return float(value)
+
+
+def _fraction(what: str, value: float) -> float:
+    value = _number(what, value, minimum=0.0)
+    if value > 1:
+        raise DvkitError(f"invalid {what} {value!r}: a fraction of the schedule, at most 1")
+    return value
 
 
 def _steps(value: int) -> int:
@@ -434,6 +450,9 @@ def _read_recipe(path: Path, meta: dict[str, str]) -> dict[str, Any]:
         value = recipe.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise AdapterFileError(f"{path}: dvkit.recipe has no numeric {key}")
+    until = recipe.get("motion_until", 0.0)
+    if isinstance(until, bool) or not isinstance(until, (int, float)) or not 0 <= until <= 1:
+        raise AdapterFileError(f"{path}: dvkit.recipe's motion_until is not a fraction from 0 to 1")
     base = recipe.get("base")
     if not isinstance(base, dict) or base.get("fingerprint") != meta["dvkit.base_fingerprint"]:
         raise AdapterFileError(
