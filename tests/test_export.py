@@ -185,7 +185,7 @@ def test_export_errors_are_one_line(cli, home, pair, tmp_path) -> None:
         ((*merged, "--out", good, "--steps", "0"), "expected 1 to 1000"),
         ((*merged, "--out", good, "--guidance", "-1"), "must be at least 0"),
         ((*merged, "--out", good, "--motion-scale", "nan"), "expected a finite number"),
-        ((*merged, "--out", good, "--motion-until", "1.5"), "a fraction of the schedule"),
+        ((*merged, "--out", good, "--motion-until", "1.5"), "a fraction of the noise schedule"),
         (("cat", "--out", good, "--motion-until", "0.4"), "--motion-until applies to merged"),
         ((*merged, "--out", tmp_path / "nowhere" / "p.safetensors"), "does not exist"),
     ]  # fmt: skip

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import DDIMScheduler
 
-from dvkit.errors import DvkitError
+from dvkit.models.builtin import check_motion_until
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
 from dvkit.train.encode import encode_text
@@ -49,11 +49,7 @@ class SamplerSettings:
     are switched off below it (0: at every step)."""
 
     def __post_init__(self) -> None:
-        if not 0 <= self.motion_until <= 1:
-            raise DvkitError(
-                f"--motion-until must be a fraction of the schedule from 0 to 1, "
-                f"not {self.motion_until}"
-            )
+        check_motion_until(self.motion_until)
 
 
 @torch.no_grad()

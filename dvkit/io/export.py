@@ -34,6 +34,7 @@ from dvkit.io.adapter_file import (
     serialize_with_hash,
 )
 from dvkit.io.files import write_atomically
+from dvkit.models.builtin import check_motion_until
 
 if TYPE_CHECKING:
     import torch
@@ -233,7 +234,7 @@ def export_merged(
         "steps": _steps(steps),
     }
     if motion_until is not None:
-        settings["motion_until"] = _fraction("motion-until", motion_until)
+        settings["motion_until"] = check_motion_until(motion_until)
     scales = {
         "subject": _number("subject scale", subject_scale),
         "motion": _number("motion scale", motion_scale),
@@ -299,13 +300,6 @@ def _number(what: str, value: float, minimum: float | None = None) -> float:
     if minimum is not None and value < minimum:
         raise DvkitError(f"invalid {what} {value!r}: must be at least {minimum:g}")
     return float(value)
-
-
-def _fraction(what: str, value: float) -> float:
-    value = _number(what, value, minimum=0.0)
-    if value > 1:
-        raise DvkitError(f"invalid {what} {value!r}: a fraction of the schedule, at most 1")
-    return value
 
 
 def _steps(value: int) -> int:

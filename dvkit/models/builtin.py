@@ -1,6 +1,9 @@
-"""Built-in bases that need no download. Light: importable without torch."""
+"""Built-in bases that need no download, and sampling defaults. Light: importable without
+torch."""
 
 from __future__ import annotations
+
+from dvkit.errors import DvkitError
 
 BUILTIN_BASES: dict[str, str] = {
     "tiny": "tiny random components for tests and smoke runs (meaningless pictures)",
@@ -19,6 +22,15 @@ BUILTIN_SAMPLING: dict[str, dict[str, float]] = {
 def sampling_default(base: str, key: str) -> float:
     """The default `frames`, `steps`, `guidance` or `motion_until` for sampling from `base`."""
     return BUILTIN_SAMPLING.get(base, {}).get(key, DEFAULT_SAMPLING[key])
+
+
+def check_motion_until(value: float) -> float:
+    """`value` if it is a fraction of the noise schedule (0 to 1), else a `DvkitError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise DvkitError(
+            f"--motion-until must be a fraction of the noise schedule from 0 to 1, not {value!r}"
+        )
+    return float(value)
 
 
 def sampler_choices(
