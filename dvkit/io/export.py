@@ -444,9 +444,12 @@ def _read_recipe(path: Path, meta: dict[str, str]) -> dict[str, Any]:
         value = recipe.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise AdapterFileError(f"{path}: dvkit.recipe has no numeric {key}")
-    until = recipe.get("motion_until", 0.0)
-    if isinstance(until, bool) or not isinstance(until, (int, float)) or not 0 <= until <= 1:
-        raise AdapterFileError(f"{path}: dvkit.recipe's motion_until is not a fraction from 0 to 1")
+    try:
+        check_motion_until(recipe.get("motion_until", 0.0))
+    except DvkitError:
+        raise AdapterFileError(
+            f"{path}: dvkit.recipe's motion_until is not a fraction from 0 to 1"
+        ) from None
     base = recipe.get("base")
     if not isinstance(base, dict) or base.get("fingerprint") != meta["dvkit.base_fingerprint"]:
         raise AdapterFileError(
