@@ -247,14 +247,18 @@ class Catalog:
         tags: Sequence[str] = (),
         description: str | None = None,
     ) -> ImportResult:
-        """Register a dvkit adapter file. The same weights twice are reported, not duplicated."""
+        """Register a dvkit adapter file under `name` (default: the file's own).
+
+        The same weights again under the same name are reported (`duplicate`), not registered
+        twice; under another name they become that name's adapter, sharing the weights file.
+        """
         from dvkit.io.adapter_file import read_adapter_info
 
         path = Path(path)
         info = read_adapter_info(path, verify_hash=False)
         name = validate_name(name or info.name)
         tags = [validate_tag(tag) for tag in tags]
-        existing = self._same_weights(info.kind, info.base_fingerprint, info.weights_hash)
+        existing = self._same_weights(name, info.kind, info.base_fingerprint, info.weights_hash)
         if existing is not None:
             return ImportResult(self.show(existing), duplicate=True)
         staged, info = self.stage_adapter_file(path)
@@ -282,6 +286,10 @@ class Catalog:
     ) -> ImportResult:
         """Add `record` as the next version of its name, moving `staged` into the blob store.
 
+        If a version of the same name already holds the same weights (same kind and base), that
+        version is returned with `duplicate` set and nothing is registered. Identical weights
+        under another name never count: each name gets its own record.
+
         `run` (its training provenance) and `checkpoints` (step → staged file and weights hash)
         are registered in the same transaction.
         """
@@ -290,7 +298,7 @@ class Catalog:
         try:
             with self._write() as db:
                 existing = self._same_weights(
-                    record.kind, record.base_fingerprint, record.weights_hash
+                    record.name, record.kind, record.base_fingerprint, record.weights_hash
                 )
                 if existing is not None:
                     self._discard(all_staged)
@@ -390,11 +398,14 @@ class Catalog:
         )
         return [row[0] for row in rows]
 
-    def _same_weights(self, kind: str, base_fingerprint: str, weights_hash: str) -> Ref | None:
+    def _same_weights(
+        self, name: str, kind: str, base_fingerprint: str, weights_hash: str
+    ) -> Ref | None:
+        """The first version of `name` holding these weights of this kind and base, if any."""
         row = self._conn.execute(
-            "SELECT name, version FROM adapters WHERE weights_hash = ? AND kind = ? "
-            "AND base_fingerprint = ? ORDER BY id LIMIT 1",
-            (weights_hash, kind, base_fingerprint),
+            "SELECT name, version FROM adapters WHERE name = ? AND weights_hash = ? AND kind = ? "
+            "AND base_fingerprint = ? ORDER BY version LIMIT 1",
+            (name, weights_hash, kind, base_fingerprint),
         ).fetchone()
         return Ref(row[0], row[1]) if row else None
 

@@ -201,6 +201,7 @@ def _train(
 
     train = api.add_subject if kind == "subject" else api.add_motion
     with open_catalog(ctx) as catalog, interrupt_on_terminate():
+        known = set(catalog.versions(name))  # a version returned from these is a duplicate
         record = train(
             name, inputs, catalog=catalog, base=base, preset=preset, device=device, dtype=dtype,
             resume=resume, reporter=RichReporter(), tags=tags or (), description=description,
@@ -211,6 +212,9 @@ def _train(
     from dvkit.train.distributed import current_world
 
     if not current_world().main:
+        return
+    if record.version in known:
+        print(f"already in the catalog as {record.ref} (same weights): nothing new registered")
         return
     token = f", token {record.token}" if record.token else ""
     kept = f"; checkpoints at steps {', '.join(map(str, steps))}" if steps else ""

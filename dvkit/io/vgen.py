@@ -693,7 +693,8 @@ def import_vgen(
 
     An identity (subject) adapter needs its textual-inversion file `embedding`; its token
     defaults to `<NAME>`. `name` defaults to the one in `NAME_adapter_STEP.pth`. The same weights
-    twice are reported (`duplicate`), not registered again.
+    twice under one name are reported (`duplicate`), not registered again; under another name
+    they are that name's own adapter.
     """
     tags = [validate_tag(tag) for tag in tags]
     (prepared,) = prepare_vgen_files(
