@@ -70,6 +70,9 @@ def make_adapter(tmp_path: Path) -> Callable[..., Path]:
                 channels, channels // 2, generator=generator
             )
             tensors[f"{prefix}.up.bias"] = torch.randn(channels, generator=generator)
+            if kind == "motion":  # the appearance condition (image embeddings of width 12)
+                tensors[f"{prefix}.cond.weight"] = torch.randn(channels, 12, generator=generator)
+                tensors[f"{prefix}.cond.bias"] = torch.randn(channels, generator=generator)
         if kind == "subject":
             tensors[TOKEN_EMBEDDING_KEY] = torch.randn(1, 16, generator=generator)
         info = AdapterFileInfo(

@@ -21,6 +21,7 @@ from dvkit.catalog.blobs import BlobStore, StagedBlob, hash_file
 from dvkit.catalog.home import DB_NAME, default_init_path, find_home
 from dvkit.catalog.schema import connect, ensure_current
 from dvkit.errors import (
+    AdapterFileError,
     CatalogNotWritableError,
     ConflictError,
     DvkitError,
@@ -258,12 +259,30 @@ class Catalog:
         info = read_adapter_info(path, verify_hash=False)
         name = validate_name(name or info.name)
         tags = [validate_tag(tag) for tag in tags]
+        self._check_token_width(path, info)
         existing = self._same_weights(name, info.kind, info.base_fingerprint, info.weights_hash)
         if existing is not None:
             return ImportResult(self.show(existing), duplicate=True)
         staged, info = self.stage_adapter_file(path)
         extra = {} if description is None else {"description": description}
         return self.register(adapter_record(info, staged, name=name, **extra), staged, tags)
+
+    def _check_token_width(self, path: Path, info: AdapterFileInfo) -> None:
+        """A subject's vectors must be as wide as its base's text encoder (when the catalog has
+        that base: its UNet's `cross_attention_dim` is the text encoder's width)."""
+        if info.token_width is None:
+            return
+        row = self._conn.execute(
+            "SELECT name, json_extract(record, '$.config.cross_attention_dim') FROM bases "
+            "WHERE fingerprint = ? LIMIT 1",
+            (info.base_fingerprint,),
+        ).fetchone()
+        if row is not None and isinstance(row[1], int) and row[1] != info.token_width:
+            raise AdapterFileError(
+                f"{path}: token_embedding is {info.token_width} wide, but the text encoder of its "
+                f"base {row[0]!r} (dvkit.base_fingerprint {info.base_fingerprint[:12]}) is "
+                f"{row[1]} wide"
+            )
 
     def stage_adapter_file(self, path: Path) -> tuple[StagedBlob, AdapterFileInfo]:
         """Copy an adapter file into the blob store's staging area and validate the copy."""

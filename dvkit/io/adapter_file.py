@@ -9,16 +9,23 @@ sha256 of the tensor data.
 from __future__ import annotations
 
 import json
+import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dvkit.errors import AdapterFileError, InvalidNameError
+from dvkit.io.adapter_layout import (
+    EXTRA_KEYS,
+    REFERENCE_IMAGES_KEY,
+    TOKEN_EMBEDDING_KEY,
+    check_tensors,
+)
 from dvkit.io.files import write_atomically
-from dvkit.io.safetensors_header import SafetensorsHeader, data_sha256, read_header
+from dvkit.io.safetensors_header import data_sha256, parse_json, read_header
 from dvkit.names import validate_name
 
 if TYPE_CHECKING:
@@ -26,9 +33,6 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 1
 MODELSPEC_VERSION = "1.0.1"
-TOKEN_EMBEDDING_KEY = "token_embedding"
-REFERENCE_IMAGES_KEY = "reference_images"
-"""Subject files may carry their training images (uint8 [N, H, W, 3]) for guidance and scoring."""
 ARCHITECTURE_SUFFIX = {"subject": "dreamvideo-identity", "motion": "dreamvideo-motion"}
 REQUIRED_KEYS = (
     "modelspec.sai_model_spec",
@@ -40,6 +44,8 @@ REQUIRED_KEYS = (
     "dvkit.name",
     "dvkit.base",
     "dvkit.base_fingerprint",
+    "dvkit.hidden_ratio",
+    "dvkit.placement",
 )
 
 
@@ -61,6 +67,8 @@ class AdapterFileInfo:
     weights_hash: str = ""
     params: int = 0
     num_vectors: int | None = None
+    token_width: int | None = None
+    """Width of the learned vectors (the text encoder's), read from the tensors."""
     dvkit_version: str = ""
 
     def metadata(self) -> dict[str, str]:
@@ -118,40 +126,34 @@ def serialize_with_hash(
 
 
 def check_header(
-    path: Path, meta: dict[str, str], required: Sequence[str], newest: int, what: str
+    source: str | Path, meta: Mapping[str, str], required: Sequence[str], newest: int, what: str
 ) -> None:
     """Refuse a dvkit header that lacks a `required` entry or has a format newer than `newest`."""
     missing = [key for key in required if not meta.get(key)]
     if missing:
-        raise AdapterFileError(f"{path}: {what} header lacks {', '.join(missing)}")
+        raise AdapterFileError(f"{source}: {what} header lacks {', '.join(missing)}")
     fmt = meta["dvkit.format"]
     if not fmt.isdigit() or int(fmt) > newest:
         raise AdapterFileError(
-            f"{path}: {what} format {fmt!r} is newer than this dvkit reads ({newest}); "
+            f"{source}: {what} format {fmt!r} is newer than this dvkit reads ({newest}); "
             "upgrade dvkit"
         )
 
 
 def read_adapter_info(path: Path, verify_hash: bool = True) -> AdapterFileInfo:
-    """Validate a dvkit adapter file's header (and tensor-data hash); say exactly what is wrong."""
+    """Validate a dvkit adapter file's header (and tensor-data hash); say exactly what is wrong.
+
+    Every header field that the tensors also determine is checked against them (see
+    `check_tensors`); raises `AdapterFileError` naming the field and both values.
+    """
     header = read_header(path)
     meta = header.metadata
     if not any(key.startswith("dvkit.") for key in meta):
         raise AdapterFileError(
             f"{path}: not a dvkit adapter file (its header has no dvkit.* metadata)"
         )
-    check_header(path, meta, REQUIRED_KEYS, FORMAT_VERSION, "adapter file")
-    kind = meta["dvkit.kind"]
-    if kind not in ARCHITECTURE_SUFFIX:
-        raise AdapterFileError(
-            f"{path}: unknown adapter kind {kind!r} (expected subject or motion)"
-        )
-    try:
-        validate_name(meta["dvkit.name"])
-    except InvalidNameError as exc:
-        raise AdapterFileError(f"{path}: {exc}") from None
-    info = _info_from_metadata(path, kind, meta)
-    _check_tensors(path, info, header)
+    info = info_from_metadata(path, meta)
+    check_tensors(path, info, header.tensors)
     if verify_hash:
         actual = data_sha256(path, header)
         if actual != info.weights_hash:
@@ -162,52 +164,84 @@ def read_adapter_info(path: Path, verify_hash: bool = True) -> AdapterFileInfo:
     return info
 
 
-def _info_from_metadata(path: Path, kind: str, meta: dict[str, str]) -> AdapterFileInfo:
+def info_from_metadata(source: str | Path, meta: Mapping[str, Any]) -> AdapterFileInfo:
+    """The adapter a dvkit header describes, each field checked for its type and range.
+
+    `source` starts every error message. The fields are not yet compared with the tensors
+    (`check_tensors` does that).
+    """
+    odd = next((key for key, value in meta.items() if not isinstance(value, str)), None)
+    if odd is not None:
+        raise AdapterFileError(f"{source}: header entry {odd!r} is not a string")
+    check_header(source, meta, REQUIRED_KEYS, FORMAT_VERSION, "adapter file")
+    kind = meta["dvkit.kind"]
+    if kind not in ARCHITECTURE_SUFFIX:
+        raise AdapterFileError(
+            f"{source}: unknown adapter kind {kind!r} (expected subject or motion)"
+        )
     try:
-        hidden_ratio = float(meta.get("dvkit.hidden_ratio", "0.5"))
-        placement = json.loads(meta.get("dvkit.placement", "[]"))
-        training = json.loads(meta.get("dvkit.training", "{}"))
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise AdapterFileError(f"{path}: unreadable dvkit metadata ({exc})") from None
-    architecture = meta["modelspec.architecture"].rsplit("/", 1)[0]
+        validate_name(meta["dvkit.name"])
+    except InvalidNameError as exc:
+        raise AdapterFileError(f"{source}: {exc}") from None
+    architecture, _, suffix = meta["modelspec.architecture"].rpartition("/")
+    if suffix != ARCHITECTURE_SUFFIX[kind]:
+        raise AdapterFileError(
+            f"{source}: modelspec.architecture is {meta['modelspec.architecture']!r}, but a "
+            f"{kind} adapter's ends in /{ARCHITECTURE_SUFFIX[kind]}"
+        )
+    token = meta.get("dvkit.token") or None
+    if kind == "subject":
+        _check_token(source, token, meta.get("modelspec.trigger_phrase"))
     return AdapterFileInfo(
         kind=kind,
         name=meta["dvkit.name"],
         base=meta["dvkit.base"],
         base_fingerprint=meta["dvkit.base_fingerprint"],
         architecture=architecture,
-        token=meta.get("dvkit.token") or None,
+        token=token,
         initializer=meta.get("dvkit.initializer") or None,
-        hidden_ratio=hidden_ratio,
-        placement=placement,
-        training=training,
+        hidden_ratio=_hidden_ratio(source, meta["dvkit.hidden_ratio"]),
+        placement=_placement(source, meta["dvkit.placement"]),
+        training=_training(source, meta.get("dvkit.training", "{}")),
         description=meta.get("modelspec.description", ""),
         weights_hash=meta["modelspec.hash_sha256"],
         dvkit_version=meta.get("dvkit.version", ""),
     )
 
 
-def _check_tensors(path: Path, info: AdapterFileInfo, header: SafetensorsHeader) -> None:
-    adapter_keys = [key for key in header.tensors if key not in _EXTRA_KEYS]
-    if not adapter_keys:
-        raise AdapterFileError(f"{path}: adapter file holds no adapter tensors")
-    embedding = header.tensors.get(TOKEN_EMBEDDING_KEY)
-    if info.kind == "subject":
-        if embedding is None or len(embedding.shape) != 2:
-            raise AdapterFileError(
-                f"{path}: subject adapter lacks its {TOKEN_EMBEDDING_KEY!r} tensor [vectors, dim]"
-            )
-        if not info.token:
-            raise AdapterFileError(f"{path}: subject adapter header lacks dvkit.token")
-        info.num_vectors = embedding.shape[0]
-    elif embedding is not None or REFERENCE_IMAGES_KEY in header.tensors:
+def _check_token(source: str | Path, token: str | None, trigger: str | None) -> None:
+    if not token or any(c.isspace() for c in token):
         raise AdapterFileError(
-            f"{path}: a motion adapter must not hold a token embedding or reference images"
+            f"{source}: dvkit.token is {token or ''!r}; a subject needs a token without spaces"
         )
-    references = header.tensors.get(REFERENCE_IMAGES_KEY)
-    if references is not None and (references.dtype != "U8" or len(references.shape) != 4):
-        raise AdapterFileError(f"{path}: {REFERENCE_IMAGES_KEY!r} must be uint8 [N, H, W, 3]")
-    info.params = sum(t.numel for key, t in header.tensors.items() if key != REFERENCE_IMAGES_KEY)
+    if trigger is not None and trigger != token:
+        raise AdapterFileError(
+            f"{source}: modelspec.trigger_phrase {trigger!r} is not dvkit.token {token!r}"
+        )
+
+
+def _hidden_ratio(source: str | Path, text: str) -> float:
+    try:
+        ratio = float(text)
+    except ValueError:
+        ratio = math.nan
+    if not math.isfinite(ratio):
+        raise AdapterFileError(f"{source}: dvkit.hidden_ratio {text[:40]!r} is not a number")
+    return ratio
+
+
+def _placement(source: str | Path, text: str) -> list[str]:
+    placement = parse_json(text, f"{source}: unreadable dvkit.placement")
+    if not isinstance(placement, list) or not all(isinstance(p, str) for p in placement):
+        raise AdapterFileError(f"{source}: dvkit.placement must be a JSON list of layer names")
+    return placement
+
+
+def _training(source: str | Path, text: str) -> dict[str, Any]:
+    training = parse_json(text, f"{source}: unreadable dvkit.training")
+    if not isinstance(training, dict):
+        raise AdapterFileError(f"{source}: dvkit.training must be a JSON object")
+    return training
 
 
 @dataclass
@@ -225,10 +259,7 @@ def load_adapter_tensors(data: bytes) -> AdapterTensors:
 
     tensors = load(data)
     return AdapterTensors(
-        adapters={k: v for k, v in tensors.items() if k not in _EXTRA_KEYS},
+        adapters={k: v for k, v in tensors.items() if k not in EXTRA_KEYS},
         token_embedding=tensors.get(TOKEN_EMBEDDING_KEY),
         reference_images=tensors.get(REFERENCE_IMAGES_KEY),
     )
-
-
-_EXTRA_KEYS = (TOKEN_EMBEDDING_KEY, REFERENCE_IMAGES_KEY)

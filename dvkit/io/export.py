@@ -31,8 +31,10 @@ from dvkit.io.adapter_file import (
     TOKEN_EMBEDDING_KEY,
     AdapterFileInfo,
     check_header,
+    info_from_metadata,
     serialize_with_hash,
 )
+from dvkit.io.adapter_layout import check_tensors
 from dvkit.io.files import write_atomically
 from dvkit.models.builtin import check_motion_until
 
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 
     from dvkit.catalog import Catalog
     from dvkit.catalog.records import AdapterRecord
+    from dvkit.io.safetensors_header import TensorInfo
 
 EXPORT_SUFFIX = ".safetensors"
 MERGED_KIND = "merged"
@@ -62,7 +65,6 @@ _MERGED_REQUIRED = (
     "dvkit.base_fingerprint",
     "dvkit.recipe",
 )
-_RECIPE_NUMBERS = ("guidance_scale", "image_strength", "image_strength_uncond", "steps")
 
 
 @dataclass
@@ -358,7 +360,13 @@ def is_merged_file(path: str | Path) -> bool:
 
 
 def load_merged(path: str | Path) -> MergedAdapters:
-    """Read a merged export; raise `AdapterFileError` saying exactly what is wrong with it."""
+    """Read a merged export; raise `AdapterFileError` saying exactly what is wrong with it.
+
+    Checked before any tensor is loaded: the header (as any safetensors header, see
+    `read_header`), the recipe's types and ranges (`dvkit.recipe`), each part's own header
+    metadata against that part's tensors (`check_tensors`: kind, hidden ratio, placement,
+    condition width, vectors), the recipe's copies of those fields, and the data hash.
+    """
     from safetensors.torch import load
 
     from dvkit.io.safetensors_header import data_sha256, read_header
@@ -374,8 +382,13 @@ def load_merged(path: str | Path) -> MergedAdapters:
     if kind != MERGED_KIND:
         raise AdapterFileError(f"{path}: not a dvkit merged export (dvkit.kind is {kind!r})")
     check_header(path, meta, _MERGED_REQUIRED, MERGED_FORMAT, "merged export")
+    if not meta["modelspec.architecture"].endswith(f"/{PAIR_SUFFIX}"):
+        raise AdapterFileError(
+            f"{path}: modelspec.architecture is {meta['modelspec.architecture']!r}, but a merged "
+            f"export's ends in /{PAIR_SUFFIX}"
+        )
     recipe = _read_recipe(path, meta)
-    _check_tensor_names(path, header.tensors)
+    infos = _check_parts(path, meta, recipe, header.tensors)
     actual = data_sha256(path, header)
     if actual != meta["modelspec.hash_sha256"]:
         raise AdapterFileError(
@@ -386,32 +399,9 @@ def load_merged(path: str | Path) -> MergedAdapters:
         tensors = load(path.read_bytes())
     except Exception as exc:  # safetensors raises its own error type
         raise AdapterFileError(f"{path}: unreadable tensors ({exc})") from None
-    parts = {
-        kind: {
-            name.removeprefix(prefix): tensor
-            for name, tensor in tensors.items()
-            if name.startswith(prefix)
-        }
-        for kind, prefix in PREFIXES.items()
-    }
+    parts = {kind: _part(tensors, prefix) for kind, prefix in PREFIXES.items()}
     embedding = parts["subject"].pop(TOKEN_EMBEDDING_KEY)
     references = parts["subject"].pop(REFERENCE_IMAGES_KEY, None)
-    infos = {kind: _part_info(path, kind, recipe[kind]["metadata"]) for kind in PREFIXES}
-    for kind, info in infos.items():
-        info.params = sum(t.numel() for t in parts[kind].values())
-        if info.base_fingerprint != meta["dvkit.base_fingerprint"]:
-            raise AdapterFileError(
-                f"{path}: the {kind} part was trained on base {info.base} "
-                f"({info.base_fingerprint[:12]}), not on the export's base {meta['dvkit.base']} "
-                f"({meta['dvkit.base_fingerprint'][:12]})"
-            )
-    infos["subject"].params += embedding.numel()
-    infos["subject"].num_vectors = embedding.shape[0]
-    if infos["subject"].token != recipe["token"]:
-        raise AdapterFileError(
-            f"{path}: the recipe's token {recipe['token']!r} is not the subject's "
-            f"{infos['subject'].token!r}"
-        )
     return MergedAdapters(
         path=path,
         recipe=recipe,
@@ -427,23 +417,23 @@ def load_merged(path: str | Path) -> MergedAdapters:
 
 
 def _read_recipe(path: Path, meta: dict[str, str]) -> dict[str, Any]:
-    try:
-        recipe = json.loads(meta["dvkit.recipe"])
-    except json.JSONDecodeError as exc:
-        raise AdapterFileError(f"{path}: unreadable dvkit.recipe ({exc})") from None
+    """`dvkit.recipe`, each entry checked for its type and range."""
+    from dvkit.io.safetensors_header import parse_json
+
+    recipe = parse_json(meta["dvkit.recipe"], f"{path}: unreadable dvkit.recipe")
     if not isinstance(recipe, dict):
         raise AdapterFileError(f"{path}: dvkit.recipe is not a JSON object")
     for kind in PREFIXES:
         part = recipe.get(kind)
         if not isinstance(part, dict) or not isinstance(part.get("metadata"), dict):
             raise AdapterFileError(f"{path}: dvkit.recipe lacks the {kind} part and its metadata")
-        scale = part.get("scale")
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            raise AdapterFileError(f"{path}: dvkit.recipe has no numeric {kind} scale")
-    for key in _RECIPE_NUMBERS:
-        value = recipe.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise AdapterFileError(f"{path}: dvkit.recipe has no numeric {key}")
+        _recipe_number(path, f"{kind} scale", part.get("scale"), f"{kind} scale")
+    for key, what in _RECIPE_RANGES.items():
+        _recipe_number(path, key, recipe.get(key), what, minimum=0.0)
+    try:
+        _steps(recipe.get("steps"))
+    except DvkitError as exc:
+        raise AdapterFileError(f"{path}: dvkit.recipe's steps: {exc}") from None
     try:
         check_motion_until(recipe.get("motion_until", 0.0))
     except DvkitError:
@@ -455,55 +445,87 @@ def _read_recipe(path: Path, meta: dict[str, str]) -> dict[str, Any]:
         raise AdapterFileError(
             f"{path}: dvkit.recipe's base does not match the header's dvkit.base_fingerprint"
         )
+    if base.get("name") != meta["dvkit.base"]:
+        raise AdapterFileError(
+            f"{path}: dvkit.recipe's base is {base.get('name')!r}, the header's dvkit.base "
+            f"{meta['dvkit.base']!r}"
+        )
     if not isinstance(recipe.get("token"), str) or not recipe["token"]:
         raise AdapterFileError(f"{path}: dvkit.recipe has no token")
+    trigger = meta.get("modelspec.trigger_phrase")
+    if trigger is not None and trigger != recipe["token"]:
+        raise AdapterFileError(
+            f"{path}: modelspec.trigger_phrase {trigger!r} is not the recipe's token "
+            f"{recipe['token']!r}"
+        )
     return recipe
 
 
-def _check_tensor_names(path: Path, tensors: dict[str, Any]) -> None:
+_RECIPE_RANGES = {
+    "guidance_scale": "guidance scale",
+    "image_strength": "image strength",
+    "image_strength_uncond": "unconditional image strength",
+}
+
+
+def _recipe_number(
+    path: Path, name: str, value: Any, what: str, minimum: float | None = None
+) -> None:
+    """The recipe's `name`, checked as `export_merged` checks that setting (`what`)."""
+    if value is None:
+        raise AdapterFileError(f"{path}: dvkit.recipe has no numeric {name}")
+    try:
+        _number(what, value, minimum)
+    except DvkitError as exc:
+        raise AdapterFileError(f"{path}: dvkit.recipe's {name}: {exc}") from None
+
+
+def _check_parts(
+    path: Path, meta: dict[str, str], recipe: dict[str, Any], tensors: dict[str, TensorInfo]
+) -> dict[str, AdapterFileInfo]:
+    """Each part's header metadata (kept in the recipe) checked against its tensors and against
+    the recipe's copies of its fields; returns the parts' `AdapterFileInfo`."""
     foreign = sorted(name for name in tensors if not name.startswith(tuple(PREFIXES.values())))
     if foreign:
         raise AdapterFileError(
             f"{path}: tensor {foreign[0]!r} belongs to neither the subject. nor the motion. part"
         )
+    infos = {}
     for kind, prefix in PREFIXES.items():
-        names = [name for name in tensors if name.startswith(prefix)]
-        extras = (prefix + TOKEN_EMBEDDING_KEY, prefix + REFERENCE_IMAGES_KEY)
-        if not [name for name in names if name not in extras]:
-            raise AdapterFileError(f"{path}: the merged export holds no {kind} adapter tensors")
-    embedding = tensors.get(PREFIXES["subject"] + TOKEN_EMBEDDING_KEY)
-    if embedding is None or len(embedding.shape) != 2:
+        source = f"{path}: the {kind} part"
+        info = info_from_metadata(source, recipe[kind]["metadata"])
+        if info.kind != kind:
+            raise AdapterFileError(f"{path}: the recipe's {kind} part is a {info.kind!r} adapter")
+        check_tensors(source, info, _part(tensors, prefix))
+        if info.base_fingerprint != meta["dvkit.base_fingerprint"]:
+            raise AdapterFileError(
+                f"{path}: the {kind} part was trained on base {info.base} "
+                f"({info.base_fingerprint[:12]}), not on the export's base {meta['dvkit.base']} "
+                f"({meta['dvkit.base_fingerprint'][:12]})"
+            )
+        entry = recipe[kind]
+        copies = {"hidden_ratio": info.hidden_ratio, "placement": info.placement}
+        if kind == "subject":
+            copies.update(num_vectors=info.num_vectors, token=info.token)
+        for key, value in copies.items():
+            if key in entry and entry[key] != value:
+                raise AdapterFileError(
+                    f"{path}: dvkit.recipe's {kind} {key} is {entry[key]!r}, but the {kind} "
+                    f"part's header and tensors say {value!r}"
+                )
+        infos[kind] = info
+    if infos["subject"].token != recipe["token"]:
         raise AdapterFileError(
-            f"{path}: the merged export lacks its subject.{TOKEN_EMBEDDING_KEY} [vectors, dim]"
+            f"{path}: the recipe's token {recipe['token']!r} is not the subject's "
+            f"{infos['subject'].token!r}"
         )
-    for key in (TOKEN_EMBEDDING_KEY, REFERENCE_IMAGES_KEY):
-        if PREFIXES["motion"] + key in tensors:
-            raise AdapterFileError(f"{path}: the motion part must not hold {key!r}")
+    return infos
 
 
-def _part_info(path: Path, kind: str, meta: dict[str, Any]) -> AdapterFileInfo:
-    """The `AdapterFileInfo` of a part from the header metadata recorded in the recipe."""
-    if meta.get("dvkit.kind") != kind:
-        raise AdapterFileError(
-            f"{path}: the recipe's {kind} part is a {meta.get('dvkit.kind')!r} adapter"
-        )
-    try:
-        return AdapterFileInfo(
-            kind=kind,
-            name=meta["dvkit.name"],
-            base=meta["dvkit.base"],
-            base_fingerprint=meta["dvkit.base_fingerprint"],
-            architecture=meta["modelspec.architecture"].rsplit("/", 1)[0],
-            token=meta.get("dvkit.token") or None,
-            initializer=meta.get("dvkit.initializer") or None,
-            hidden_ratio=float(meta.get("dvkit.hidden_ratio", "0.5")),
-            placement=json.loads(meta.get("dvkit.placement", "[]")),
-            training=json.loads(meta.get("dvkit.training", "{}")),
-            description=meta.get("modelspec.description", ""),
-            weights_hash=meta.get("modelspec.hash_sha256", ""),
-            dvkit_version=meta.get("dvkit.version", ""),
-        )
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise AdapterFileError(
-            f"{path}: the recipe's {kind} metadata is unreadable ({type(exc).__name__}: {exc})"
-        ) from None
+def _part(tensors: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of one part, under their names in that part's own adapter file."""
+    return {
+        name.removeprefix(prefix): value
+        for name, value in tensors.items()
+        if name.startswith(prefix)
+    }

@@ -12,7 +12,10 @@ from typing import Any
 
 from dvkit.errors import AdapterFileError
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_HEADER_BYTES = 100_000_000
+"""The safetensors format's own limit on the header's length."""
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of JSON in a header (a valid one needs 3; recipes and settings a few more)."""
 DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
@@ -64,9 +67,10 @@ def read_header(path: Path) -> SafetensorsHeader:
     except PermissionError:
         raise AdapterFileError(f"{path}: permission denied") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise AdapterFileError(f"{path}: corrupt safetensors header ({exc})") from None
+    header = parse_json(text, f"{path}: corrupt safetensors header")
     if not isinstance(header, dict):
         raise AdapterFileError(f"{path}: corrupt safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
@@ -78,6 +82,64 @@ def read_header(path: Path) -> SafetensorsHeader:
     tensors = {name: _tensor_info(path, name, entry) for name, entry in header.items()}
     _check_layout(path, tensors, file_size - data_offset)
     return SafetensorsHeader(metadata, tensors, data_offset, file_size)
+
+
+def parse_json(text: str, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Strict JSON of a file header: `AdapterFileError` ("{what} (reason)") for anything else.
+
+    Refused beyond what `json.loads` refuses: NaN and infinities (not JSON, RFC 8259 §6, but
+    Python reads them), numbers too large for a float, a key twice in one object, and nesting
+    deeper than `max_depth` (a RecursionError in the parser, or trouble later).
+    """
+    try:
+        value = json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_keys,
+        )
+    except RecursionError:
+        raise AdapterFileError(f"{what} (nested deeper than {max_depth} levels)") from None
+    except ValueError as exc:  # json.JSONDecodeError and the refusals below
+        raise AdapterFileError(f"{what} ({exc})") from None
+    if _depth(value) > max_depth:
+        raise AdapterFileError(f"{what} (nested deeper than {max_depth} levels)")
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"key {key[:80]!r} appears twice")
+        result[key] = value
+    return result
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth + 1)
+            stack += [(child, depth + 1) for child in _children(item)]
+    return deepest
+
+
+def _children(item: dict | list) -> list:
+    return list(item.values()) if isinstance(item, dict) else item
 
 
 def data_sha256(path: Path, header: SafetensorsHeader) -> str:
