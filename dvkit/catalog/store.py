@@ -4,12 +4,13 @@ Reads use plain `sqlite3` and return dicts (fast start-up for read-only commands
 record-returning methods validate them into pydantic models. Writes run in `BEGIN IMMEDIATE`
 transactions through sqlite-utils, and a blob is renamed into place inside the transaction that
 registers it, so `gc` (which takes the same lock) never sees a blob that is about to be used.
+A catalog this process cannot write is opened read-only (see `schema`): reads work, and every
+write raises `CatalogNotWritableError` saying why and what was refused.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from dvkit.catalog.blobs import BlobStore, StagedBlob, hash_file
 from dvkit.catalog.home import DB_NAME, default_init_path, find_home
-from dvkit.catalog.schema import connect, ensure_current
+from dvkit.catalog.schema import connect, connect_read_only, ensure_current, unwritable_reason
 from dvkit.errors import (
     AdapterFileError,
     CatalogNotWritableError,
@@ -70,10 +71,21 @@ class Catalog:
         self.home = Path(home)
         self.db_path = self.home / DB_NAME
         self.blobs = BlobStore(self.home)
-        self._conn = connect(self.db_path)
+        self.read_only_reason = unwritable_reason(self.home, DB_NAME)
+        """Why this process cannot write the catalog (None: it can); reads work either way."""
+        try:
+            if self.read_only_reason is None:
+                self._conn = connect(self.db_path)
+            else:
+                self._conn = connect_read_only(self.db_path, self.read_only_reason)
+        except sqlite3.DatabaseError as exc:
+            raise _unreadable(self.db_path, exc) from None
         self._db: Database | None = None
         try:
-            ensure_current(self._conn, self.db_path)
+            ensure_current(self._conn, self.db_path, self.read_only_reason)
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise _unreadable(self.db_path, exc) from None
         except BaseException:
             self._conn.close()
             raise
@@ -92,8 +104,9 @@ class Catalog:
         created = not (home / DB_NAME).exists()
         try:
             home.mkdir(parents=True, exist_ok=True)
-            if created and not os.access(home, os.W_OK):
-                raise PermissionError(f"{home} is read-only")
+            reason = unwritable_reason(home, DB_NAME) if created else None
+            if reason is not None:
+                raise PermissionError(reason)
             catalog = cls(home)
             if created:
                 catalog._conn.execute("PRAGMA journal_mode = WAL")
@@ -107,6 +120,19 @@ class Catalog:
 
     def close(self) -> None:
         self._conn.close()
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this process can only read the catalog (see `read_only_reason`)."""
+        return self.read_only_reason is not None
+
+    def require_writable(self, action: str) -> None:
+        """Raise `CatalogNotWritableError` ("... cannot {action}") if the catalog is read-only."""
+        if self.read_only_reason is not None:
+            raise CatalogNotWritableError(
+                f"catalog {self.home} is not writable here ({self.read_only_reason}); "
+                f"cannot {action}"
+            )
 
     def __enter__(self) -> Catalog:
         return self
@@ -288,6 +314,7 @@ class Catalog:
         """Copy an adapter file into the blob store's staging area and validate the copy."""
         from dvkit.io.adapter_file import read_adapter_info
 
+        self.require_writable("store adapter weights")
         staged = self.blobs.stage_file(path)
         try:
             return staged, read_adapter_info(staged.path)
@@ -315,7 +342,7 @@ class Catalog:
         checkpoints = dict(checkpoints or {})
         all_staged = [staged, *(blob for blob, _ in checkpoints.values())]
         try:
-            with self._write() as db:
+            with self._write("register adapters") as db:
                 existing = self._same_weights(
                     record.name, record.kind, record.base_fingerprint, record.weights_hash
                 )
@@ -380,7 +407,7 @@ class Catalog:
         """Remove one version (`cat` = newest, `cat@2`) or every version of a name."""
         ref = parse_ref(ref) if isinstance(ref, str) else ref
         row = self._resolve(ref)
-        with self._write() as db:
+        with self._write("remove adapters") as db:
             if all_versions:
                 rows = db.execute(
                     "SELECT id, version, blob FROM adapters WHERE name = ? ORDER BY version",
@@ -407,7 +434,7 @@ class Catalog:
         add = [validate_tag(tag) for tag in add]
         remove = [validate_tag(tag) for tag in remove]
         adapter_id = self._resolve(ref)["id"]
-        with self._write() as db:
+        with self._write("change tags") as db:
             for tag in add:
                 db.execute("INSERT OR IGNORE INTO tags VALUES (?, ?)", (adapter_id, tag))
             for tag in remove:
@@ -475,7 +502,7 @@ class Catalog:
 
     def add_evaluation(self, record: EvaluationRecord) -> int:
         """Record a generated video (and its metrics, if scored); returns its id."""
-        with self._write() as db:
+        with self._write("record generated videos") as db:
             record.id = (
                 db["evaluations"]
                 .insert(
@@ -510,7 +537,7 @@ class Catalog:
     def add_base(self, record: BaseModelRecord) -> None:
         """Register a base model; a name already used for other weights is refused."""
         validate_name(record.name, "base name")
-        with self._write() as db:
+        with self._write("register bases") as db:
             row = db.execute(
                 "SELECT fingerprint FROM bases WHERE name = ?", (record.name,)
             ).fetchone()
@@ -573,7 +600,7 @@ class Catalog:
     def gc(self) -> GcReport:
         """Remove unreferenced blobs, blob files without a row and stale temporary files."""
         report = GcReport()
-        with self._write() as db:
+        with self._write("delete files") as db:
             unreferenced = sorted(self._blob_shas() - self._referenced_blobs())
             for sha in unreferenced:
                 db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha,))
@@ -609,7 +636,7 @@ class Catalog:
         """Delete blob files, re-checking under the write lock that no row took them meanwhile."""
         if not shas:
             return
-        with self._write():
+        with self._write("delete files"):
             known = self._blob_shas()
             for sha in shas:
                 if sha not in known:
@@ -618,7 +645,9 @@ class Catalog:
     # ---- transactions ----------------------------------------------------------------------
 
     @contextmanager
-    def _write(self) -> Iterator[Database]:
+    def _write(self, action: str) -> Iterator[Database]:
+        """A write transaction (`BEGIN IMMEDIATE`); `action` names it in a read-only refusal."""
+        self.require_writable(action)
         if self._db is None:
             from sqlite_utils import Database
 
@@ -665,6 +694,10 @@ def adapter_record(info: AdapterFileInfo, staged: StagedBlob, **fields: Any) -> 
         "description": info.description,
     }
     return AdapterRecord(**{**values, **fields})
+
+
+def _unreadable(db_path: Path, exc: sqlite3.DatabaseError) -> DvkitError:
+    return DvkitError(f"catalog {db_path.parent}: {db_path.name} cannot be read ({exc})")
 
 
 def _operational_error(home: Path, exc: sqlite3.OperationalError) -> DvkitError:

@@ -24,7 +24,7 @@ def add_base(
     """Register a diffusers text-to-video base (UNet3DConditionModel) by Hub id or folder."""
     from dvkit.bases import add_base as add
 
-    with open_catalog(ctx) as catalog:
+    with open_catalog(ctx, writing="register bases") as catalog:
         record = add(catalog, name, source)
     print(
         f"added base {record.name} ({record.architecture}, {record.fingerprint[:12]}) from {source}"

@@ -63,7 +63,12 @@ def bench(
     templates = _templates(prompts) if prompts else [DEFAULT_TEMPLATE]
     on_cell = count_progress(RichReporter(), "cells")
 
-    with open_catalog(ctx) as catalog:
+    writing = None  # --report --out FOLDER only reads the catalog
+    if not report_only:
+        writing = "store the grid's videos and scores"
+    elif out is None:
+        writing = "write the report into it (--out FOLDER writes it elsewhere)"
+    with open_catalog(ctx, writing) as catalog:
         result = run_bench(
             catalog, subject, motion, templates, seed or [0], baselines=baselines,
             shard=_shard(shard), batch_size=batch_size, steps=steps, guidance=guidance,

@@ -33,7 +33,8 @@ def init(
     from dvkit.catalog import Catalog
 
     with Catalog.init(path if path is not None else home_option(ctx))[0] as catalog:
-        print(f"catalog ready at {catalog.home}")
+        note = f" (read-only here: {catalog.read_only_reason})" if catalog.read_only else ""
+        print(f"catalog ready at {catalog.home}{note}")
 
 
 def where(ctx: typer.Context) -> None:
@@ -131,7 +132,7 @@ def rm(
     ] = False,
 ) -> None:
     """Remove an adapter version; its weights file goes when nothing else uses it."""
-    with open_catalog(ctx) as catalog:
+    with open_catalog(ctx, writing="remove adapters") as catalog:
         removed = catalog.rm(ref, all_versions=all_versions)
     print(f"removed {', '.join(removed)}")
 
@@ -143,7 +144,7 @@ def tag(
     remove: Annotated[bool, typer.Option("--remove", help="Remove the tags instead.")] = False,
 ) -> None:
     """Add or remove tags of an adapter version."""
-    with open_catalog(ctx) as catalog:
+    with open_catalog(ctx, writing="change tags") as catalog:
         now = catalog.tag(ref, remove=tags) if remove else catalog.tag(ref, add=tags)
     print(f"{ref}: {', '.join(now) if now else 'no tags'}")
 
@@ -212,7 +213,7 @@ def import_files(
             f"{official[0]}: importing an official .pth checkpoint needs --base NAME, the base "
             "it was trained on (see: dvkit base list)"
         )
-    with open_catalog(ctx) as catalog:
+    with open_catalog(ctx, writing="import adapters") as catalog:
         prepared = {}
         if official:
             from dvkit.io.vgen import prepare_vgen_files
@@ -288,7 +289,7 @@ def verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
 def gc(ctx: typer.Context) -> None:
     """Delete orphan weights files and leftover temporary files."""
-    with open_catalog(ctx) as catalog:
+    with open_catalog(ctx, writing="delete files") as catalog:
         report = catalog.gc()
     for item in report.removed:
         print(f"removed {item}")

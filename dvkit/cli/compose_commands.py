@@ -77,7 +77,7 @@ def compose(
         if done == total:
             reporter.end()
 
-    with open_catalog(ctx) as catalog:
+    with open_catalog(ctx, writing="record generated videos") as catalog:
         result = run_compose(
             subject, motion, prompt, catalog=catalog, base=base, merged=merged,
             subject_scale=subject_scale,

@@ -16,8 +16,21 @@ def home_option(ctx: typer.Context) -> Path | None:
     return (root.obj or {}).get("home")
 
 
-def open_catalog(ctx: typer.Context) -> Catalog:
-    return Catalog.open(home_option(ctx))
+def open_catalog(ctx: typer.Context, writing: str | None = None) -> Catalog:
+    """The catalog chosen by `--home` / DVKIT_HOME / the nearest registry/.
+
+    A command that writes to it names what it does in `writing` ("import adapters"): on a
+    catalog this process cannot write, it is refused before any work starts. Reading commands
+    pass nothing and work on read-only catalogs too.
+    """
+    catalog = Catalog.open(home_option(ctx))
+    if writing is not None:
+        try:
+            catalog.require_writable(writing)
+        except BaseException:
+            catalog.close()
+            raise
+    return catalog
 
 
 MotionUntilOption = Annotated[

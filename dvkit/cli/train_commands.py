@@ -200,7 +200,7 @@ def _train(
     from dvkit.train import api
 
     train = api.add_subject if kind == "subject" else api.add_motion
-    with open_catalog(ctx) as catalog, interrupt_on_terminate():
+    with open_catalog(ctx, writing="register adapters") as catalog, interrupt_on_terminate():
         known = set(catalog.versions(name))  # a version returned from these is a duplicate
         record = train(
             name, inputs, catalog=catalog, base=base, preset=preset, device=device, dtype=dtype,
