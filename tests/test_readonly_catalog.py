@@ -8,8 +8,10 @@ without the capabilities that let root ignore permission bits (`setpriv`), so th
 read-only open and its `immutable=1` fallback all meet a folder that refuses new files.
 """
 
+import errno
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -19,7 +21,7 @@ from pathlib import Path
 import pytest
 from test_catalog_robustness import _read_only_copy, _without_override
 
-from dvkit.catalog import Catalog, store
+from dvkit.catalog import Catalog, schema, store
 from dvkit.catalog.records import BaseModelRecord
 
 REASON = "its folder takes no new files: Permission denied (simulated)"
@@ -132,6 +134,24 @@ def test_an_older_schema_cannot_be_upgraded_read_only(cli, filled, monkeypatch) 
     ]
     monkeypatch.undo()  # writable again: the next command upgrades it
     assert cli("--home", filled, "list")[0] == 0
+
+
+@pytest.mark.parametrize("unnamed_files", [True, False])
+def test_the_writability_probe_leaves_nothing_behind(home, monkeypatch, unnamed_files) -> None:
+    if not unnamed_files:  # a file system without O_TMPFILE: a named file, removed at once
+        real_open = os.open
+
+        def no_unnamed_files(path, flags, *args):
+            if flags & os.O_TMPFILE == os.O_TMPFILE:
+                raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+            return real_open(path, flags, *args)
+
+        monkeypatch.setattr(os, "open", no_unnamed_files)
+    before = sorted(home.iterdir())
+    assert schema.unwritable_reason(home, "catalog.db") is None
+    assert sorted(home.iterdir()) == before
+    reason = schema.unwritable_reason(home / "gone", "catalog.db")
+    assert reason == "its folder takes no new files: No such file or directory"
 
 
 @pytest.mark.parametrize("writable", [True, False])

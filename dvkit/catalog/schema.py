@@ -14,8 +14,10 @@ dvkit uses it only when no WAL with changes is there (https://www.sqlite.org/wal
 
 from __future__ import annotations
 
+import errno
+import os
+import secrets
 import sqlite3
-import tempfile
 from pathlib import Path
 
 from dvkit.errors import CatalogNotWritableError, SchemaTooNewError
@@ -34,8 +36,7 @@ def unwritable_reason(home: Path, db_name: str) -> str | None:
     judged as the writes would be.
     """
     try:
-        with tempfile.TemporaryFile(dir=home):
-            pass
+        _create_unnamed_file(home)
     except OSError as exc:
         return f"its folder takes no new files: {exc.strerror or exc}"
     try:
@@ -46,6 +47,22 @@ def unwritable_reason(home: Path, db_name: str) -> str | None:
     except OSError as exc:
         return f"{db_name} cannot be written: {exc.strerror or exc}"
     return None
+
+
+def _create_unnamed_file(folder: Path) -> None:
+    """Create a file in `folder` and drop it: one that never has a name (Linux `O_TMPFILE`),
+    else a named one removed at once. Raises the `OSError` of a folder that refuses files."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if flag:
+        try:
+            os.close(os.open(folder, flag | os.O_WRONLY, 0o600))
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise  # those three: the file system cannot make unnamed files
+    path = folder / f".dvkit-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    path.unlink()
 
 
 def connect(db_path: Path) -> sqlite3.Connection:
