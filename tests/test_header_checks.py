@@ -91,7 +91,7 @@ SUBJECT_FIELDS = [
     ({"dvkit__placement": '["attn1"]'},
      ["dvkit.placement is ['attn1']", "adapters beside ['attn2']"]),
     ({"dvkit__placement": '{"attn2": 1}'}, ["dvkit.placement must be a JSON list"]),
-    ({"dvkit__token": "two words"}, ["dvkit.token is 'two words'"]),
+    ({"dvkit__token": None}, ["subject adapter header lacks dvkit.token"]),
     ({"modelspec__trigger_phrase": "<dog>"},
      ["modelspec.trigger_phrase '<dog>' is not dvkit.token '<cat>'"]),
     ({"dvkit__training": '{"num_vectors": 3}'},

@@ -210,10 +210,8 @@ def info_from_metadata(source: str | Path, meta: Mapping[str, Any]) -> AdapterFi
 
 
 def _check_token(source: str | Path, token: str | None, trigger: str | None) -> None:
-    if not token or any(c.isspace() for c in token):
-        raise AdapterFileError(
-            f"{source}: dvkit.token is {token or ''!r}; a subject needs a token without spaces"
-        )
+    if not token:
+        raise AdapterFileError(f"{source}: subject adapter header lacks dvkit.token")
     if trigger is not None and trigger != token:
         raise AdapterFileError(
             f"{source}: modelspec.trigger_phrase {trigger!r} is not dvkit.token {token!r}"
