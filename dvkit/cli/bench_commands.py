@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
+from dvkit import ranges
 from dvkit.cli import render
-from dvkit.cli.context import MotionUntilOption, open_catalog
+from dvkit.cli.context import MotionUntilOption, number, open_catalog
 from dvkit.errors import DvkitError
 from dvkit.evaluate.labels import present
 
@@ -36,7 +37,12 @@ def bench(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Videos per UNet batch.")] = 4,
     steps: Annotated[int | None, typer.Option("--steps", help="Default 50 (sprites: 25).")] = None,
     guidance: Annotated[
-        float | None, typer.Option("--guidance", help="Default 9.0 (sprites: 2.0).")
+        float | None,
+        typer.Option(
+            "--guidance",
+            parser=number(ranges.GUIDANCE_SCALE),
+            help="Default 9.0 (sprites: 2.0).",
+        ),
     ] = None,
     frames: Annotated[int | None, typer.Option("--frames")] = None,
     size: Annotated[int | None, typer.Option("--size")] = None,

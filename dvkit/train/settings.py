@@ -11,7 +11,7 @@ Preset = Literal["official", "quick"]
 
 
 class CommonSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN is never a setting
 
     resolution: int = Field(256, ge=8, le=2048)
     batch_size: int = Field(4, ge=1)
