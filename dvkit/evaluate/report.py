@@ -1,10 +1,12 @@
 """Grid reports people can look at: CSV and JSON of every cell, a heatmap PNG per metric
-(subject × motion, joint cells), and an HTML page with every cell's GIF and scores."""
+(subject × motion, joint cells), and an HTML page with every cell's GIF and scores. Each file
+is written whole or not at all (`dvkit.io.files.atomic_output`)."""
 
 from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import os
 from collections import defaultdict
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dvkit.evaluate.labels import METRICS, present
+from dvkit.io.files import atomic_output, make_folder, write_atomically
 
 ROLE_ORDER = ("joint", "subject", "motion", "base")
 
@@ -44,18 +47,20 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_report(rows: list[dict[str, Any]], folder: Path) -> Report:
-    """Write CSV, JSON, heatmaps and HTML for the grid's evaluations into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write CSV, JSON, heatmaps and HTML for the grid's evaluations into `folder`; a file that
+    cannot be written is a `DvkitError` and is left as it was."""
+    make_folder(folder)
     report = Report(folder, folder / "cells.csv", folder / "report.json", folder / "index.html")
     summary = summarise(rows)
     shown = present([row["metrics"] for row in rows])
     _write_csv(rows, report.csv, shown)
-    report.json.write_text(json.dumps({"summary": summary, "cells": rows}, indent=2, default=str))
+    document = {"summary": summary, "cells": rows}
+    write_atomically(report.json, json.dumps(document, indent=2, default=str))
     for key, label in shown.items():
         path = folder / f"heatmap-{key}.png"
         if draw_heatmap(summary["pairs"], key, label, path):
             report.heatmaps.append(path)
-    report.html.write_text(_html(rows, summary, report, shown), encoding="utf-8")
+    write_atomically(report.html, _html(rows, summary, report, shown))
     return report
 
 
@@ -88,7 +93,8 @@ def draw_heatmap(pairs: list[dict[str, Any]], key: str, label: str, path: Path) 
             share = 0.5 if high == low else (value - low) / (high - low)
             draw.rectangle((x, y, x + cell_w - 2, y + cell_h - 2), fill=_colour(share))
             draw.text((x + 30, y + 14), f"{value:.4f}", fill="black" if share > 0.5 else "white")
-    image.save(path)
+    with atomic_output(path) as partial:
+        image.save(partial, format="PNG")
     return True
 
 
@@ -107,14 +113,15 @@ def _means(scores: list[dict[str, float]]) -> dict[str, float | None]:
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path, shown: dict[str, str]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["subject", "motion", "role", "prompt", "seed", *shown, "video"])
-        for row in rows:
-            pair, scores = row["sampler"]["pair"], row["metrics"]
-            writer.writerow([pair[0], pair[1], row["sampler"]["role"], row["prompt"], row["seed"],
-                             *(scores.get(k, "") for k in shown),
-                             (row.get("files") or [""])[0]])  # fmt: skip
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["subject", "motion", "role", "prompt", "seed", *shown, "video"])
+    for row in rows:
+        pair, scores = row["sampler"]["pair"], row["metrics"]
+        writer.writerow([pair[0], pair[1], row["sampler"]["role"], row["prompt"], row["seed"],
+                         *(scores.get(k, "") for k in shown),
+                         (row.get("files") or [""])[0]])  # fmt: skip
+    write_atomically(path, text.getvalue())
 
 
 def _html(
