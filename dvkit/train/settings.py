@@ -1,5 +1,9 @@
 """Training settings, validated up front. Defaults follow the official DreamVideo settings;
-the `quick` preset is for smoke runs on small bases."""
+the `quick` preset is for smoke runs on small bases.
+
+No float field takes NaN or an infinity (`allow_inf_nan=False`); give each its range with
+`Field(ge=/gt=/le=)`, and its CLI option `parser=number(RANGE)` with the equal range from
+`dvkit.ranges` (`tests/test_float_options.py` checks both)."""
 
 from __future__ import annotations
 
