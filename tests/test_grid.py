@@ -116,7 +116,7 @@ def test_cli_bench(cli, catalog, tmp_path) -> None:
     code, _, err = cli("--home", catalog.home, "bench", "--shard", "3")
     assert code == 1 and "--shard takes i/n" in err
     code, _, err = cli("--home", catalog.home, "bench", "--motion-until", "2")
-    assert code == 1 and err.count("\n") == 1 and "--motion-until must be a fraction" in err
+    assert code == 2 and err.count("\n") == 1 and "finite number from 0 to 1" in err
 
 
 def test_report_files_and_rebuild(cli, catalog, tmp_path) -> None:

@@ -247,7 +247,7 @@ def test_cli_training_errors_leave_catalog_unchanged(cli, home, images, videos, 
         (("add-subject", "cat", "--images", images, "--preset", "slow"), "unknown preset"),
         (
             ("add-subject", "cat", "--images", images, "--high-noise-band", "0.5", "1.5"),
-            "the high-noise band needs 0 ≤ LOW < HIGH ≤ 1",
+            "'--high-noise-band': '1.5' is not a finite number from 0 to 1",
         ),
         (("add-motion", "surf", "--videos", broken_video), "not a readable video"),
         (("add-motion", "surf", "--videos", videos, "--frames", "9"), "fewer than the 9 asked"),

@@ -96,7 +96,8 @@ class EvaluationRecord(Record):
     prompt: str
     seed: int
     sampler: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, float] = Field(default_factory=dict)
+    metrics: dict[str, float | None] = Field(default_factory=dict)
+    """None: the metric does not apply (T. Cons. of a 1-frame video)."""
     files: list[str] = Field(default_factory=list)
     cell: str | None = None
     """Key of the grid cell (adapters, prompt, seed, sampler settings) for `dvkit bench`."""

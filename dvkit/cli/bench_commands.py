@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from dvkit import ranges
 from dvkit.cli import render
-from dvkit.cli.context import MotionUntilOption, open_catalog
+from dvkit.cli.context import MotionUntilOption, number, open_catalog
 from dvkit.errors import DvkitError
-from dvkit.evaluate.labels import present
+from dvkit.evaluate.labels import present, shown
 
 
 def bench(
@@ -36,7 +36,12 @@ def bench(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Videos per UNet batch.")] = 4,
     steps: Annotated[int | None, typer.Option("--steps", help="Default 50 (sprites: 25).")] = None,
     guidance: Annotated[
-        float | None, typer.Option("--guidance", help="Default 9.0 (sprites: 2.0).")
+        float | None,
+        typer.Option(
+            "--guidance",
+            parser=number(ranges.GUIDANCE_SCALE),
+            help="Default 9.0 (sprites: 2.0).",
+        ),
     ] = None,
     frames: Annotated[int | None, typer.Option("--frames")] = None,
     size: Annotated[int | None, typer.Option("--size")] = None,
@@ -88,24 +93,18 @@ def bench(
 
 
 def _table(rows: list[dict[str, Any]]) -> None:
+    """Mean scores per subject × motion pair and role; n/a where a metric does not apply."""
     from rich.table import Table
 
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        pair = tuple(row["sampler"]["pair"])
-        groups[(*pair, row["sampler"]["role"])].append(row["metrics"])
-    shown = present([row["metrics"] for row in rows])
+    from dvkit.evaluate.report import summarise
+
+    columns = present([row["metrics"] for row in rows])
     table = Table(box=None, header_style="bold")
-    for column in ("SUBJECT", "MOTION", "ROLE", "N", *shown.values()):
+    for column in ("SUBJECT", "MOTION", "ROLE", "N", *columns.values()):
         table.add_column(column)
-    for (subject, motion, role), scores in sorted(groups.items()):
-        means = [
-            sum(s[key] for s in scores if key in s) / max(1, sum(key in s for s in scores))
-            if any(key in s for s in scores) else None
-            for key in shown
-        ]  # fmt: skip
-        cells = ["-" if m is None else f"{m:.4f}" for m in means]
-        table.add_row(subject, motion, role, str(len(scores)), *cells)
+    for pair in summarise(rows)["pairs"]:
+        cells = [shown(pair[key]) for key in columns]
+        table.add_row(pair["subject"], pair["motion"], pair["role"], str(pair["count"]), *cells)
     render.console().print(table)
 
 
@@ -113,7 +112,7 @@ def _extremes(rows: list[dict[str, Any]]) -> None:
     """The best and worst joint cell for each metric."""
     joint = [row for row in rows if row["sampler"]["role"] == "joint"]
     for key, label in present([row["metrics"] for row in joint]).items():
-        scored = [row for row in joint if key in row["metrics"]]
+        scored = [row for row in joint if row["metrics"].get(key) is not None]
         if len(scored) < 2:
             continue
         best = max(scored, key=lambda row: row["metrics"][key])

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from dvkit.cli.context import MotionUntilOption, open_catalog
+from dvkit import ranges
+from dvkit.cli.context import MotionUntilOption, number, open_catalog
 
 
 def compose(
@@ -21,8 +22,12 @@ def compose(
     merged: Annotated[
         Path | None, typer.Option("--merged", help="A pair from dvkit export --merged.")
     ] = None,
-    subject_scale: Annotated[float | None, typer.Option("--subject-scale")] = None,
-    motion_scale: Annotated[float | None, typer.Option("--motion-scale")] = None,
+    subject_scale: Annotated[
+        float | None, typer.Option("--subject-scale", parser=number(ranges.ADAPTER_SCALE))
+    ] = None,
+    motion_scale: Annotated[
+        float | None, typer.Option("--motion-scale", parser=number(ranges.ADAPTER_SCALE))
+    ] = None,
     subject_step: Annotated[
         int | None, typer.Option("--subject-step", help="Use a kept training checkpoint.")
     ] = None,
@@ -34,17 +39,31 @@ def compose(
     ] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="DDIM steps (50).")] = None,
     guidance: Annotated[
-        float | None, typer.Option("--guidance", help="Classifier-free guidance (9.0).")
+        float | None,
+        typer.Option(
+            "--guidance",
+            parser=number(ranges.GUIDANCE_SCALE),
+            help="Classifier-free guidance (9.0).",
+        ),
     ] = None,
     frames: Annotated[int | None, typer.Option("--frames")] = None,
     size: Annotated[int | None, typer.Option("--size", help="Height and width in pixels.")] = None,
-    fps: Annotated[float, typer.Option("--fps")] = 8.0,
+    fps: Annotated[float, typer.Option("--fps", parser=number(ranges.FRAME_RATE))] = 8.0,
     image_strength: Annotated[
-        float | None, typer.Option("--image-strength", help="Appearance guidance λ (1.0).")
+        float | None,
+        typer.Option(
+            "--image-strength",
+            parser=number(ranges.IMAGE_STRENGTH),
+            help="Appearance guidance λ (1.0).",
+        ),
     ] = None,
     image_strength_uncond: Annotated[
         float | None,
-        typer.Option("--image-strength-uncond", help="λ of the unconditional branch (1.0)."),
+        typer.Option(
+            "--image-strength-uncond",
+            parser=number(ranges.IMAGE_STRENGTH),
+            help="λ of the unconditional branch (1.0).",
+        ),
     ] = None,
     guidance_image: Annotated[
         Path | None,

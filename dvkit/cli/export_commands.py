@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
+from dvkit import ranges
 from dvkit.cli import render
-from dvkit.cli.context import open_catalog
+from dvkit.cli.context import number, open_catalog
 from dvkit.errors import DvkitError
 
 # Defaults of the merged recipe (DreamVideo's official inference settings); kept here as literals
@@ -43,25 +44,42 @@ def export(
         int | None, typer.Option("--motion-step", help="Kept checkpoint of the motion.")
     ] = None,
     subject_scale: Annotated[
-        float | None, typer.Option("--subject-scale", help="Subject adapter scale [1.0].")
+        float | None,
+        typer.Option(
+            "--subject-scale",
+            parser=number(ranges.ADAPTER_SCALE),
+            help="Subject adapter scale [1.0].",
+        ),
     ] = None,
     motion_scale: Annotated[
-        float | None, typer.Option("--motion-scale", help="Motion adapter scale [1.0].")
+        float | None,
+        typer.Option(
+            "--motion-scale",
+            parser=number(ranges.ADAPTER_SCALE),
+            help="Motion adapter scale [1.0].",
+        ),
     ] = None,
     guidance: Annotated[
         float | None,
-        typer.Option("--guidance", help=f"Classifier-free guidance scale [{GUIDANCE_SCALE}]."),
+        typer.Option(
+            "--guidance",
+            parser=number(ranges.GUIDANCE_SCALE),
+            help=f"Classifier-free guidance scale [{GUIDANCE_SCALE}].",
+        ),
     ] = None,
     image_strength: Annotated[
         float | None,
         typer.Option(
-            "--image-strength", help=f"Appearance-guidance strength λ [{IMAGE_STRENGTH}]."
+            "--image-strength",
+            parser=number(ranges.IMAGE_STRENGTH),
+            help=f"Appearance-guidance strength λ [{IMAGE_STRENGTH}].",
         ),
     ] = None,
     image_strength_uncond: Annotated[
         float | None,
         typer.Option(
             "--image-strength-uncond",
+            parser=number(ranges.IMAGE_STRENGTH),
             help=f"λ of the unconditional branch (zero embedding) [{IMAGE_STRENGTH_UNCOND}].",
         ),
     ] = None,
@@ -70,6 +88,7 @@ def export(
         float | None,
         typer.Option(
             "--motion-until",
+            parser=number(ranges.FRACTION),
             help="Switch the motion adapter off below this fraction of the noise schedule "
             "[the base's default when composed].",
         ),

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dvkit.cli import render
-from dvkit.evaluate.labels import METRICS
+from dvkit.evaluate.labels import METRICS, shown
 
 
 def score(
@@ -27,7 +27,8 @@ def score(
     device: Annotated[str, typer.Option("--device")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Score a video (made by dvkit or not) against a prompt and reference images."""
+    """Score a video (made by dvkit or not) against a prompt and reference images. T. Cons. of
+    a 1-frame video is n/a (null in --json)."""
     from dvkit.evaluate.score import score as run_score
 
     result = run_score(video, prompt, references, clip=clip, dino=dino, device=device)
@@ -36,7 +37,7 @@ def score(
         return
     for key, label in METRICS.items():
         if key in result:
-            print(f"{label:<11} {result[key]:.4f}")
+            print(f"{label:<11} {shown(result[key])}")
 
 
 COMMANDS = {"score": score}

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from dvkit.cli.context import open_catalog
+from dvkit import ranges
+from dvkit.cli.context import number, open_catalog
 from dvkit.errors import DvkitError
 
 Base = Annotated[str, typer.Option("--base", help="Base model (see: dvkit base list).")]
@@ -26,19 +27,28 @@ Description = Annotated[str, typer.Option("--description", help="Free text shown
 BatchSize = Annotated[int | None, typer.Option("--batch-size")]
 Resolution = Annotated[int | None, typer.Option("--resolution", help="Square size in pixels.")]
 Seed = Annotated[int | None, typer.Option("--seed")]
-HiddenRatio = Annotated[float | None, typer.Option("--hidden-ratio", help="Adapter width / C.")]
+HiddenRatio = Annotated[
+    float | None,
+    typer.Option("--hidden-ratio", parser=number(ranges.HIDDEN_RATIO), help="Adapter width / C."),
+]
 CheckpointEvery = Annotated[int | None, typer.Option("--checkpoint-every")]
 GradientCheckpointing = Annotated[
     bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
 ]
 HighNoiseShare = Annotated[
     float | None,
-    typer.Option("--high-noise-share", help="Share of steps drawn from the high-noise band."),
+    typer.Option(
+        "--high-noise-share",
+        parser=number(ranges.FRACTION),
+        help="Share of steps drawn from the high-noise band.",
+    ),
 ]
 HighNoiseBand = Annotated[
     tuple[float, float] | None,
     typer.Option(
-        "--high-noise-band", help="LOW HIGH: that band, as fractions of the schedule (0.5 1)."
+        "--high-noise-band",
+        parser=number(ranges.FRACTION),
+        help="LOW HIGH: that band, as fractions of the schedule (0.5 1).",
     ),
 ]
 KeepSteps = Annotated[
@@ -71,9 +81,13 @@ def add_subject(
         str | None, typer.Option("--prompt", help="Template, e.g. 'a {token}'.")
     ] = None,
     inversion_steps: Annotated[int | None, typer.Option("--inversion-steps")] = None,
-    inversion_lr: Annotated[float | None, typer.Option("--inversion-lr")] = None,
+    inversion_lr: Annotated[
+        float | None, typer.Option("--inversion-lr", parser=number(ranges.POSITIVE))
+    ] = None,
     identity_steps: Annotated[int | None, typer.Option("--identity-steps")] = None,
-    identity_lr: Annotated[float | None, typer.Option("--identity-lr")] = None,
+    identity_lr: Annotated[
+        float | None, typer.Option("--identity-lr", parser=number(ranges.POSITIVE))
+    ] = None,
     batch_size: BatchSize = None,
     resolution: Resolution = None,
     seed: Seed = None,
@@ -124,18 +138,25 @@ def add_motion(
     ],
     more_videos: Annotated[list[Path] | None, typer.Argument(hidden=True)] = None,
     frames: Annotated[int | None, typer.Option("--frames", help="Frames per clip.")] = None,
-    fps: Annotated[float | None, typer.Option("--fps", help="Sampling rate of the frames.")] = None,
+    fps: Annotated[
+        float | None,
+        typer.Option("--fps", parser=number(ranges.POSITIVE), help="Sampling rate of the frames."),
+    ] = None,
     caption: Annotated[
         str | None, typer.Option("--caption", help="Training caption (default: the name).")
     ] = None,
     steps: Annotated[int | None, typer.Option("--steps")] = None,
-    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", parser=number(ranges.POSITIVE))] = None,
     batch_size: BatchSize = None,
     resolution: Resolution = None,
     seed: Seed = None,
     hidden_ratio: HiddenRatio = None,
-    text_dropout: Annotated[float | None, typer.Option("--text-dropout")] = None,
-    image_dropout: Annotated[float | None, typer.Option("--image-dropout")] = None,
+    text_dropout: Annotated[
+        float | None, typer.Option("--text-dropout", parser=number(ranges.FRACTION))
+    ] = None,
+    image_dropout: Annotated[
+        float | None, typer.Option("--image-dropout", parser=number(ranges.FRACTION))
+    ] = None,
     high_noise_share: HighNoiseShare = None,
     high_noise_band: HighNoiseBand = None,
     image_encoder: Annotated[

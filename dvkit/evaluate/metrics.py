@@ -1,8 +1,9 @@
 """The DreamVideo metrics on L2-normalised embeddings: raw cosines, no ×100, no clamping.
 
 CLIP-T: mean over frames of cos(text, frame). CLIP-I / DINO-I: mean over reference images ×
-frames of cos(reference, frame). T. Cons.: mean over consecutive frame pairs of cos(f, f+1).
-Each is computed per video; grids average them over videos.
+frames of cos(reference, frame). T. Cons.: mean over consecutive frame pairs of cos(f, f+1);
+a 1-frame video has no pair, so its T. Cons. is None (not applicable, not a number). Each is
+computed per video; grids average them over the videos that have them.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ def image_similarity(references: torch.Tensor, frames: torch.Tensor) -> float:
     return float((references @ frames.T).mean())
 
 
-def temporal_consistency(frames: torch.Tensor) -> float:
-    """T. Cons. of one video: frames (F, D) normalised, F >= 2."""
+def temporal_consistency(frames: torch.Tensor) -> float | None:
+    """T. Cons. of one video: frames (F, D) normalised; None when F < 2 (no consecutive pair)."""
     if frames.shape[0] < 2:
-        raise ValueError("temporal consistency needs at least two frames")
+        return None
     return float((frames[:-1] * frames[1:]).sum(dim=-1).mean())

@@ -1,10 +1,12 @@
 """Grid reports people can look at: CSV and JSON of every cell, a heatmap PNG per metric
-(subject × motion, joint cells), and an HTML page with every cell's GIF and scores."""
+(subject × motion, joint cells), and an HTML page with every cell's GIF and scores. Each file
+is written whole or not at all (`dvkit.io.files.atomic_output`)."""
 
 from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import os
 from collections import defaultdict
@@ -12,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dvkit.evaluate.labels import METRICS, present
+from dvkit.evaluate.labels import METRICS, present, shown
+from dvkit.io.files import atomic_output, make_folder, write_atomically
 
 ROLE_ORDER = ("joint", "subject", "motion", "base")
 
@@ -27,7 +30,8 @@ class Report:
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Means per role (over every pair, prompt and seed) and per pair and role."""
+    """Means per role (over every pair, prompt and seed) and per pair and role, sorted; a mean
+    is None where no cell has the metric or it applies to none (T. Cons. of 1-frame videos)."""
     by_role: dict[str, list[dict]] = defaultdict(list)
     by_pair: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for row in rows:
@@ -44,18 +48,20 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_report(rows: list[dict[str, Any]], folder: Path) -> Report:
-    """Write CSV, JSON, heatmaps and HTML for the grid's evaluations into `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write CSV, JSON, heatmaps and HTML for the grid's evaluations into `folder`; a file that
+    cannot be written is a `DvkitError` and is left as it was."""
+    make_folder(folder)
     report = Report(folder, folder / "cells.csv", folder / "report.json", folder / "index.html")
     summary = summarise(rows)
-    shown = present([row["metrics"] for row in rows])
-    _write_csv(rows, report.csv, shown)
-    report.json.write_text(json.dumps({"summary": summary, "cells": rows}, indent=2, default=str))
-    for key, label in shown.items():
+    columns = present([row["metrics"] for row in rows])
+    _write_csv(rows, report.csv, columns)
+    document = {"summary": summary, "cells": rows}
+    write_atomically(report.json, json.dumps(document, indent=2, default=str))
+    for key, label in columns.items():
         path = folder / f"heatmap-{key}.png"
         if draw_heatmap(summary["pairs"], key, label, path):
             report.heatmaps.append(path)
-    report.html.write_text(_html(rows, summary, report, shown), encoding="utf-8")
+    write_atomically(report.html, _html(rows, summary, report, columns))
     return report
 
 
@@ -88,7 +94,8 @@ def draw_heatmap(pairs: list[dict[str, Any]], key: str, label: str, path: Path) 
             share = 0.5 if high == low else (value - low) / (high - low)
             draw.rectangle((x, y, x + cell_w - 2, y + cell_h - 2), fill=_colour(share))
             draw.text((x + 30, y + 14), f"{value:.4f}", fill="black" if share > 0.5 else "white")
-    image.save(path)
+    with atomic_output(path) as partial:
+        image.save(partial, format="PNG")
     return True
 
 
@@ -98,32 +105,33 @@ def _colour(share: float) -> tuple[int, int, int]:
     return tuple(round(a + (b - a) * share) for a, b in zip(low, high, strict=True))
 
 
-def _means(scores: list[dict[str, float]]) -> dict[str, float | None]:
+def _means(scores: list[dict[str, float | None]]) -> dict[str, float | None]:
     means: dict[str, float | None] = {}
     for key in METRICS:
-        values = [s[key] for s in scores if key in s]
+        values = [value for s in scores if (value := s.get(key)) is not None]
         means[key] = sum(values) / len(values) if values else None
     return means
 
 
-def _write_csv(rows: list[dict[str, Any]], path: Path, shown: dict[str, str]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["subject", "motion", "role", "prompt", "seed", *shown, "video"])
-        for row in rows:
-            pair, scores = row["sampler"]["pair"], row["metrics"]
-            writer.writerow([pair[0], pair[1], row["sampler"]["role"], row["prompt"], row["seed"],
-                             *(scores.get(k, "") for k in shown),
-                             (row.get("files") or [""])[0]])  # fmt: skip
+def _write_csv(rows: list[dict[str, Any]], path: Path, columns: dict[str, str]) -> None:
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["subject", "motion", "role", "prompt", "seed", *columns, "video"])
+    for row in rows:
+        pair, scores = row["sampler"]["pair"], row["metrics"]
+        writer.writerow([pair[0], pair[1], row["sampler"]["role"], row["prompt"], row["seed"],
+                         *("" if scores.get(k) is None else scores[k] for k in columns),
+                         (row.get("files") or [""])[0]])  # fmt: skip
+    write_atomically(path, text.getvalue())
 
 
 def _html(
-    rows: list[dict[str, Any]], summary: dict[str, Any], report: Report, shown: dict[str, str]
+    rows: list[dict[str, Any]], summary: dict[str, Any], report: Report, columns: dict[str, str]
 ) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(label)}</th>" for label in shown.values())
+    head = "".join(f"<th>{esc(label)}</th>" for label in columns.values())
     role_rows = "".join(
-        f"<tr><td>{esc(role)}</td>{_score_cells(summary['roles'][role], shown)}</tr>"
+        f"<tr><td>{esc(role)}</td>{_score_cells(summary['roles'][role], columns)}</tr>"
         for role in ROLE_ORDER if role in summary["roles"]
     )  # fmt: skip
     heatmaps = "".join(f'<img src="{esc(p.name)}" alt="{esc(p.stem)}">' for p in report.heatmaps)
@@ -133,7 +141,7 @@ def _html(
         video = (row.get("files") or [""])[0]
         source = os.path.relpath(video, report.folder) if video else ""
         pair = " × ".join(row["sampler"]["pair"])
-        scores = " · ".join(f"{METRICS[k]} {v:.3f}" for k, v in row["metrics"].items())
+        scores = " · ".join(f"{METRICS[k]} {shown(v, 3)}" for k, v in row["metrics"].items())
         cells.append(
             f'<figure><img src="{esc(source)}" alt="{esc(pair)} {esc(row["sampler"]["role"])}">'
             f"<figcaption><b>{esc(pair)}</b> — {esc(row['sampler']['role'])}<br>"
@@ -155,6 +163,5 @@ base, subject fidelity, motion fidelity and GT T. Cons. are measured from pixels
 """
 
 
-def _score_cells(means: dict[str, float | None], shown: dict[str, str]) -> str:
-    values = (means.get(key) for key in shown)
-    return "".join(f"<td>{'-' if v is None else f'{v:.4f}'}</td>" for v in values)
+def _score_cells(means: dict[str, float | None], columns: dict[str, str]) -> str:
+    return "".join(f"<td>{shown(means.get(key))}</td>" for key in columns)

@@ -1,4 +1,7 @@
-"""Scoring any video against a prompt and reference images: `score(...)` and `Scorer`."""
+"""Scoring any video against a prompt and reference images: `score(...)` and `Scorer`.
+
+A metric that does not apply to a video is None: T. Cons. of a 1-frame video (no consecutive
+pair of frames)."""
 
 from __future__ import annotations
 
@@ -47,11 +50,12 @@ class Scorer:
 
     def score(
         self, video: VideoInput, prompt: str | None = None, references: ReferenceInput | None = None
-    ) -> dict[str, float]:
-        """CLIP-T (with a prompt), CLIP-I and DINO-I (with references) and T. Cons. of a video."""
+    ) -> dict[str, float | None]:
+        """CLIP-T (with a prompt), CLIP-I and DINO-I (with references) and T. Cons. of a video
+        (None for a single frame)."""
         frames = read_frames(video)
         clip_frames = self.clip.images(frames)
-        result = {"t_cons": metrics.temporal_consistency(clip_frames)}
+        result: dict[str, float | None] = {"t_cons": metrics.temporal_consistency(clip_frames)}
         if prompt is not None:
             result["clip_t"] = metrics.text_alignment(self.clip.texts([prompt])[0], clip_frames)
         if references is not None:
@@ -71,7 +75,7 @@ def score(
     clip: str = DEFAULT_CLIP,
     dino: str = DEFAULT_DINO,
     device: str = "auto",
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Score one video (a file, a frame folder, or frames (F, H, W, 3)); see `Scorer.score`."""
     return Scorer(clip, dino, device).score(video, prompt, references)
 

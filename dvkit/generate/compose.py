@@ -22,6 +22,7 @@ from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.textual_inversion import apply_token_embedding, expand_placeholder
+from dvkit.ranges import ADAPTER_SCALE, FRAME_RATE, GUIDANCE_SCALE, IMAGE_STRENGTH
 
 
 class BaseMismatchError(DvkitError):
@@ -106,7 +107,11 @@ def compose(
     image_strength = _pick(image_strength, recipe.get("image_strength"), 1.0)
     image_strength_uncond = _pick(image_strength_uncond, recipe.get("image_strength_uncond"), 1.0)
     motion_until = _pick(motion_until, recipe.get("motion_until"), None)
-    _check_options(seeds, steps, formats)
+    _check_options(
+        seeds, steps, formats, subject_scale=subject_scale, motion_scale=motion_scale,
+        guidance=guidance, image_strength=image_strength,
+        image_strength_uncond=image_strength_uncond, fps=fps,
+    )  # fmt: skip
     writes = record or out is not None
     targets = _targets(catalog, out, seeds, formats) if writes else [[] for _ in seeds]
     if merged is None:
@@ -233,7 +238,24 @@ def _from_merged(path: str | Path) -> tuple[list[LoadedAdapter], dict]:
     return parts, merged.recipe
 
 
-def _check_options(seeds: Sequence[int], steps: float | None, formats: Sequence[str]) -> None:
+_RANGES = {
+    "subject_scale": ADAPTER_SCALE,
+    "motion_scale": ADAPTER_SCALE,
+    "guidance": GUIDANCE_SCALE,
+    "image_strength": IMAGE_STRENGTH,
+    "image_strength_uncond": IMAGE_STRENGTH,
+    "fps": FRAME_RATE,
+}
+
+
+def _check_options(
+    seeds: Sequence[int], steps: float | None, formats: Sequence[str], **numbers: float | None
+) -> None:
+    """Refuse, before any model is loaded, what cannot be sampled: no seeds, unknown formats,
+    and `numbers` (keys of `_RANGES`, given or from a merged recipe) outside their range."""
+    for key, value in numbers.items():
+        if value is not None:
+            _RANGES[key].check(key.replace("_", " "), value)
     if not seeds:
         raise DvkitError("give at least one seed")
     if steps is not None and steps < 1:

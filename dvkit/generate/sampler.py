@@ -20,6 +20,7 @@ from diffusers import DDIMScheduler
 from dvkit.models.builtin import check_motion_until
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
+from dvkit.ranges import GUIDANCE_SCALE
 from dvkit.train.encode import encode_text
 
 
@@ -49,6 +50,8 @@ class SamplerSettings:
     are switched off below it (0: at every step)."""
 
     def __post_init__(self) -> None:
+        """Raises `DvkitError` for a guidance scale or `motion_until` out of range (or NaN)."""
+        GUIDANCE_SCALE.check("guidance scale", self.guidance_scale)
         check_motion_until(self.motion_until)
 
 

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from dvkit.io.adapter_file import (
 from dvkit.io.adapter_layout import check_tensors
 from dvkit.io.files import write_atomically
 from dvkit.models.builtin import check_motion_until
+from dvkit.ranges import ADAPTER_SCALE, GUIDANCE_SCALE, IMAGE_STRENGTH
 
 if TYPE_CHECKING:
     import torch
@@ -228,18 +228,18 @@ def export_merged(
     `motion_until` None leaves it to the base's default when the pair is composed."""
     out = check_out_path(out, overwrite)
     settings = {
-        "guidance_scale": _number("guidance scale", guidance_scale, minimum=0.0),
-        "image_strength": _number("image strength", image_strength, minimum=0.0),
-        "image_strength_uncond": _number(
-            "unconditional image strength", image_strength_uncond, minimum=0.0
+        "guidance_scale": GUIDANCE_SCALE.check("guidance scale", guidance_scale),
+        "image_strength": IMAGE_STRENGTH.check("image strength", image_strength),
+        "image_strength_uncond": IMAGE_STRENGTH.check(
+            "unconditional image strength", image_strength_uncond
         ),
         "steps": _steps(steps),
     }
     if motion_until is not None:
         settings["motion_until"] = check_motion_until(motion_until)
     scales = {
-        "subject": _number("subject scale", subject_scale),
-        "motion": _number("motion scale", motion_scale),
+        "subject": ADAPTER_SCALE.check("subject scale", subject_scale),
+        "motion": ADAPTER_SCALE.check("motion scale", motion_scale),
     }
     parts = {
         "subject": _load_part(catalog, subject, "subject", subject_step),
@@ -294,14 +294,6 @@ def export_merged(
 
 def _label(part: _Part) -> str:
     return part.record.ref if part.step is None else f"{part.record.ref} step {part.step}"
-
-
-def _number(what: str, value: float, minimum: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DvkitError(f"invalid {what} {value!r}: expected a finite number")
-    if minimum is not None and value < minimum:
-        raise DvkitError(f"invalid {what} {value!r}: must be at least {minimum:g}")
-    return float(value)
 
 
 def _steps(value: int) -> int:

@@ -1,9 +1,11 @@
-"""Writing generated sprites data as files dvkit trains from: PNG stills and GIF clips."""
+"""Writing generated sprites data as files dvkit trains from: PNG stills and GIF clips, each
+written whole or not at all (`dvkit.io.files.atomic_output`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from dvkit.io.files import atomic_output, make_folder
 from dvkit.io.video import to_uint8, write_video
 from dvkit.sprites.world import FRAMES, Sprite, examples_of, sprites, still_images
 
@@ -12,11 +14,12 @@ def write_images(sprite: Sprite, folder: Path, count: int = 5, seed: int = 0) ->
     """`count` PNG stills of `sprite` at random places, the same for the same seed."""
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     paths = []
     for index, image in enumerate(still_images(sprite, count, seed)):
         path = folder / f"{sprite.words.replace(' ', '-')}-{index:02d}.png"
-        Image.fromarray(to_uint8(image)).save(path)
+        with atomic_output(path) as partial:
+            Image.fromarray(to_uint8(image)).save(partial, format="PNG")
         paths.append(path)
     return paths
 
@@ -26,7 +29,7 @@ def write_clips(
 ) -> list[Path]:
     """`count` GIF clips of `motion`, by `sprite` or by varied seen objects (a motion's clips
     should vary in looks so that the motion, not an appearance, is what they share)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     paths = []
     for index, example in enumerate(examples_of(sprite, motion, count, seed, sprites())):
         path = folder / f"{motion}-{index:02d}.gif"

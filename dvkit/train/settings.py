@@ -1,5 +1,9 @@
 """Training settings, validated up front. Defaults follow the official DreamVideo settings;
-the `quick` preset is for smoke runs on small bases."""
+the `quick` preset is for smoke runs on small bases.
+
+No float field takes NaN or an infinity (`allow_inf_nan=False`); give each its range with
+`Field(ge=/gt=/le=)`, and its CLI option `parser=number(RANGE)` with the equal range from
+`dvkit.ranges` (`tests/test_float_options.py` checks both)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ Preset = Literal["official", "quick"]
 
 
 class CommonSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN is never a setting
 
     resolution: int = Field(256, ge=8, le=2048)
     batch_size: int = Field(4, ge=1)
