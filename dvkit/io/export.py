@@ -36,7 +36,7 @@ from dvkit.io.adapter_file import (
 from dvkit.io.adapter_layout import check_tensors
 from dvkit.io.files import write_atomically
 from dvkit.models.builtin import check_motion_until
-from dvkit.ranges import ADAPTER_SCALE, GUIDANCE_SCALE, IMAGE_STRENGTH
+from dvkit.ranges import ADAPTER_SCALE, GUIDANCE_SCALE, IMAGE_STRENGTH, Range
 
 if TYPE_CHECKING:
     import torch
@@ -419,9 +419,9 @@ def _read_recipe(path: Path, meta: dict[str, str]) -> dict[str, Any]:
         part = recipe.get(kind)
         if not isinstance(part, dict) or not isinstance(part.get("metadata"), dict):
             raise AdapterFileError(f"{path}: dvkit.recipe lacks the {kind} part and its metadata")
-        _recipe_number(path, f"{kind} scale", part.get("scale"), f"{kind} scale")
-    for key, what in _RECIPE_RANGES.items():
-        _recipe_number(path, key, recipe.get(key), what, minimum=0.0)
+        _recipe_number(path, f"{kind} scale", part.get("scale"), ADAPTER_SCALE)
+    for key, valid in _RECIPE_RANGES.items():
+        _recipe_number(path, key, recipe.get(key), valid)
     try:
         _steps(recipe.get("steps"))
     except DvkitError as exc:
@@ -454,22 +454,20 @@ def _read_recipe(path: Path, meta: dict[str, str]) -> dict[str, Any]:
 
 
 _RECIPE_RANGES = {
-    "guidance_scale": "guidance scale",
-    "image_strength": "image strength",
-    "image_strength_uncond": "unconditional image strength",
+    "guidance_scale": GUIDANCE_SCALE,
+    "image_strength": IMAGE_STRENGTH,
+    "image_strength_uncond": IMAGE_STRENGTH,
 }
 
 
-def _recipe_number(
-    path: Path, name: str, value: Any, what: str, minimum: float | None = None
-) -> None:
-    """The recipe's `name`, checked as `export_merged` checks that setting (`what`)."""
+def _recipe_number(path: Path, name: str, value: Any, valid: Range) -> None:
+    """The recipe's `name`, checked against the range `export_merged` checks it with."""
     if value is None:
         raise AdapterFileError(f"{path}: dvkit.recipe has no numeric {name}")
     try:
-        _number(what, value, minimum)
+        valid.check(name, value)
     except DvkitError as exc:
-        raise AdapterFileError(f"{path}: dvkit.recipe's {name}: {exc}") from None
+        raise AdapterFileError(f"{path}: dvkit.recipe's {exc}") from None
 
 
 def _check_parts(
