@@ -28,3 +28,11 @@ MotionUntilOption = Annotated[
         "Default 0: never (sprites: 0.4).",
     ),
 ]
+OffsetNoiseOption = Annotated[
+    float | None,
+    typer.Option(
+        "--offset-noise",
+        help="Per-frame offset added to the starting noise, as the official inference. "
+        "Default 0.1 (tiny, sprites: 0).",
+    ),
+]
