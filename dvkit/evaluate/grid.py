@@ -140,11 +140,9 @@ def bench(
             offset_noise=offset_noise,
         )
     sampler = {**asdict(settings), "base": base, "image_strength_uncond": image_strength_uncond}
-    uncond = {
-        ref: motion_uncond_strength(adapter.record.training) if image_strength_uncond is None
-        else image_strength_uncond
-        for ref, adapter in motion_adapters.items()
-    }  # fmt: skip
+    uncond = {ref: motion_uncond_strength(a.record.training) for ref, a in motion_adapters.items()}
+    if image_strength_uncond is not None:
+        uncond = dict.fromkeys(uncond, image_strength_uncond)
     roles = ROLES if baselines else ("joint",)
     cells = sorted(
         (Cell(s, m, role, t, seed) for s in subject_adapters for m in motion_adapters
@@ -195,17 +193,10 @@ def bench(
                     key = cell.key(sampler)
                     path = write_video(to_uint8(video.numpy()), folder / f"{key}.gif", fps)
                     scores = scorer.score(cell, video)
+                    strength = uncond[cell.motion] if cell.motion else None
+                    used = {**sampler, "image_strength_uncond": strength}
                     catalog.add_evaluation(
-                        _record(
-                            cell,
-                            key,
-                            sampler,
-                            subject_adapters,
-                            motion_adapters,
-                            scores,
-                            path,
-                            uncond,
-                        )
+                        _record(cell, key, used, subject_adapters, motion_adapters, scores, path)
                     )
                     result.generated += 1
                     if on_cell:
@@ -308,19 +299,11 @@ def _row(cell: Cell, subjects: dict, motions: dict, guidance: dict, uncond: dict
         adapters[f"motion:{cell.motion}"] = 1.0
         if cell.role == "joint":
             embed = guidance[(cell.pair_subject, cell.pair_motion)]
-    return Row(text, cell.seed, "", adapters, embed,
-               image_strength_uncond=uncond[cell.pair_motion])  # fmt: skip
+    return Row(text, cell.seed, "", adapters, embed, image_strength_uncond=uncond[cell.pair_motion])
 
 
 def _record(
-    cell: Cell,
-    key: str,
-    sampler: dict,
-    subjects: dict,
-    motions: dict,
-    scores: dict,
-    path: Path,
-    uncond: dict,
+    cell: Cell, key: str, sampler: dict, subjects: dict, motions: dict, scores: dict, path: Path
 ) -> EvaluationRecord:
     subject = subjects[cell.subject].record if cell.subject else None
     motion = motions[cell.motion].record if cell.motion else None
@@ -336,7 +319,6 @@ def _record(
             "role": cell.role,
             "pair": [cell.pair_subject, cell.pair_motion],
             "template": cell.template,
-            "image_strength_uncond": uncond[cell.pair_motion] if cell.motion else None,
         },  # fmt: skip
         metrics=scores,
         files=[str(path)],
