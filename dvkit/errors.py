@@ -1,4 +1,5 @@
-"""Errors a user can cause. The CLI prints each as one line on stderr and exits non-zero."""
+"""Errors a user can cause. The CLI prints each as one line on stderr and exits non-zero.
+Warnings (`DvkitWarning`) it prints as one `warning:` line and goes on."""
 
 
 class DvkitError(Exception):
@@ -33,3 +34,7 @@ class AdapterFileError(DvkitError):
 
 class ConflictError(DvkitError):
     """An operation that would contradict what the catalog already holds."""
+
+
+class DvkitWarning(UserWarning):
+    """Something the user should know about a result that still goes ahead."""

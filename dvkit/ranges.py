@@ -75,5 +75,8 @@ GUIDANCE_SCALE = Range(0, 100)
 """Classifier-free guidance (DreamVideo: 9; at most 1 samples the conditional branch alone)."""
 IMAGE_STRENGTH = Range(0, 10)
 """Appearance-guidance λ of either branch (DreamVideo: 1 and 1, or 1 and 0)."""
+OFFSET_NOISE = Range(0, 1)
+"""Strength of the per-frame constant added to noise, in training and at sampling (DreamVideo:
+0.1); beyond 1 it outweighs the noise itself."""
 FRAME_RATE = Range(0.1, 240)
 """Frames per second of a written video (a GIF frame lasts at most 655 s)."""

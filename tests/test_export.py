@@ -19,6 +19,7 @@ from dvkit.errors import AdapterFileError, ConflictError, DvkitError
 from dvkit.io import export as export_module
 from dvkit.io.adapter_file import read_adapter_info
 from dvkit.io.export import export_adapter, export_merged, load_merged
+from dvkit.models import builtin
 
 
 def _one_error_line(code: int, err: str, expected: str) -> None:
@@ -145,10 +146,11 @@ def test_merged_defaults_match_the_cli(catalog, pair, tmp_path) -> None:
     assert (merged.subject_scale, merged.motion_scale) == (1.0, 1.0)
     assert (merged.image_strength, merged.image_strength_uncond) == (1.0, 1.0)
     assert merged.motion_until is None and "motion_until" not in merged.recipe  # the base's
+    assert merged.offset_noise is None and "offset_noise" not in merged.recipe  # the base's
     assert export_commands.GUIDANCE_SCALE == export_module.DEFAULT_GUIDANCE_SCALE
     assert export_commands.STEPS == export_module.DEFAULT_STEPS
     assert export_commands.IMAGE_STRENGTH == export_module.DEFAULT_IMAGE_STRENGTH
-    assert export_commands.IMAGE_STRENGTH_UNCOND == export_module.DEFAULT_IMAGE_STRENGTH_UNCOND
+    assert export_commands.IMAGE_STRENGTH_UNCOND == builtin.DEFAULT_IMAGE_STRENGTH_UNCOND
 
 
 def test_merging_adapters_of_different_bases_is_refused(cli, home, make_adapter, tmp_path) -> None:

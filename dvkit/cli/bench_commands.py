@@ -9,7 +9,7 @@ import typer
 
 from dvkit import ranges
 from dvkit.cli import render
-from dvkit.cli.context import MotionUntilOption, number, open_catalog
+from dvkit.cli.context import MotionUntilOption, OffsetNoiseOption, number, open_catalog
 from dvkit.errors import DvkitError
 from dvkit.evaluate.labels import present, shown
 
@@ -46,6 +46,14 @@ def bench(
     frames: Annotated[int | None, typer.Option("--frames")] = None,
     size: Annotated[int | None, typer.Option("--size")] = None,
     motion_until: MotionUntilOption = None,
+    offset_noise: OffsetNoiseOption = None,
+    image_strength_uncond: Annotated[
+        float | None,
+        typer.Option(
+            "--image-strength-uncond",
+            help="Appearance-guidance λ of the unconditional branch (default: each motion's own).",
+        ),
+    ] = None,
     clip: Annotated[str, typer.Option("--clip")] = "ViT-B-32:openai",
     dino: Annotated[str, typer.Option("--dino")] = "vit_small_patch16_224.dino",
     device: Annotated[str, typer.Option("--device")] = "auto",
@@ -77,7 +85,8 @@ def bench(
         result = run_bench(
             catalog, subject, motion, templates, seed or [0], baselines=baselines,
             shard=_shard(shard), batch_size=batch_size, steps=steps, guidance=guidance,
-            frames=frames, size=size, motion_until=motion_until, clip=clip, dino=dino,
+            frames=frames, size=size, motion_until=motion_until, offset_noise=offset_noise,
+            image_strength_uncond=image_strength_uncond, clip=clip, dino=dino,
             device=device, dtype=dtype, generate=not report_only, on_cell=on_cell,
         )  # fmt: skip
         from dvkit.evaluate.report import write_report

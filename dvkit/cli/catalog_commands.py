@@ -184,6 +184,14 @@ def import_files(
     token: Annotated[
         str | None, typer.Option("--token", help="Placeholder of an imported subject (<NAME>).")
     ] = None,
+    references: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--references",
+            help="Images (folder or files) of an imported subject: its guidance image when "
+            "composed with a motion, and its references when scored.",
+        ),
+    ] = None,
 ) -> None:
     """Add adapter files to the catalog: dvkit files (name, kind and base from each header) or
     official DreamVideo .pth checkpoints (mapped onto --base)."""
@@ -203,10 +211,10 @@ def import_files(
                 f"{file}: unsupported file type {file.suffix or '(no extension)'!r}: dvkit imports "
                 "its own .safetensors adapter files and official DreamVideo .pth checkpoints"
             )
-    if not official and (base or embedding or token):
+    if not official and (base or embedding or token or references):
         raise DvkitError(
-            "--base, --embedding and --token apply to official .pth checkpoints; "
-            "dvkit files name their own base and token"
+            "--base, --embedding, --token and --references apply to official .pth checkpoints; "
+            "dvkit files name their own base and token and carry their own images"
         )
     if official and base is None:
         raise DvkitError(
@@ -226,6 +234,7 @@ def import_files(
                 name=name,
                 token=token,
                 description=description,
+                references=references or (),
             )
             prepared = {item.source: item for item in ready}
         _check_own_files(catalog, own, name)

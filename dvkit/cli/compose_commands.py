@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dvkit import ranges
-from dvkit.cli.context import MotionUntilOption, number, open_catalog
+from dvkit.cli.context import MotionUntilOption, OffsetNoiseOption, number, open_catalog
 
 
 def compose(
@@ -46,7 +46,9 @@ def compose(
             help="Classifier-free guidance (9.0).",
         ),
     ] = None,
-    frames: Annotated[int | None, typer.Option("--frames")] = None,
+    frames: Annotated[
+        int | None, typer.Option("--frames", help="Default: the motion's training frames.")
+    ] = None,
     size: Annotated[int | None, typer.Option("--size", help="Height and width in pixels.")] = None,
     fps: Annotated[float, typer.Option("--fps", parser=number(ranges.FRAME_RATE))] = 8.0,
     image_strength: Annotated[
@@ -62,7 +64,8 @@ def compose(
         typer.Option(
             "--image-strength-uncond",
             parser=number(ranges.IMAGE_STRENGTH),
-            help="λ of the unconditional branch (1.0).",
+            help="λ of the unconditional branch (default: the motion's own, from its preset: "
+            "official 0, official-carturn 1; 1.0 for imported motions).",
         ),
     ] = None,
     guidance_image: Annotated[
@@ -70,6 +73,7 @@ def compose(
         typer.Option("--guidance-image", help="Default: the subject's first reference image."),
     ] = None,
     motion_until: MotionUntilOption = None,
+    offset_noise: OffsetNoiseOption = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="A .mp4/.gif file or a folder (default: videos/).")
     ] = None,
@@ -104,7 +108,7 @@ def compose(
             seeds=seed or [0], negative_prompt=negative_prompt, steps=steps, guidance=guidance,
             frames=frames, size=size, fps=fps, image_strength=image_strength,
             image_strength_uncond=image_strength_uncond, guidance_image=guidance_image,
-            motion_until=motion_until, out=out,
+            motion_until=motion_until, offset_noise=offset_noise, out=out,
             formats=[f.strip() for f in video_format.split(",") if f.strip()], device=device,
             dtype=dtype, on_step=on_step,
         )  # fmt: skip

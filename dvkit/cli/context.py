@@ -28,7 +28,7 @@ from typing import Annotated
 import typer
 
 from dvkit.catalog import Catalog
-from dvkit.ranges import FRACTION, Range
+from dvkit.ranges import FRACTION, OFFSET_NOISE, Range
 
 
 def home_option(ctx: typer.Context) -> Path | None:
@@ -83,5 +83,14 @@ MotionUntilOption = Annotated[
         parser=number(FRACTION),
         help="Switch motion adapters off below this fraction of the noise schedule. "
         "Default 0: never (sprites: 0.4).",
+    ),
+]
+OffsetNoiseOption = Annotated[
+    float | None,
+    typer.Option(
+        "--offset-noise",
+        parser=number(OFFSET_NOISE),
+        help="Per-frame offset added to the starting noise, as the official inference. "
+        "Default 0.1 (tiny, sprites: 0).",
     ),
 ]

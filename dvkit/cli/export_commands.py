@@ -13,7 +13,8 @@ from dvkit.cli.context import number, open_catalog
 from dvkit.errors import DvkitError
 
 # Defaults of the merged recipe (DreamVideo's official inference settings); kept here as literals
-# so that `dvkit export --help` does not import torch. `dvkit.io.export` holds the same values.
+# so that `dvkit export --help` does not import torch. `dvkit.io.export` holds the same values,
+# and `dvkit.models.builtin` the λ_uncond of motions that record none.
 GUIDANCE_SCALE = 9.0
 STEPS = 50
 IMAGE_STRENGTH = 1.0
@@ -80,7 +81,8 @@ def export(
         typer.Option(
             "--image-strength-uncond",
             parser=number(ranges.IMAGE_STRENGTH),
-            help=f"λ of the unconditional branch (zero embedding) [{IMAGE_STRENGTH_UNCOND}].",
+            help="λ of the unconditional branch (zero embedding) [the motion's own, "
+            f"else {IMAGE_STRENGTH_UNCOND}].",
         ),
     ] = None,
     steps: Annotated[int | None, typer.Option("--steps", help=f"Sampling steps [{STEPS}].")] = None,
@@ -91,6 +93,13 @@ def export(
             parser=number(ranges.FRACTION),
             help="Switch the motion adapter off below this fraction of the noise schedule "
             "[the base's default when composed].",
+        ),
+    ] = None,
+    offset_noise: Annotated[
+        float | None,
+        typer.Option(
+            "--offset-noise",
+            help="Per-frame offset added to the starting noise [the base's default when composed].",
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
@@ -109,6 +118,7 @@ def export(
         "--image-strength-uncond": image_strength_uncond,
         "--steps": steps,
         "--motion-until": motion_until,
+        "--offset-noise": offset_noise,
     }
     if not merged:
         used = [option for option, value in pair_options.items() if value is not None]
@@ -144,13 +154,10 @@ def export(
                 motion_scale=1.0 if motion_scale is None else motion_scale,
                 guidance_scale=GUIDANCE_SCALE if guidance is None else guidance,
                 image_strength=IMAGE_STRENGTH if image_strength is None else image_strength,
-                image_strength_uncond=(
-                    IMAGE_STRENGTH_UNCOND
-                    if image_strength_uncond is None
-                    else image_strength_uncond
-                ),
+                image_strength_uncond=image_strength_uncond,
                 steps=STEPS if steps is None else steps,
                 motion_until=motion_until,
+                offset_noise=offset_noise,
                 overwrite=force,
             )
     print(

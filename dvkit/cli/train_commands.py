@@ -13,7 +13,14 @@ from dvkit.errors import DvkitError
 
 Base = Annotated[str, typer.Option("--base", help="Base model (see: dvkit base list).")]
 Preset = Annotated[
-    str, typer.Option("--preset", help="official (paper settings) or quick (smoke runs).")
+    str,
+    typer.Option(
+        "--preset",
+        help="official (the paper's settings; for motions the official playingGuitar config: "
+        "image dropout 0, 1000 steps, batch 2, λ_uncond 0), official-carturn (motions only: the "
+        "official carTurn config: image dropout 0.5, 3000 steps, batch 1, λ_uncond 1) or quick "
+        "(smoke runs).",
+    ),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 Dtype = Annotated[
@@ -157,6 +164,15 @@ def add_motion(
     image_dropout: Annotated[
         float | None, typer.Option("--image-dropout", parser=number(ranges.FRACTION))
     ] = None,
+    image_strength_uncond: Annotated[
+        float | None,
+        typer.Option(
+            "--image-strength-uncond",
+            parser=number(ranges.IMAGE_STRENGTH),
+            help="Appearance-guidance λ of the unconditional branch that compose and bench use "
+            "with this motion (the preset's: official 0, official-carturn 1).",
+        ),
+    ] = None,
     high_noise_share: HighNoiseShare = None,
     high_noise_band: HighNoiseBand = None,
     image_encoder: Annotated[
@@ -191,6 +207,7 @@ def add_motion(
         "hidden_ratio": hidden_ratio,
         "text_dropout": text_dropout,
         "image_dropout": image_dropout,
+        "image_strength_uncond": image_strength_uncond,
         "high_noise_share": high_noise_share,
         "high_noise_band": high_noise_band,
         "image_encoder": image_encoder,

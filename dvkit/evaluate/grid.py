@@ -29,10 +29,11 @@ from dvkit.generate.compose import (
     install_subject,
     load_adapter,
     open_matching_base,
+    warn_zero_embedding,
 )
 from dvkit.generate.sampler import Row, SamplerSettings, sample
 from dvkit.io.video import to_uint8, write_video
-from dvkit.models.builtin import sampler_choices, sampling_default
+from dvkit.models.builtin import motion_uncond_strength, sampler_choices, sampling_default
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.textual_inversion import expand_placeholder
@@ -90,6 +91,8 @@ def bench(
     frames: int | None = None,
     size: int | None = None,
     motion_until: float | None = None,
+    offset_noise: float | None = None,
+    image_strength_uncond: float | None = None,
     fps: float = 8.0,
     clip: str = "ViT-B-32:openai",
     dino: str = "vit_small_patch16_224.dino",
@@ -100,10 +103,12 @@ def bench(
 ) -> GridResult:
     """Generate, score and store every missing cell of the grid; return all its evaluations.
 
-    `settings` fixes the whole sampler; otherwise `steps`, `guidance`, `frames`, `size` and
-    `motion_until` override the defaults (the adapters' training frames and resolution, the
-    base's own sampling defaults). With `generate=False` nothing is generated: the result holds
-    the cells already stored.
+    `settings` fixes the whole sampler; otherwise `steps`, `guidance`, `frames`, `size`,
+    `motion_until` and `offset_noise` override the defaults (the adapters' training frames and
+    resolution, the base's own sampling defaults). Cells with a motion use its own
+    `image_strength_uncond` (see `compose`) unless one is given here. Joint cells of a subject
+    without reference images get a zero appearance embedding, with a `DvkitWarning`. With
+    `generate=False` nothing is generated: the result holds the cells already stored.
     """
     quiet_libraries()
     index, count = shard
@@ -121,7 +126,9 @@ def bench(
     base = chosen[0].record.base
     if settings is None:
         resolution = size or _trained(subject_adapters, "resolution", 256)
-        steps, guidance, motion_until = sampler_choices(base, steps, guidance, motion_until)
+        steps, guidance, motion_until, offset_noise = sampler_choices(
+            base, steps, guidance, motion_until, offset_noise
+        )
         settings = SamplerSettings(
             steps=steps,
             guidance_scale=guidance,
@@ -130,8 +137,12 @@ def bench(
             height=resolution,
             width=resolution,
             motion_until=motion_until,
+            offset_noise=offset_noise,
         )
-    sampler = {**asdict(settings), "base": base}
+    sampler = {**asdict(settings), "base": base, "image_strength_uncond": image_strength_uncond}
+    uncond = {ref: motion_uncond_strength(a.record.training) for ref, a in motion_adapters.items()}
+    if image_strength_uncond is not None:
+        uncond = dict.fromkeys(uncond, image_strength_uncond)
     roles = ROLES if baselines else ("joint",)
     cells = sorted(
         (Cell(s, m, role, t, seed) for s in subject_adapters for m in motion_adapters
@@ -161,6 +172,10 @@ def bench(
                                        settings.height, run_device)
             for s in subject_adapters for m in motion_adapters
         }  # fmt: skip
+        for s in subject_adapters:
+            missing = [m for m in motion_adapters if guidance[(s, m)] is None]
+            if missing and any(c.role == "joint" and c.pair_subject == s for c in todo):
+                warn_zero_embedding(motion_adapters[missing[0]], subject_adapters[s])
         scorer = _CachedScorer(
             Scorer(clip, dino, device), subject_adapters, motion_adapters, base == SPRITES_NAME
         )
@@ -169,14 +184,19 @@ def bench(
         try:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
-                rows = [_row(cell, subject_adapters, motion_adapters, guidance) for cell in batch]
+                rows = [
+                    _row(cell, subject_adapters, motion_adapters, guidance, uncond)
+                    for cell in batch
+                ]
                 frames = sample(components, rows, settings, injector)
                 for cell, video in zip(batch, frames, strict=True):
                     key = cell.key(sampler)
                     path = write_video(to_uint8(video.numpy()), folder / f"{key}.gif", fps)
                     scores = scorer.score(cell, video)
+                    strength = uncond[cell.motion] if cell.motion else None
+                    used = {**sampler, "image_strength_uncond": strength}
                     catalog.add_evaluation(
-                        _record(cell, key, sampler, subject_adapters, motion_adapters, scores, path)
+                        _record(cell, key, used, subject_adapters, motion_adapters, scores, path)
                     )
                     result.generated += 1
                     if on_cell:
@@ -267,7 +287,7 @@ def _sprites_targets(
     return subject_targets, motion_targets
 
 
-def _row(cell: Cell, subjects: dict, motions: dict, guidance: dict) -> Row:
+def _row(cell: Cell, subjects: dict, motions: dict, guidance: dict, uncond: dict) -> Row:
     text = prompt_text(cell, subjects, motions, for_scoring=False)
     adapters: dict[str, float] = {}
     if cell.subject is not None:
@@ -279,7 +299,7 @@ def _row(cell: Cell, subjects: dict, motions: dict, guidance: dict) -> Row:
         adapters[f"motion:{cell.motion}"] = 1.0
         if cell.role == "joint":
             embed = guidance[(cell.pair_subject, cell.pair_motion)]
-    return Row(text, cell.seed, "", adapters, embed)
+    return Row(text, cell.seed, "", adapters, embed, image_strength_uncond=uncond[cell.pair_motion])
 
 
 def _record(

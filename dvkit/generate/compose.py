@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,11 @@ import torch
 from dvkit.bases import open_base
 from dvkit.catalog import Catalog
 from dvkit.catalog.records import AdapterRecord, EvaluationRecord
-from dvkit.errors import DvkitError, NotFoundError
-from dvkit.generate.sampler import Row, SamplerSettings, sample, vae_scale_factor
+from dvkit.errors import DvkitError, DvkitWarning, NotFoundError
+from dvkit.generate.sampler import Row, SamplerSettings, native_size, sample
 from dvkit.io.adapter_file import AdapterTensors, load_adapter_tensors
 from dvkit.io.video import VIDEO_FORMATS, check_writable_folder, to_uint8, write_video
-from dvkit.models.builtin import sampler_choices, sampling_default
+from dvkit.models.builtin import motion_uncond_strength, sampler_choices, sampling_default
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
@@ -74,6 +75,7 @@ def compose(
     image_strength_uncond: float | None = None,
     guidance_image: str | Path | None = None,
     motion_until: float | None = None,
+    offset_noise: float | None = None,
     out: str | Path | None = None,
     formats: Sequence[str] = ("mp4",),
     device: str = "auto",
@@ -84,10 +86,16 @@ def compose(
     """Generate videos of a subject doing a motion (either may be None), one per seed.
 
     `merged` is a file from `dvkit export --merged`: its subject and motion are used and its
-    recipe gives the scales, guidance, steps, appearance strengths and `motion_until` not passed
-    here.
+    recipe gives the scales, guidance, steps, appearance strengths, `motion_until` and
+    `offset_noise` not passed here.
     `motion_until` switches the motion adapter off below that fraction of the noise schedule
-    (default: the base's, 0.4 on `sprites`, else 0: it acts at every step).
+    (default: the base's, 0.4 on `sprites`, else 0: it acts at every step). `offset_noise` is
+    the strength of the per-frame offset added to the starting noise (default: the base's, 0.1
+    as the official inference; 0 on the built-in bases). `image_strength_uncond` defaults to the
+    motion adapter's own (its preset's: 0 for `official`, 1 for `official-carturn`; 1 for
+    adapters that record none). Frames default to the motion adapter's training frames.
+    A motion composed with no guidance image (no `guidance_image`, no subject reference image)
+    gets a zero appearance embedding, with a `DvkitWarning`.
 
     Writes MP4/GIF files to `out` (a file for one seed, a folder, or by default the catalog's
     videos/ folder) and returns the frames; `record=False` writes nothing unless `out` is given
@@ -105,8 +113,9 @@ def compose(
     steps = _pick(steps, recipe.get("steps"), None)
     guidance = _pick(guidance, recipe.get("guidance_scale"), None)
     image_strength = _pick(image_strength, recipe.get("image_strength"), 1.0)
-    image_strength_uncond = _pick(image_strength_uncond, recipe.get("image_strength_uncond"), 1.0)
+    image_strength_uncond = _pick(image_strength_uncond, recipe.get("image_strength_uncond"), None)
     motion_until = _pick(motion_until, recipe.get("motion_until"), None)
+    offset_noise = _pick(offset_noise, recipe.get("offset_noise"), None)
     _check_options(
         seeds, steps, formats, subject_scale=subject_scale, motion_scale=motion_scale,
         guidance=guidance, image_strength=image_strength,
@@ -124,22 +133,28 @@ def compose(
             if ref is not None
         ]
     components, _ = open_matching_base(catalog, chosen, base)
-    steps, guidance, motion_until = sampler_choices(components.name, steps, guidance, motion_until)
+    steps, guidance, motion_until, offset_noise = sampler_choices(
+        components.name, steps, guidance, motion_until, offset_noise
+    )
     run_device = resolve_device(device)
     run_dtype = resolve_dtype(dtype, run_device)
     components.freeze(run_device, run_dtype)
     by_kind = {adapter.record.kind: adapter for adapter in chosen}
     subject_adapter, motion_adapter = by_kind.get("subject"), by_kind.get("motion")
+    if image_strength_uncond is None:
+        training = motion_adapter.record.training if motion_adapter else {}
+        image_strength_uncond = motion_uncond_strength(training)
     settings = SamplerSettings(
         steps=steps,
         guidance_scale=guidance,
         frames=frames
         or _trained(motion_adapter, "frames", int(sampling_default(components.name, "frames"))),
         height=size
-        or _trained(subject_adapter or motion_adapter, "resolution", _native(components)),
+        or _trained(subject_adapter or motion_adapter, "resolution", native_size(components)),
         width=size
-        or _trained(subject_adapter or motion_adapter, "resolution", _native(components)),
+        or _trained(subject_adapter or motion_adapter, "resolution", native_size(components)),
         motion_until=motion_until,
+        offset_noise=offset_noise,
     )
     injector = AdapterInjector(components.unet)
     scales: dict[str, float] = {}
@@ -160,6 +175,8 @@ def compose(
         embed = guidance_embedding(
             motion_adapter, subject_adapter, guidance_image, settings.height, run_device
         )
+        if embed is None:
+            warn_zero_embedding(motion_adapter, subject_adapter)
     rows = [
         Row(text, seed, negative_prompt, scales, embed, image_strength, image_strength_uncond)
         for seed in seeds
@@ -368,10 +385,20 @@ def guidance_embedding(
     return load_image_encoder(spec, device).encode(pixels)[0].cpu()
 
 
+def warn_zero_embedding(motion: LoadedAdapter, subject: LoadedAdapter | None) -> None:
+    """Say (as a `DvkitWarning`) that `motion` composes with no appearance image, and how to
+    give one."""
+    how = "give one with --guidance-image"
+    if subject is not None:
+        how += f", or re-import {subject.record.ref} with --references DIR"
+    warnings.warn(
+        f"no guidance image for {motion.label}: the motion adapter gets a zero appearance "
+        f"embedding; {how}",
+        DvkitWarning,
+        stacklevel=2,
+    )
+
+
 def _trained(adapter: LoadedAdapter | None, key: str, default: int) -> int:
     value = adapter.record.training.get(key) if adapter else None
     return int(value) if value else default
-
-
-def _native(components: BaseComponents) -> int:
-    return components.unet.config.sample_size * vae_scale_factor(components)

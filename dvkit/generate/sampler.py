@@ -6,7 +6,8 @@ may each use other adapters, scales, prompts, seeds and appearance guidance: the
 branch sees the row's image embedding at strength λ, the unconditional branch a zero embedding
 at its own strength (as the official DreamVideo inference does). `motion_until` can switch the
 motion adapters off for the last, low-noise steps, where a motion is already laid out and only
-the look is being refined.
+the look is being refined. `offset_noise` adds a per-video, per-channel and per-frame constant
+to the starting noise, as the official inference does on real bases.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import DDIMScheduler
 
-from dvkit.models.builtin import check_motion_until
+from dvkit.models.builtin import check_motion_until, check_offset_noise
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
 from dvkit.ranges import GUIDANCE_SCALE
@@ -48,11 +49,16 @@ class SamplerSettings:
     motion_until: float = 0.0
     """Motion adapters act while the timestep is at least this fraction of the schedule, and
     are switched off below it (0: at every step)."""
+    offset_noise: float = 0.0
+    """Strength of the offset noise added to the starting latents (0: plain Gaussian noise, as
+    diffusers' pipeline; the official DreamVideo inference uses 0.1, `compose` and `bench` the
+    base's default)."""
 
     def __post_init__(self) -> None:
         """Raises `DvkitError` for a guidance scale or `motion_until` out of range (or NaN)."""
         GUIDANCE_SCALE.check("guidance scale", self.guidance_scale)
         check_motion_until(self.motion_until)
+        check_offset_noise(self.offset_noise)
 
 
 @torch.no_grad()
@@ -108,19 +114,34 @@ def vae_scale_factor(base: BaseComponents) -> int:
     return 2 ** (len(base.vae.config.block_out_channels) - 1)
 
 
+def native_size(base: BaseComponents) -> int:
+    """The video size in pixels the base's UNet was configured for (its latent size × the VAE's
+    scale factor)."""
+    return base.unet.config.sample_size * vae_scale_factor(base)
+
+
 def initial_latents(
     base: BaseComponents, rows: Sequence[Row], settings: SamplerSettings, sigma: float
 ) -> torch.Tensor:
-    """Each row's noise from its own seed on the CPU, so results do not depend on the batch."""
+    """Starting latents (rows, C, F, h, w): each row's noise from its own seed on the CPU, so
+    results do not depend on the batch.
+
+    With `settings.offset_noise` s, the row's generator then draws o ~ N(0, 1) of shape
+    (1, C, F, 1, 1) and the noise becomes noise + s·o: one constant per channel and frame, as the
+    official inference (VGen `inference_dreamvideo_entrance.py`: `noise + noise_strength *
+    randn(b, c, f, 1, 1)`).
+    """
     factor = vae_scale_factor(base)
-    shape = (
-        1,
-        base.unet.config.in_channels,
-        settings.frames,
-        settings.height // factor,
-        settings.width // factor,
-    )
-    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(row.seed)) for row in rows]
+    channels, frames = base.unet.config.in_channels, settings.frames
+    shape = (1, channels, frames, settings.height // factor, settings.width // factor)
+    noise = []
+    for row in rows:
+        generator = torch.Generator().manual_seed(row.seed)
+        row_noise = torch.randn(shape, generator=generator)
+        if settings.offset_noise:
+            offset = torch.randn((1, channels, frames, 1, 1), generator=generator)
+            row_noise = row_noise + settings.offset_noise * offset
+        noise.append(row_noise)
     return torch.cat(noise).to(base.unet.device, base.unet.dtype) * sigma
 
 

@@ -8,8 +8,9 @@
   `subject.` and `motion.` (the token embedding is `subject.token_embedding`), ModelSpec keys
   (architecture `<base arch>/dreamvideo-pair`, hash of the tensor data, trigger phrase) and
   `dvkit.kind = "merged"` with `dvkit.recipe`, a JSON composition recipe: both parts (name,
-  version, step, scale, hidden ratio, own header metadata), token, base, guidance settings,
-  and `motion_until` when one was chosen (without it, composing uses the base's default).
+  version, step, scale, hidden ratio, own header metadata), token, base, guidance settings
+  (the unconditional λ by default the motion's own), and `motion_until` and `offset_noise` when
+  chosen (without them, composing uses the base's defaults).
 - `load_merged`: reads such a file back into `MergedAdapters`, validating header, recipe and hash.
 """
 
@@ -35,7 +36,7 @@ from dvkit.io.adapter_file import (
 )
 from dvkit.io.adapter_layout import check_tensors
 from dvkit.io.files import write_atomically
-from dvkit.models.builtin import check_motion_until
+from dvkit.models.builtin import check_motion_until, check_offset_noise, motion_uncond_strength
 from dvkit.ranges import ADAPTER_SCALE, GUIDANCE_SCALE, IMAGE_STRENGTH, Range
 
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ PREFIXES = {"subject": "subject.", "motion": "motion."}
 DEFAULT_GUIDANCE_SCALE = 9.0
 DEFAULT_STEPS = 50
 DEFAULT_IMAGE_STRENGTH = 1.0
-DEFAULT_IMAGE_STRENGTH_UNCOND = 1.0
 _MERGED_REQUIRED = (
     "modelspec.sai_model_spec",
     "modelspec.architecture",
@@ -132,6 +132,10 @@ class MergedAdapters:
     @property
     def motion_until(self) -> float | None:
         return self.recipe.get("motion_until")
+
+    @property
+    def offset_noise(self) -> float | None:
+        return self.recipe.get("offset_noise")
 
 
 # ---- single adapters ------------------------------------------------------------------------
@@ -219,24 +223,30 @@ def export_merged(
     motion_scale: float = 1.0,
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     image_strength: float = DEFAULT_IMAGE_STRENGTH,
-    image_strength_uncond: float = DEFAULT_IMAGE_STRENGTH_UNCOND,
+    image_strength_uncond: float | None = None,
     steps: int = DEFAULT_STEPS,
     motion_until: float | None = None,
+    offset_noise: float | None = None,
     overwrite: bool = False,
 ) -> ExportResult:
     """Write a subject and a motion adapter (same base) and their recipe to one file;
-    `motion_until` None leaves it to the base's default when the pair is composed."""
+    `image_strength_uncond` None records the motion's own (see `motion_uncond_strength`);
+    `motion_until` and `offset_noise` None leave them to the base's defaults when the pair is
+    composed."""
     out = check_out_path(out, overwrite)
     settings = {
         "guidance_scale": GUIDANCE_SCALE.check("guidance scale", guidance_scale),
         "image_strength": IMAGE_STRENGTH.check("image strength", image_strength),
-        "image_strength_uncond": IMAGE_STRENGTH.check(
-            "unconditional image strength", image_strength_uncond
-        ),
         "steps": _steps(steps),
     }
+    if image_strength_uncond is not None:
+        settings["image_strength_uncond"] = IMAGE_STRENGTH.check(
+            "unconditional image strength", image_strength_uncond
+        )
     if motion_until is not None:
         settings["motion_until"] = check_motion_until(motion_until)
+    if offset_noise is not None:
+        settings["offset_noise"] = check_offset_noise(offset_noise)
     scales = {
         "subject": ADAPTER_SCALE.check("subject scale", subject_scale),
         "motion": ADAPTER_SCALE.check("motion scale", motion_scale),
@@ -251,6 +261,7 @@ def export_merged(
             f"cannot merge {s.ref} and {m.ref}: they were trained on different bases "
             f"({s.base} {s.base_fingerprint[:12]} and {m.base} {m.base_fingerprint[:12]})"
         )
+    settings.setdefault("image_strength_uncond", motion_uncond_strength(m.training))
     tensors = {
         PREFIXES[kind] + name: tensor
         for kind, part in parts.items()
@@ -432,6 +443,10 @@ def _read_recipe(path: Path, meta: dict[str, str]) -> dict[str, Any]:
         raise AdapterFileError(
             f"{path}: dvkit.recipe's motion_until is not a fraction from 0 to 1"
         ) from None
+    try:
+        check_offset_noise(recipe.get("offset_noise", 0.0))
+    except DvkitError:
+        raise AdapterFileError(f"{path}: dvkit.recipe's offset_noise is not a number ≥ 0") from None
     base = recipe.get("base")
     if not isinstance(base, dict) or base.get("fingerprint") != meta["dvkit.base_fingerprint"]:
         raise AdapterFileError(

@@ -14,7 +14,10 @@ VGen numbers its UNet blocks in one sequence per direction; `vgen_block_map` der
 onto diffusers' `UNet3DConditionModel` module paths from the UNet config (block types and layers
 per block), so it serves any base of that architecture, the built-in `tiny` one included.
 The imported weights are validated against the chosen base's adapter slots and registered as an
-ordinary dvkit adapter (safetensors, dvkit tensor names).
+ordinary dvkit adapter (safetensors, dvkit tensor names). VGen files carry no images, so an
+imported subject takes its reference images (the official inference's guidance image is the
+subject's first) from `references`; an imported motion records the official inference's 32
+frames as its training frames, the count `compose` and `bench` default to.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ LAYER_NAMES = {"down_linear": "down", "up_linear": "up", "condition_linear": "co
 PLACEMENT = {"subject": ["attn2"], "motion": ["attn1", "attn2", "ff"]}
 OFFICIAL_IMAGE_ENCODER = "ViT-H-14:laion2b_s32b_b79k"
 OFFICIAL_COND_DIM = 1024
+OFFICIAL_FRAMES = 32
+"""Frames of the official motion training and inference (`frame_lens`, `gen_frames`)."""
 DEFAULT_HIDDEN_RATIO = 0.5
 
 _KEY = re.compile(
@@ -500,13 +505,16 @@ def prepare_vgen_files(
     name: str | None = None,
     token: str | None = None,
     description: str | None = None,
+    references: Sequence[str | Path] = (),
 ) -> list[PreparedImport]:
     """Read, map and check official adapter files (and pair identity ones with embeddings).
 
     Nothing is registered: everything that can be wrong with the files is found first, so a
     failed import leaves the catalog's adapters as they were. `embeddings` are paired with the
     identity files: one with one, otherwise by the name in `text_embedding_of_{name}_{step}.pth`
-    and `{name}_adapter_{step}.pth`.
+    and `{name}_adapter_{step}.pth`. `references` (image files or folders) are the subject's
+    images, stored in the one identity adapter at the base's native size; without them a
+    composed motion gets a zero appearance embedding unless a guidance image is given.
     """
     paths = [Path(file) for file in files]
     if name is not None and len(paths) > 1:
@@ -541,8 +549,10 @@ def prepare_vgen_files(
     for adapter in adapters:
         catalog.check_kind(names[adapter.path], adapter.kind)
     pairs = _pair_embeddings(adapters, embedding_paths)
-    if token is not None and sum(adapter.kind == "subject" for adapter in adapters) > 1:
+    identities = sum(adapter.kind == "subject" for adapter in adapters)
+    if token is not None and identities > 1:
         raise DvkitError("--token can only be used when importing one identity adapter")
+    images = _reference_images(references, identities, components)
     prepared = []
     for adapter in adapters:
         embedding = None
@@ -550,9 +560,39 @@ def prepare_vgen_files(
             embedding = vectors[pairs[adapter.path]]
             _check_width(embedding, components, base_record)
         prepared.append(
-            _prepare(adapter, embedding, names[adapter.path], token, description, base_record)
+            _prepare(
+                adapter, embedding, names[adapter.path], token, description, base_record, images
+            )
         )
     return prepared
+
+
+@dataclass
+class _References:
+    """Reference images read for an imported subject: uint8 [N, S, S, 3] and their files."""
+
+    images: torch.Tensor
+    files: list[Path]
+
+
+def _reference_images(
+    references: Sequence[str | Path], identities: int, components: BaseComponents
+) -> _References | None:
+    """The `references` read with dvkit's image reader at the base's native size, for the one
+    identity adapter of an import."""
+    if not references:
+        return None
+    if identities != 1:
+        found = "no identity adapter" if not identities else f"{identities} identity adapters"
+        raise DvkitError(
+            f"--references gives the images of one imported subject, but the files hold {found}"
+        )
+    from dvkit.generate.sampler import native_size
+    from dvkit.train.api import reference_images
+    from dvkit.train.data import load_images
+
+    pixels, files = load_images(references, native_size(components))
+    return _References(reference_images(pixels), files)
 
 
 def _pair_embeddings(
@@ -611,8 +651,9 @@ def _prepare(
     token: str | None,
     description: str | None,
     base: BaseModelRecord,
+    references: _References | None = None,
 ) -> PreparedImport:
-    from dvkit.io.adapter_file import TOKEN_EMBEDDING_KEY, AdapterFileInfo
+    from dvkit.io.adapter_file import REFERENCE_IMAGES_KEY, TOKEN_EMBEDDING_KEY, AdapterFileInfo
 
     training: dict[str, Any] = {
         "source": "dreamvideo-official",
@@ -629,9 +670,13 @@ def _prepare(
             num_vectors=embedding.vectors.shape[0],
         )
         tensors[TOKEN_EMBEDDING_KEY] = embedding.vectors
+        if references is not None:
+            tensors[REFERENCE_IMAGES_KEY] = references.images
+            training["reference_files"] = [path.name for path in references.files]
     if adapter.kind == "motion":
         training["cond_dim"] = adapter.cond_dim
         training["image_encoder"] = _image_encoder(adapter.cond_dim, base.builtin)
+        training["frames"] = OFFICIAL_FRAMES
     info = AdapterFileInfo(
         kind=adapter.kind,
         name=name,
@@ -688,13 +733,15 @@ def import_vgen(
     token: str | None = None,
     tags: Sequence[str] = (),
     description: str | None = None,
+    references: Sequence[str | Path] = (),
 ) -> ImportResult:
     """Import one official DreamVideo adapter file onto `base` and register it.
 
     An identity (subject) adapter needs its textual-inversion file `embedding`; its token
-    defaults to `<NAME>`. `name` defaults to the one in `NAME_adapter_STEP.pth`. The same weights
-    twice under one name are reported (`duplicate`), not registered again; under another name
-    they are that name's own adapter.
+    defaults to `<NAME>`, and `references` (image files or folders) become its reference images.
+    `name` defaults to the one in `NAME_adapter_STEP.pth`. The same weights twice under one name
+    are reported (`duplicate`), not registered again; under another name they are that name's own
+    adapter.
     """
     tags = [validate_tag(tag) for tag in tags]
     (prepared,) = prepare_vgen_files(
@@ -705,5 +752,6 @@ def import_vgen(
         name=name,
         token=token,
         description=description,
+        references=references,
     )
     return register_prepared(catalog, prepared, tags)

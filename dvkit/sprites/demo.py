@@ -40,6 +40,7 @@ MOTION_TRAINING = {
     "lr": 1e-2,
     "offset_noise": 0.0,
     "image_dropout": 0.5,
+    "image_strength_uncond": 1.0,  # composed as trained: with image dropout, as carTurn
     "high_noise_share": 1.0,
     "high_noise_band": (0.65, 0.9),
     "checkpoint_every": 50,

@@ -33,11 +33,11 @@ from dvkit.train import data
 from dvkit.train.distributed import World, barrier, current_world
 from dvkit.train.loop import Reporter, SilentReporter
 from dvkit.train.settings import (
-    QUICK,
     MotionSettings,
     Preset,
     SubjectSettings,
     default_image_encoder,
+    preset_values,
 )
 from dvkit.train.setup import run_key
 
@@ -84,8 +84,7 @@ def add_subject(
         components, pixels, mask_pixels, settings, run_device, run_dtype, folder,
         _reporter(reporter, world), resume, world,
     )  # fmt: skip
-    references = ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    extra = {TOKEN_EMBEDDING_KEY: result.embedding, REFERENCE_IMAGES_KEY: references}
+    extra = {TOKEN_EMBEDDING_KEY: result.embedding, REFERENCE_IMAGES_KEY: reference_images(pixels)}
     return _finish(
         catalog, world, folder, "subject", name, base_record, settings, description,
         {**result.identity, **extra},
@@ -143,6 +142,13 @@ def add_motion(
     )  # fmt: skip
 
 
+def reference_images(pixels: torch.Tensor) -> torch.Tensor:
+    """A subject's images as an adapter file stores them: [N, 3, S, S] in [-1, 1] → uint8
+    [N, S, S, 3] (`REFERENCE_IMAGES_KEY`: the guidance image when composing, the references
+    when scoring)."""
+    return ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
 def _device(name: str, world: World) -> torch.device:
     """In a data-parallel run, `auto` gives each process the GPU of its local rank."""
     if name == "auto" and world.size > 1 and torch.cuda.is_available():
@@ -165,9 +171,7 @@ def _check_request(catalog: Catalog, name: str, kind: str, tags: Sequence[str]) 
 def _settings(
     cls: type[SettingsT], kind: str, preset: Preset, overrides: dict[str, Any], **extra: Any
 ) -> SettingsT:
-    if preset not in ("official", "quick"):
-        raise DvkitError(f"unknown preset {preset!r} (expected official or quick)")
-    values = {**(QUICK[kind] if preset == "quick" else {}), **extra}
+    values = {**preset_values(preset, kind), **extra}
     values.update({key: value for key, value in overrides.items() if value is not None})
     try:
         return cls(**values)

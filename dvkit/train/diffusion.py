@@ -1,5 +1,6 @@
 """The diffusion objective: noising cached latents, the scheduler's target (ε or v) and the
-(optionally masked) MSE loss."""
+(optionally masked) MSE loss, in the official DreamVideo form (VGen
+`tools/modules/diffusions/diffusion_ddim.py`)."""
 
 from __future__ import annotations
 
@@ -26,15 +27,16 @@ def add_noise(
     """Noisy latents (B, C, F, H, W), what the UNet should predict, and the timesteps.
 
     The target is the noise for ε-prediction schedulers and the velocity for v-prediction ones.
-    Offset noise adds a per-video, per-channel constant, scaled by `offset_noise`. Timesteps are
+    Offset noise adds `offset_noise` · randn(B, C, F, 1, 1) (one constant per video, channel and
+    frame, as the official trainer), drawn after the plain noise. Timesteps are
     uniform, except that a share `high_noise_share` of the videos (on average) draw theirs from
     `high_noise_band`, given as fractions of the schedule (default: its noisier half).
     """
-    batch, channels = latents.shape[:2]
+    batch = latents.shape[0]
     device = latents.device
     noise = torch.randn(latents.shape, generator=generator, device=device)
     if offset_noise:
-        shape = (batch, channels) + (1,) * (latents.ndim - 2)
+        shape = latents.shape[:3] + (1,) * (latents.ndim - 3)
         noise = noise + offset_noise * torch.randn(shape, generator=generator, device=device)
     steps = scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, steps, (batch,), generator=generator, device=device)
@@ -52,8 +54,17 @@ def add_noise(
 def diffusion_loss(
     prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Mean squared error; with a mask (B, 1, F, H, W) only the subject's pixels count."""
+    """Mean squared error over every element of (B, C, F, h, w); with a mask (B, 1, F, h, w) in
+    {0, 1} only the subject's pixels count: the plain mean of mask · (prediction − target)², as
+    the official trainer (not divided by the mask's area, so a small subject gives a small
+    loss; AdamW's step size hardly depends on that scale)."""
     if mask is None:
         return F.mse_loss(prediction.float(), target.float())
-    error = (prediction.float() - target.float()) ** 2 * mask
-    return error.sum() / (mask.sum() * prediction.shape[1]).clamp(min=1)
+    return ((prediction.float() - target.float()) ** 2 * mask).mean()
+
+
+def latent_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Subject masks (N, 1, H, W) in {0, 1} at the latent size (N, 1, h, w), resized NEAREST
+    (pixel centres, like PIL's `Image.NEAREST` in the official data pipeline), so they stay in
+    {0, 1}."""
+    return F.interpolate(masks.float(), size=size, mode="nearest-exact")

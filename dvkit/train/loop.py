@@ -117,9 +117,9 @@ def run_stage(
         return _restore_done(stage, done, generator, world)
     params = list(stage.parameters.values())
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
-    warmup = max(settings.warmup_steps, 0)
+    warmup = settings.warmup_steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        optimizer, lambda step: warmup_factor(step, warmup)
     )
     scaler = torch.amp.GradScaler(enabled=settings.autocast_dtype == torch.float16)
     curve: list[tuple[int, float]] = []
@@ -162,6 +162,14 @@ def run_stage(
     reporter.end()
     _save_done(stage_folder, stage, generator, world, curve, kept)
     return StageResult(curve, kept)
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    """The learning rate of step `step` (0 for the first) as a fraction of the stage's: rising
+    linearly from 0 over `warmup` steps, then constant, as the official trainer's AnnealingLR
+    (lr · step / warmup_steps while step ≤ warmup_steps, decay 'none'): the first step's
+    learning rate is 0, step `warmup`'s the full one."""
+    return min(1.0, step / warmup) if warmup > 0 else 1.0
 
 
 def _snapshot(stage: Stage) -> dict[str, torch.Tensor]:

@@ -1,5 +1,7 @@
-"""Training settings, validated up front. Defaults follow the official DreamVideo settings;
-the `quick` preset is for smoke runs on small bases.
+"""Training settings, validated up front. Defaults follow the official DreamVideo settings
+(VGen `configs/dreamvideo/`; for motions its playingGuitar config); presets are named sets of
+overrides: `official-carturn` is the other released motion config, `quick` is for smoke runs on
+small bases.
 
 No float field takes NaN or an infinity (`allow_inf_nan=False`); give each its range with
 `Field(ge=/gt=/le=)`, and its CLI option `parser=number(RANGE)` with the equal range from
@@ -7,22 +9,25 @@ No float field takes NaN or an infinity (`allow_inf_nan=False`); give each its r
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Preset = Literal["official", "quick"]
+from dvkit.errors import DvkitError
+
+Preset = Literal["official", "official-carturn", "quick"]
 
 
 class CommonSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN is never a setting
 
+    preset: Preset = "official"
     resolution: int = Field(256, ge=8, le=2048)
     batch_size: int = Field(4, ge=1)
     seed: int = 0
     hidden_ratio: float = Field(0.5, gt=0, le=4)
     warmup_steps: int = Field(10, ge=0)
-    offset_noise: float = Field(0.1, ge=0)
+    offset_noise: float = Field(0.1, ge=0, le=1)
     checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")
     keep_steps: list[int] = Field(
         default_factory=list, description="adapter steps kept as selectable checkpoints"
@@ -68,7 +73,11 @@ class SubjectSettings(CommonSettings):
 
 
 class MotionSettings(CommonSettings):
-    """Motion adapters on whole clips, with appearance guidance from one random frame."""
+    """Motion adapters on whole clips, with appearance guidance from one random frame.
+
+    Defaults are the official playingGuitar config (`configs/dreamvideo/motionLearning/
+    playingGuitar_motionLearning.yaml`); `CARTURN` holds where the carTurn config differs.
+    """
 
     batch_size: int = Field(2, ge=1)
     frames: int = Field(32, ge=2)
@@ -78,6 +87,9 @@ class MotionSettings(CommonSettings):
     caption: str = ""
     text_dropout: float = Field(0.5, ge=0, le=1)
     image_dropout: float = Field(0.0, ge=0, le=1)
+    image_strength_uncond: float = Field(
+        0.0, ge=0, description="appearance-guidance λ of the unconditional branch when composing"
+    )
     image_encoder: str = ""
     """open_clip `MODEL:PRETRAINED`; empty: the base's default (see `default_image_encoder`)."""
 
@@ -102,6 +114,26 @@ QUICK = {
         "checkpoint_every": 10,
     },
 }
+
+
+# The official carTurn motion config, where it differs from playingGuitar (MotionSettings).
+CARTURN = {"image_dropout": 0.5, "steps": 3000, "batch_size": 1, "image_strength_uncond": 1.0}
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "official": {"subject": {}, "motion": {}},
+    "official-carturn": {"motion": CARTURN},
+    "quick": QUICK,
+}
+
+
+def preset_values(preset: str, kind: str) -> dict[str, Any]:
+    """The overrides of `preset` for a `kind` ("subject" or "motion") run, with the preset's
+    name; a `DvkitError` for an unknown preset or one that does not apply to `kind`."""
+    if preset not in PRESETS:
+        raise DvkitError(f"unknown preset {preset!r} (expected {', '.join(PRESETS)})")
+    if kind not in PRESETS[preset]:
+        known = ", ".join(name for name, kinds in PRESETS.items() if kind in kinds)
+        raise DvkitError(f"preset {preset!r} does not apply to a {kind} (use {known})")
+    return {**PRESETS[preset][kind], "preset": preset}
 
 
 REAL_IMAGE_ENCODER = "ViT-H-14:laion2b_s32b_b79k"

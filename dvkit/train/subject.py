@@ -2,6 +2,8 @@
 
 Images are 1-frame videos. Their VAE posteriors and (in stage 2, with the embedding frozen) the
 prompt's text embedding are computed once; each step samples latents from the cached posterior.
+With subject masks, both stages count only the subject's pixels (the official step-1 and step-2
+configs both set `use_mask_diffusion: True`).
 """
 
 from __future__ import annotations
@@ -10,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector, create_adapter_state
 from dvkit.models.textual_inversion import TrainableRows, add_placeholder_tokens, expand_placeholder
-from dvkit.train.diffusion import add_noise, diffusion_loss, sample_latents
+from dvkit.train.diffusion import add_noise, diffusion_loss, latent_masks, sample_latents
 from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.encode import encode_frames, tokenize
 from dvkit.train.loop import Reporter, Stage, run_stage
@@ -59,29 +60,30 @@ def train_subject(
     )
     input_ids = tokenize(base.tokenizer, [prompt]).to(device)
     mean, std = (t.unsqueeze(2) for t in encode_frames(base.vae, pixels))  # (N, C, 1, h, w)
-    latent_masks = None
+    subject_masks = None
     if masks is not None:
-        latent_masks = F.interpolate(masks.float(), size=mean.shape[-2:], mode="area")
-        latent_masks = latent_masks.unsqueeze(2).to(device)  # (N, 1, 1, h, w)
+        subject_masks = latent_masks(masks, mean.shape[-2:]).unsqueeze(2).to(device)  # (N,1,1,h,w)
     generator = make_generator(settings.seed, device, world)
     batch = settings.batch_size
     loop = loop_settings(settings, device, dtype, world)
 
-    def noisy_batch(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    def noisy_batch(gen: torch.Generator) -> tuple[torch.Tensor | None, ...]:
         index = torch.randint(len(mean), (batch,), generator=gen, device=device)
         latents = sample_latents(mean[index], std[index], gen)
         noisy, target, timesteps = add_noise(
             base.scheduler, latents, gen, settings.offset_noise,
             settings.high_noise_share, settings.high_noise_band,
         )  # fmt: skip
-        return index, noisy.to(dtype), target, timesteps
+        mask = subject_masks[index] if subject_masks is not None else None
+        return noisy.to(dtype), target, timesteps, mask
 
     rows = TrainableRows(text_encoder, ids)
 
     def inversion_loss(gen: torch.Generator) -> torch.Tensor:
-        _, noisy, target, timesteps = noisy_batch(gen)
+        noisy, target, timesteps, mask = noisy_batch(gen)
         text = text_encoder(input_ids.expand(batch, -1))[0]
-        return diffusion_loss(unet(noisy, timesteps, encoder_hidden_states=text).sample, target)
+        prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
+        return diffusion_loss(prediction, target, mask)
 
     inversion = run_stage(
         Stage("inversion", settings.inversion_steps, settings.inversion_lr,
@@ -98,8 +100,7 @@ def train_subject(
     injector.train_adapter(ADAPTER_NAME)
 
     def identity_loss(gen: torch.Generator) -> torch.Tensor:
-        index, noisy, target, timesteps = noisy_batch(gen)
-        mask = latent_masks[index] if latent_masks is not None else None
+        noisy, target, timesteps, mask = noisy_batch(gen)
         prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
         return diffusion_loss(prediction, target, mask)
 
