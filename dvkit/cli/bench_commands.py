@@ -51,6 +51,7 @@ def bench(
         float | None,
         typer.Option(
             "--image-strength-uncond",
+            parser=number(ranges.IMAGE_STRENGTH),
             help="Appearance-guidance λ of the unconditional branch (default: each motion's own).",
         ),
     ] = None,

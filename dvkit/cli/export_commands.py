@@ -99,6 +99,7 @@ def export(
         float | None,
         typer.Option(
             "--offset-noise",
+            parser=number(ranges.OFFSET_NOISE),
             help="Per-frame offset added to the starting noise [the base's default when composed].",
         ),
     ] = None,
