@@ -60,7 +60,7 @@ def test_offset_noise_defaults_to_the_official_on_real_bases_only() -> None:
     assert sampler_choices("tiny", None, None, None)[3] == 0.0
     assert sampler_choices("sprites", None, None, None)[3] == 0.0
     assert sampler_choices("tiny", None, None, None, 0.3)[3] == 0.3
-    with pytest.raises(DvkitError, match="--offset-noise must be at least 0"):
+    with pytest.raises(DvkitError, match="--offset-noise must be a finite number from 0 to 1"):
         SamplerSettings(offset_noise=-0.1)
 
 
@@ -73,8 +73,8 @@ def test_compose_records_and_applies_offset_noise(cli, catalog, tmp_path) -> Non
     assert code == 0, err
     assert catalog.evaluation_rows()[-1]["sampler"]["offset_noise"] == 0.5
     code, _, err = cli("--home", catalog.home, "compose", "--offset-noise", "-1")
-    assert code == 1 and err.strip().splitlines() == [
-        "error: --offset-noise must be at least 0, not -1.0"
+    assert code == 2 and err.strip().splitlines() == [
+        "error: Invalid value for '--offset-noise': '-1' is not a finite number from 0 to 1"
     ]
 
 
