@@ -33,3 +33,10 @@ class AdapterFileError(DvkitError):
 
 class ConflictError(DvkitError):
     """An operation that would contradict what the catalog already holds."""
+
+
+class DvkitWarning(UserWarning):
+    """Something dvkit did to a user's input that they should know of (a prompt cut short).
+
+    The CLI prints each as one line `warning: ...` on stderr; library users get a Python warning.
+    """

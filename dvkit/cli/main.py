@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 import typer
 
-from dvkit.errors import DvkitError
+from dvkit.errors import DvkitError, DvkitWarning
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -28,7 +29,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = typer.main.get_command(build_app(_command_name(args)))
     try:
-        result = command.main(args=args, prog_name="dvkit", standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", DvkitWarning)  # each distinct warning once
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            result = command.main(args=args, prog_name="dvkit", standalone_mode=False)
     except DvkitError as exc:
         return _fail(str(exc), exc.exit_code)
     except typer.TyperException as exc:
@@ -49,6 +53,19 @@ def _command_name(args: list[str]) -> str | None:
         elif not arg.startswith("-"):
             return arg
     return None
+
+
+def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
+    """A `warnings.showwarning` that prints dvkit's own warnings as one `warning: ...` line on
+    stderr and passes the others to `show`."""
+
+    def show_warning(message: Warning | str, category: type[Warning], *args: object) -> None:
+        if issubclass(category, DvkitWarning):
+            print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+        else:
+            show(message, category, *args)
+
+    return show_warning
 
 
 def _fail(message: str, code: int) -> int:

@@ -37,6 +37,7 @@ from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.textual_inversion import expand_placeholder
 from dvkit.sprites.base import SPRITES_NAME
+from dvkit.train.encode import check_prompts
 
 ROLES = ("joint", "subject", "motion", "base")
 DEFAULT_TEMPLATE = "a {subject} {motion}"
@@ -103,7 +104,8 @@ def bench(
     `settings` fixes the whole sampler; otherwise `steps`, `guidance`, `frames`, `size` and
     `motion_until` override the defaults (the adapters' training frames and resolution, the
     base's own sampling defaults). With `generate=False` nothing is generated: the result holds
-    the cells already stored.
+    the cells already stored. Before the first cell, every prompt of the grid is checked: a
+    learned token past the text encoder's length raises PromptTooLongError, a cut prompt warns.
     """
     quiet_libraries()
     index, count = shard
@@ -151,6 +153,10 @@ def bench(
         injector = AdapterInjector(components.unet)
         for ref, adapter in subject_adapters.items():
             install_subject(components, injector, adapter, name=f"subject:{ref}")
+        check_prompts(  # every cell of the grid, so each shard refuses the same templates
+            components.tokenizer,
+            sorted({_generation_prompt(cell, subject_adapters, motion_adapters) for cell in cells}),
+        )
         for ref, adapter in motion_adapters.items():
             injector.load(f"motion:{ref}", "motion", adapter.tensors.adapters,
                           adapter.record.hidden_ratio)  # fmt: skip
@@ -267,12 +273,19 @@ def _sprites_targets(
     return subject_targets, motion_targets
 
 
-def _row(cell: Cell, subjects: dict, motions: dict, guidance: dict) -> Row:
+def _generation_prompt(cell: Cell, subjects: dict, motions: dict) -> str:
+    """The cell's prompt as the text encoder gets it (the subject's token expanded)."""
     text = prompt_text(cell, subjects, motions, for_scoring=False)
+    if cell.subject is None:
+        return text
+    record = subjects[cell.subject].record
+    return expand_placeholder(text, record.token or "", record.num_vectors or 1)
+
+
+def _row(cell: Cell, subjects: dict, motions: dict, guidance: dict) -> Row:
+    text = _generation_prompt(cell, subjects, motions)
     adapters: dict[str, float] = {}
     if cell.subject is not None:
-        record = subjects[cell.subject].record
-        text = expand_placeholder(text, record.token or "", record.num_vectors or 1)
         adapters[f"subject:{cell.subject}"] = 1.0
     embed = None
     if cell.motion is not None:
