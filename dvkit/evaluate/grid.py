@@ -35,7 +35,7 @@ from dvkit.io.video import to_uint8, write_video
 from dvkit.models.builtin import sampler_choices, sampling_default
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
-from dvkit.models.textual_inversion import expand_placeholder
+from dvkit.models.textual_inversion import expand_placeholder, initializer_word
 from dvkit.sprites.base import SPRITES_NAME
 from dvkit.train.encode import check_prompts
 
@@ -197,7 +197,7 @@ def prompt_text(cell: Cell, subjects: dict, motions: dict, for_scoring: bool) ->
     """The cell's prompt: the subject's token when its adapter acts (for generation), else the
     initializer word (always, for CLIP-T: CLIP does not know the token)."""
     subject = subjects[cell.pair_subject].record
-    word = subject.initializer or "object"
+    word = initializer_word(subject.initializer, subject.name)
     if cell.subject is not None and not for_scoring:
         word = subject.token or word
     caption = motions[cell.pair_motion].record.training.get("caption") or cell.pair_motion
