@@ -194,8 +194,8 @@ def bench(
 
 
 def prompt_text(cell: Cell, subjects: dict, motions: dict, for_scoring: bool) -> str:
-    """The cell's prompt: the subject's token when its adapter acts (for generation), else the
-    initializer word (always, for CLIP-T: CLIP does not know the token)."""
+    """The cell's prompt: the subject's token when its adapter acts (for generation), else its
+    initializer word (`initializer_word`; always, for CLIP-T: CLIP does not know the token)."""
     subject = subjects[cell.pair_subject].record
     word = initializer_word(subject.initializer, subject.name)
     if cell.subject is not None and not for_scoring:
