@@ -37,4 +37,8 @@ class ConflictError(DvkitError):
 
 
 class DvkitWarning(UserWarning):
-    """Something the user should know about a result that still goes ahead."""
+    """Something the user should know about a result that still goes ahead (a prompt cut short,
+    a motion composed without a guidance image).
+
+    The CLI prints each as one line `warning: ...` on stderr; library users get a Python warning.
+    """

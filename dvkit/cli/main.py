@@ -6,7 +6,6 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import typer
 
@@ -31,7 +30,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     command = typer.main.get_command(build_app(_command_name(args)))
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("always", DvkitWarning)
+            warnings.simplefilter("default", DvkitWarning)  # each distinct warning once
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             result = command.main(args=args, prog_name="dvkit", standalone_mode=False)
     except DvkitError as exc:
@@ -57,16 +56,16 @@ def _command_name(args: list[str]) -> str | None:
 
 
 def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
-    """A `warnings.showwarning` that prints dvkit's warnings as one `warning:` line on stderr
-    and hands the others to `show`."""
+    """A `warnings.showwarning` that prints dvkit's own warnings as one `warning: ...` line on
+    stderr and passes the others to `show`."""
 
-    def showwarning(message: Warning | str, category: type[Warning], *args: Any) -> None:
+    def show_warning(message: Warning | str, category: type[Warning], *args: object) -> None:
         if issubclass(category, DvkitWarning):
             print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
         else:
             show(message, category, *args)
 
-    return showwarning
+    return show_warning
 
 
 def _fail(message: str, code: int) -> int:

@@ -81,7 +81,10 @@ def add_subject(
     ] = None,
     initializer: Annotated[
         str | None,
-        typer.Option("--initializer", help="One-token word to start from (default NAME)."),
+        typer.Option(
+            "--initializer",
+            help="One-token word to start from (default NAME, else the mean of its sub-tokens).",
+        ),
     ] = None,
     vectors: Annotated[int | None, typer.Option("--vectors", help="Vectors per token.")] = None,
     prompt: Annotated[
@@ -261,6 +264,10 @@ def _train(
         f"{record.params:,} parameters) in {run.get('wall_seconds', 0):.1f} s on "
         f"{run.get('device', '?')}{kept}"
     )
+    if record.initializer:
+        fallback = not settings.get("initializer") and record.initializer != name
+        why = f" ({name} is not one token; --initializer WORD sets one)" if fallback else ""
+        print(f"initializer: {record.initializer}{why}")
 
 
 def _steps(text: str | None) -> list[int] | None:

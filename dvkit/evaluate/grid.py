@@ -36,8 +36,9 @@ from dvkit.io.video import to_uint8, write_video
 from dvkit.models.builtin import motion_uncond_strength, sampler_choices, sampling_default
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
-from dvkit.models.textual_inversion import expand_placeholder
+from dvkit.models.textual_inversion import expand_placeholder, initializer_word
 from dvkit.sprites.base import SPRITES_NAME
+from dvkit.train.encode import check_prompts
 
 ROLES = ("joint", "subject", "motion", "base")
 DEFAULT_TEMPLATE = "a {subject} {motion}"
@@ -108,7 +109,9 @@ def bench(
     resolution, the base's own sampling defaults). Cells with a motion use its own
     `image_strength_uncond` (see `compose`) unless one is given here. Joint cells of a subject
     without reference images get a zero appearance embedding, with a `DvkitWarning`. With
-    `generate=False` nothing is generated: the result holds the cells already stored.
+    `generate=False` nothing is generated: the result holds the cells already stored. Before the
+    first cell, every prompt of the grid is checked: a learned token past the text encoder's
+    length raises PromptTooLongError, a cut prompt warns.
     """
     quiet_libraries()
     index, count = shard
@@ -162,6 +165,10 @@ def bench(
         injector = AdapterInjector(components.unet)
         for ref, adapter in subject_adapters.items():
             install_subject(components, injector, adapter, name=f"subject:{ref}")
+        check_prompts(  # every cell of the grid, so each shard refuses the same templates
+            components.tokenizer,
+            sorted({_generation_prompt(cell, subject_adapters, motion_adapters) for cell in cells}),
+        )
         for ref, adapter in motion_adapters.items():
             injector.load(f"motion:{ref}", "motion", adapter.tensors.adapters,
                           adapter.record.hidden_ratio)  # fmt: skip
@@ -208,10 +215,10 @@ def bench(
 
 
 def prompt_text(cell: Cell, subjects: dict, motions: dict, for_scoring: bool) -> str:
-    """The cell's prompt: the subject's token when its adapter acts (for generation), else the
-    initializer word (always, for CLIP-T: CLIP does not know the token)."""
+    """The cell's prompt: the subject's token when its adapter acts (for generation), else its
+    initializer word (`initializer_word`; always, for CLIP-T: CLIP does not know the token)."""
     subject = subjects[cell.pair_subject].record
-    word = subject.initializer or "object"
+    word = initializer_word(subject.initializer, subject.name)
     if cell.subject is not None and not for_scoring:
         word = subject.token or word
     caption = motions[cell.pair_motion].record.training.get("caption") or cell.pair_motion
@@ -287,12 +294,19 @@ def _sprites_targets(
     return subject_targets, motion_targets
 
 
-def _row(cell: Cell, subjects: dict, motions: dict, guidance: dict, uncond: dict) -> Row:
+def _generation_prompt(cell: Cell, subjects: dict, motions: dict) -> str:
+    """The cell's prompt as the text encoder gets it (the subject's token expanded)."""
     text = prompt_text(cell, subjects, motions, for_scoring=False)
+    if cell.subject is None:
+        return text
+    record = subjects[cell.subject].record
+    return expand_placeholder(text, record.token or "", record.num_vectors or 1)
+
+
+def _row(cell: Cell, subjects: dict, motions: dict, guidance: dict, uncond: dict) -> Row:
+    text = _generation_prompt(cell, subjects, motions)
     adapters: dict[str, float] = {}
     if cell.subject is not None:
-        record = subjects[cell.subject].record
-        text = expand_placeholder(text, record.token or "", record.num_vectors or 1)
         adapters[f"subject:{cell.subject}"] = 1.0
     embed = None
     if cell.motion is not None:

@@ -24,6 +24,7 @@ from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.textual_inversion import apply_token_embedding, expand_placeholder
 from dvkit.ranges import ADAPTER_SCALE, FRAME_RATE, GUIDANCE_SCALE, IMAGE_STRENGTH
+from dvkit.train.encode import check_prompts
 
 
 class BaseMismatchError(DvkitError):
@@ -100,6 +101,9 @@ def compose(
     Writes MP4/GIF files to `out` (a file for one seed, a folder, or by default the catalog's
     videos/ folder) and returns the frames; `record=False` writes nothing unless `out` is given
     and leaves the catalog alone.
+
+    A prompt longer than the text encoder reads is cut with a DvkitWarning; one whose subject
+    token would be cut raises PromptTooLongError before anything is generated.
     """
     quiet_libraries()
     catalog = catalog or Catalog.open()
@@ -170,6 +174,7 @@ def compose(
     if subject_adapter:
         token = subject_adapter.record.token or ""
         text = expand_placeholder(text, token, subject_adapter.record.num_vectors or 1)
+    check_prompts(components.tokenizer, [text, negative_prompt])  # before any encoder loads
     embed = None
     if motion_adapter:
         embed = guidance_embedding(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -34,29 +35,90 @@ def expand_placeholder(prompt: str, token: str, num_vectors: int) -> str:
     return re.sub(re.escape(token) + r"(?!_\d)", lambda _match: sequence, prompt)
 
 
+GENERIC_INITIALIZER = "object"
+"""The word new rows start from when a subject's name has no sub-token with a letter."""
+MEAN_PREFIX = "mean of "
+
+
+@dataclass(frozen=True)
+class Initializer:
+    """Where a new placeholder token's rows start: the mean embedding of `ids`."""
+
+    ids: tuple[int, ...]
+    description: str
+    """As recorded in the catalog and shown: a word ("cat", "object") or, for a mean of several
+    sub-tokens, "mean of my, dog"."""
+
+
+def choose_initializer(
+    tokenizer: PreTrainedTokenizerBase, word: str, name: str = ""
+) -> Initializer:
+    """The initializer of a subject: `word` when given, else one derived from its `name`.
+
+    A given word must be one token of the tokenizer (TextualInversionError otherwise). Without
+    one: the name itself when it is one token; else the mean of the name's sub-tokens (the name
+    split on `-` and `_`, then each part by the tokenizer; sub-tokens without a letter, such as
+    digits, and special tokens are left out: `dog2` starts from `dog`); else, when no sub-token
+    is left, GENERIC_INITIALIZER (itself by these rules: one token on CLIP, a mean of letters on
+    the `tiny` base).
+    """
+    if word:
+        return _one_token(tokenizer, word)
+    if len(whole := tokenizer.encode(name, add_special_tokens=False)) == 1:
+        return Initializer((whole[0],), name)
+    special = set(tokenizer.all_special_ids)
+    ids = [
+        token
+        for part in re.split(r"[-_]+", name)
+        for token in tokenizer.encode(part, add_special_tokens=False)
+        if token not in special and any(c.isalpha() for c in tokenizer.decode([token]))
+    ]
+    if not ids:
+        return choose_initializer(tokenizer, "", GENERIC_INITIALIZER)
+    pieces = [tokenizer.decode([token]).strip() for token in ids]
+    return Initializer(tuple(ids), pieces[0] if len(ids) == 1 else MEAN_PREFIX + ", ".join(pieces))
+
+
+def _one_token(tokenizer: PreTrainedTokenizerBase, word: str) -> Initializer:
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    if len(ids) != 1:
+        pieces = ", ".join(tokenizer.convert_ids_to_tokens(ids)) or "nothing"
+        raise TextualInversionError(
+            f"initializer word {word!r} must be one token but splits into "
+            f"{len(ids)}: {pieces}; choose a word the tokenizer knows whole"
+        )
+    return Initializer((ids[0],), word)
+
+
+def initializer_word(initializer: str | None, name: str) -> str:
+    """A plain word for a subject in prompts without its token (e.g. bench's baselines): its
+    initializer word; for a mean of sub-tokens, its name as words; GENERIC_INITIALIZER if none."""
+    if not initializer:
+        return GENERIC_INITIALIZER
+    if initializer.startswith(MEAN_PREFIX):
+        return " ".join(part for part in re.split(r"[-_]+", name) if part)
+    return initializer
+
+
 def add_placeholder_tokens(
     tokenizer: PreTrainedTokenizerBase,
     text_encoder: CLIPTextModel,
     token: str,
-    initializer: str,
+    initializer: str | Initializer,
     num_vectors: int = 1,
 ) -> list[int]:
-    """Add `token` (and its extra vectors) initialised from the embedding of `initializer`.
+    """Add `token` (and its extra vectors), each row the mean embedding of the initializer's ids.
 
-    The initializer must be a single token of the tokenizer and the placeholder tokens must be
-    new. Resizes the text encoder's input embeddings; returns the new token ids.
+    `initializer` is an Initializer (see `choose_initializer`) or a word, which must be one token
+    of the tokenizer. The placeholder tokens must be new. Resizes the text encoder's input
+    embeddings; returns the new token ids.
     """
-    initializer_ids = tokenizer.encode(initializer, add_special_tokens=False)
-    if len(initializer_ids) != 1:
-        pieces = ", ".join(tokenizer.convert_ids_to_tokens(initializer_ids)) or "nothing"
-        raise TextualInversionError(
-            f"initializer word {initializer!r} must be one token but splits into "
-            f"{len(initializer_ids)}: {pieces}; choose a word the tokenizer knows whole"
-        )
+    if isinstance(initializer, str):
+        initializer = _one_token(tokenizer, initializer)
     ids = _add_tokens(tokenizer, text_encoder, placeholder_tokens(token, num_vectors))
     weight = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
-        weight[ids] = weight[initializer_ids[0]].clone()
+        weight[ids] = weight[list(initializer.ids)].float().mean(0).to(weight.dtype)
     return ids
 
 

@@ -60,11 +60,15 @@ def add_subject(
     description: str = "",
     **overrides: Any,
 ) -> AdapterRecord:
-    """Learn a subject from 3–5 images (textual inversion + identity adapter) and register it."""
+    """Learn a subject from 3–5 images (textual inversion + identity adapter) and register it.
+
+    Its token (default `<name>`) starts from the `initializer` word when one is given (it must
+    be one token), else from the name: itself, the mean of its sub-tokens, or a generic word
+    (see `choose_initializer`); the record's `initializer` says which.
+    """
     catalog = catalog or Catalog.open()
     tags = _check_request(catalog, name, "subject", tags)
     overrides["token"] = overrides.get("token") or f"<{name}>"
-    overrides["initializer"] = overrides.get("initializer") or name
     settings = _settings(SubjectSettings, "subject", preset, overrides, use_masks=masks is not None)
     world = current_world()
     run_device = _device(device, world)
@@ -82,7 +86,7 @@ def add_subject(
     start = time.perf_counter()
     result = train_subject(
         components, pixels, mask_pixels, settings, run_device, run_dtype, folder,
-        _reporter(reporter, world), resume, world,
+        _reporter(reporter, world), resume, world, name,
     )  # fmt: skip
     extra = {TOKEN_EMBEDDING_KEY: result.embedding, REFERENCE_IMAGES_KEY: reference_images(pixels)}
     return _finish(
@@ -90,7 +94,7 @@ def add_subject(
         {**result.identity, **extra},
         {step: {**tensors, **extra} for step, tensors in result.kept.items()},
         fingerprints, tags, result.loss_curves, time.perf_counter() - start, run_device,
-        token=settings.token, initializer=settings.initializer, placement=["attn2"],
+        token=settings.token, initializer=result.initializer, placement=["attn2"],
     )  # fmt: skip
 
 

@@ -15,7 +15,12 @@ import torch
 
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector, create_adapter_state
-from dvkit.models.textual_inversion import TrainableRows, add_placeholder_tokens, expand_placeholder
+from dvkit.models.textual_inversion import (
+    TrainableRows,
+    add_placeholder_tokens,
+    choose_initializer,
+    expand_placeholder,
+)
 from dvkit.train.diffusion import add_noise, diffusion_loss, latent_masks, sample_latents
 from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.encode import encode_frames, tokenize
@@ -35,6 +40,8 @@ class SubjectResult:
     kept: dict[int, dict[str, torch.Tensor]]
     """Identity-adapter tensors at the kept steps."""
     loss_curves: dict[str, list[tuple[int, float]]]
+    initializer: str
+    """What the token's rows started from, as `Initializer.description` gives it."""
 
 
 def train_subject(
@@ -48,12 +55,18 @@ def train_subject(
     reporter: Reporter,
     resume: bool = False,
     world: World = SINGLE_PROCESS,
+    name: str = "",
 ) -> SubjectResult:
-    """Train a subject on `pixels` (N, 3, S, S) in [-1, 1]; `masks` (N, 1, S, S) or None."""
+    """Train a subject on `pixels` (N, 3, S, S) in [-1, 1]; `masks` (N, 1, S, S) or None.
+
+    The token starts from `settings.initializer`, or when that is empty from the subject's `name`
+    (see `choose_initializer`).
+    """
     prepare_base(base, device, dtype, settings.gradient_checkpointing)
     unet, text_encoder = base.unet, base.text_encoder
+    initializer = choose_initializer(base.tokenizer, settings.initializer, name)
     ids = add_placeholder_tokens(
-        base.tokenizer, text_encoder, settings.token, settings.initializer, settings.num_vectors
+        base.tokenizer, text_encoder, settings.token, initializer, settings.num_vectors
     )
     prompt = expand_placeholder(
         settings.prompt.format(token=settings.token), settings.token, settings.num_vectors
@@ -116,4 +129,5 @@ def train_subject(
         embedding=embedding,
         kept=identity.kept,
         loss_curves={"inversion": inversion.loss_curve, "identity": identity.loss_curve},
+        initializer=initializer.description,
     )
