@@ -446,7 +446,9 @@ def _read_recipe(path: Path, meta: dict[str, str]) -> dict[str, Any]:
     try:
         check_offset_noise(recipe.get("offset_noise", 0.0))
     except DvkitError:
-        raise AdapterFileError(f"{path}: dvkit.recipe's offset_noise is not a number from 0 to 1") from None
+        raise AdapterFileError(
+            f"{path}: dvkit.recipe's offset_noise is not a number from 0 to 1"
+        ) from None
     base = recipe.get("base")
     if not isinstance(base, dict) or base.get("fingerprint") != meta["dvkit.base_fingerprint"]:
         raise AdapterFileError(

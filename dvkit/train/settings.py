@@ -88,7 +88,10 @@ class MotionSettings(CommonSettings):
     text_dropout: float = Field(0.5, ge=0, le=1)
     image_dropout: float = Field(0.0, ge=0, le=1)
     image_strength_uncond: float = Field(
-        0.0, ge=0, le=10, description="appearance-guidance λ of the unconditional branch when composing"
+        0.0,
+        ge=0,
+        le=10,
+        description="appearance-guidance λ of the unconditional branch when composing",
     )
     image_encoder: str = ""
     """open_clip `MODEL:PRETRAINED`; empty: the base's default (see `default_image_encoder`)."""
