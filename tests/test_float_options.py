@@ -17,7 +17,7 @@ from dvkit.cli.context import FiniteFloat
 from dvkit.errors import DvkitError
 from dvkit.ranges import Range
 
-NOT_NUMBERS = ("nan", "NaN", "inf", "-inf", "Infinity", "1e999")
+NOT_NUMBERS = ("nan", "inf", "-Infinity", "1e999")
 
 
 def _walk() -> tuple[list[tuple[tuple[str, ...], str, int, int, Range]], list[str]]:

@@ -153,7 +153,7 @@ def test_an_existing_file_stays_as_it_was_when_its_rewrite_fails(tmp_path, full_
     with pytest.raises(DvkitError, match="No space left on device"):
         write_video(FRAMES, path, 8.0)
     assert path.read_text() == "the old video"
-    assert [p.name for p in tmp_path.iterdir()] == ["clip.gif", "cwd"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.gif", "cwd"]
 
 
 def test_atomic_output_keeps_other_errors_and_cleans_up(tmp_path) -> None:
