@@ -53,7 +53,7 @@ def add_subject(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name of the new subject (or its next version).")],
     images: Annotated[
-        list[Path], typer.Option("--images", help="Folder or image files (jpg, png, webp).")
+        list[Path], typer.Option("--images", help="Folder or image files (jpg, png, webp, ...).")
     ],
     more_images: Annotated[list[Path] | None, typer.Argument(hidden=True)] = None,
     masks: Annotated[
@@ -125,6 +125,13 @@ def add_motion(
     more_videos: Annotated[list[Path] | None, typer.Argument(hidden=True)] = None,
     frames: Annotated[int | None, typer.Option("--frames", help="Frames per clip.")] = None,
     fps: Annotated[float | None, typer.Option("--fps", help="Sampling rate of the frames.")] = None,
+    clip_windows: Annotated[
+        int | None,
+        typer.Option(
+            "--clip-windows",
+            help="Windows kept per clip, starts spread over it; each step draws one.",
+        ),
+    ] = None,
     caption: Annotated[
         str | None, typer.Option("--caption", help="Training caption (default: the name).")
     ] = None,
@@ -161,6 +168,7 @@ def add_motion(
     settings = {
         "frames": frames,
         "fps": fps,
+        "clip_windows": clip_windows,
         "caption": caption,
         "steps": steps,
         "lr": lr,
@@ -204,7 +212,7 @@ def _train(
         record = train(
             name, inputs, catalog=catalog, base=base, preset=preset, device=device, dtype=dtype,
             resume=resume, reporter=RichReporter(), tags=tags or (), description=description,
-            **extra, **settings,
+            notify=print, **extra, **settings,
         )  # fmt: skip
         run = catalog.run_row(record.run_id) if record.run_id else {}
         steps = sorted(catalog.checkpoint_steps(record.ref))
