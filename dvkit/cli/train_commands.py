@@ -70,7 +70,7 @@ def add_subject(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name of the new subject (or its next version).")],
     images: Annotated[
-        list[Path], typer.Option("--images", help="Folder or image files (jpg, png, webp).")
+        list[Path], typer.Option("--images", help="Folder or image files (jpg, png, webp, ...).")
     ],
     more_images: Annotated[list[Path] | None, typer.Argument(hidden=True)] = None,
     masks: Annotated[
@@ -152,6 +152,13 @@ def add_motion(
         float | None,
         typer.Option("--fps", parser=number(ranges.POSITIVE), help="Sampling rate of the frames."),
     ] = None,
+    clip_windows: Annotated[
+        int | None,
+        typer.Option(
+            "--clip-windows",
+            help="Windows kept per clip, starts spread over it; each step draws one.",
+        ),
+    ] = None,
     caption: Annotated[
         str | None, typer.Option("--caption", help="Training caption (default: the name).")
     ] = None,
@@ -201,6 +208,7 @@ def add_motion(
     settings = {
         "frames": frames,
         "fps": fps,
+        "clip_windows": clip_windows,
         "caption": caption,
         "steps": steps,
         "lr": lr,
@@ -246,7 +254,7 @@ def _train(
         record = train(
             name, inputs, catalog=catalog, base=base, preset=preset, device=device, dtype=dtype,
             resume=resume, reporter=RichReporter(), tags=tags or (), description=description,
-            **extra, **settings,
+            notify=print, **extra, **settings,
         )  # fmt: skip
         run = catalog.run_row(record.run_id) if record.run_id else {}
         steps = sorted(catalog.checkpoint_steps(record.ref))

@@ -17,6 +17,8 @@ from dvkit.evaluate.encoders import DEFAULT_CLIP, DEFAULT_DINO, ClipScorer, Imag
 
 VideoInput = str | Path | np.ndarray | torch.Tensor
 ReferenceInput = str | Path | Sequence[str | Path] | np.ndarray | torch.Tensor
+REFERENCE_SIDE = 224
+"""The metric encoders' input size (CLIP ViT-B/32, DINO ViT-S/16): the least a reference keeps."""
 
 
 class Scorer:
@@ -83,13 +85,12 @@ def score(
 def read_frames(video: VideoInput) -> torch.Tensor:
     """Frames (F, H, W, 3): uint8 from files, as given for arrays (uint8 or floats in [0, 1])."""
     if isinstance(video, (str, Path)):
-        from dvkit.train.data import read_video
+        from dvkit.io.clips import read_video
 
         path = Path(video)
         if not path.exists():
             raise DvkitError(f"{path}: no such video")
-        array, _ = read_video(path)
-        return torch.from_numpy(np.ascontiguousarray(array))
+        return torch.from_numpy(read_video(path))
     frames = torch.as_tensor(video)
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise DvkitError(f"frames must be shaped (F, H, W, 3), not {tuple(frames.shape)}")
@@ -97,11 +98,14 @@ def read_frames(video: VideoInput) -> torch.Tensor:
 
 
 def read_references(references: ReferenceInput) -> list[torch.Tensor]:
-    """Reference images, each (H, W, 3), from a folder, files or an array (R, H, W, 3)."""
+    """Reference images, each (H, W, 3), from a folder (litter skipped), files or an array
+    (R, H, W, 3); files are read as a viewer shows them (`dvkit.io.images`), JPEGs at reduced
+    size when they are much larger than the encoders' input."""
     if isinstance(references, (np.ndarray, torch.Tensor)):
         return list(read_frames(references))
-    from dvkit.train.data import IMAGE_EXTENSIONS, collect_files, read_image
+    from dvkit.io.folders import collect_files
+    from dvkit.io.images import IMAGE_EXTENSIONS, read_image
 
     items = [references] if isinstance(references, (str, Path)) else list(references)
-    paths = collect_files(items, IMAGE_EXTENSIONS, "reference images")
-    return [torch.from_numpy(np.array(read_image(p, "RGB"))) for p in paths]
+    found = collect_files(items, IMAGE_EXTENSIONS, "reference images")
+    return [torch.from_numpy(np.array(read_image(p, REFERENCE_SIDE))) for p in found.paths]

@@ -10,11 +10,16 @@ positions (its own job) from it, only the look it should keep.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from dvkit.models.image_encoder import SPRITES_SPEC
 from dvkit.sprites.world import SIZE
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 POOLED = 8
 COLOUR_WEIGHT, MASK_WEIGHT = 4.0, 2.0
@@ -39,6 +44,14 @@ class SpritesAppearanceEncoder:
         centred = _centre(weight, total)
         mask = F.avg_pool2d(centred[:, None], SIZE // POOLED).flatten(1)
         return torch.cat([colour * COLOUR_WEIGHT, mask * MASK_WEIGHT], dim=1)
+
+    def prepare_frame(self, image: Image.Image, pixels: torch.Tensor) -> torch.Tensor:
+        """The training frame (3, S, S) in [-1, 1]: the sprites world is drawn at that size."""
+        return pixels
+
+    def encode_prepared(self, prepared: torch.Tensor) -> torch.Tensor:
+        """Embeddings (N, 67) of training frames (N, 3, S, S) in [-1, 1]."""
+        return self.encode(prepared)
 
 
 def _centre(weight: torch.Tensor, total: torch.Tensor) -> torch.Tensor:

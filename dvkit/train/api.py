@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -58,13 +58,15 @@ def add_subject(
     reporter: Reporter | None = None,
     tags: Sequence[str] = (),
     description: str = "",
+    notify: Callable[[str], None] = data.log_note,
     **overrides: Any,
 ) -> AdapterRecord:
     """Learn a subject from 3–5 images (textual inversion + identity adapter) and register it.
 
     Its token (default `<name>`) starts from the `initializer` word when one is given (it must
     be one token), else from the name: itself, the mean of its sub-tokens, or a generic word
-    (see `choose_initializer`); the record's `initializer` says which.
+    (see `choose_initializer`); the record's `initializer` says which. `notify` receives a line
+    saying which files were used (and skipped).
     """
     catalog = catalog or Catalog.open()
     tags = _check_request(catalog, name, "subject", tags)
@@ -73,8 +75,9 @@ def add_subject(
     world = current_world()
     run_device = _device(device, world)
     run_dtype = resolve_dtype(dtype, run_device)
-    pixels, paths = data.load_images(images, settings.resolution)
-    mask_pixels = data.load_masks(masks, paths, settings.resolution) if masks else None
+    notify = notify if world.main else _quiet
+    pixels, paths = data.load_images(images, settings.resolution, notify)
+    mask_pixels = data.load_masks(masks, paths, settings.resolution, notify) if masks else None
     fingerprints = data.fingerprint(paths)
     components, base_record = open_base(catalog, base)
     folder = _run_folder(
@@ -111,9 +114,13 @@ def add_motion(
     reporter: Reporter | None = None,
     tags: Sequence[str] = (),
     description: str = "",
+    notify: Callable[[str], None] = data.log_note,
     **overrides: Any,
 ) -> AdapterRecord:
-    """Learn a motion from a few videos (motion adapters with appearance guidance); register it."""
+    """Learn a motion from a few videos (motion adapters with appearance guidance); register it.
+
+    `notify` receives a line saying which files were used (and skipped), and a warning for each
+    clip shorter than a training window."""
     catalog = catalog or Catalog.open()
     tags = _check_request(catalog, name, "motion", tags)
     overrides["caption"] = overrides.get("caption") or name.replace("_", " ").replace("-", " ")
@@ -123,14 +130,17 @@ def add_motion(
     world = current_world()
     run_device = _device(device, world)
     run_dtype = resolve_dtype(dtype, run_device)
-    clips, paths = data.load_videos(videos, settings.frames, settings.resolution, settings.fps)
-    fingerprints = data.fingerprint(paths)
-    components, base_record = open_base(catalog, base)
-
     from dvkit.models.image_encoder import load_image_encoder
     from dvkit.train.motion import train_motion
 
-    encoder = load_image_encoder(settings.image_encoder, run_device)
+    notify = notify if world.main else _quiet
+    encoder = load_image_encoder(settings.image_encoder, run_device)  # embeds frames as read
+    clips, paths = data.load_videos(
+        videos, settings.frames, settings.resolution, settings.fps, encoder,
+        settings.clip_windows, notify,
+    )  # fmt: skip
+    fingerprints = data.fingerprint(paths)
+    components, base_record = open_base(catalog, base)
     folder = _run_folder(
         catalog, "motion", name, settings, fingerprints, base_record, resume, world
     )
@@ -158,6 +168,10 @@ def _device(name: str, world: World) -> torch.device:
     if name == "auto" and world.size > 1 and torch.cuda.is_available():
         return torch.device(f"cuda:{world.local_rank}")
     return resolve_device(name)
+
+
+def _quiet(line: str) -> None:
+    """Where other processes of a data-parallel run send their notes: rank 0 says them."""
 
 
 def _reporter(reporter: Reporter | None, world: World) -> Reporter:

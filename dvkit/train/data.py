@@ -1,54 +1,46 @@
 """Loading training data: subject images (and masks) and motion clips, resized and cropped.
 
-Images: jpg, png, webp. Videos: mp4, webm, mov, gif, or a folder of frame images. Every
-problem is raised as a `DataError` naming the file and what is wrong with it.
+Images are read by `dvkit.io.images` (upright, 8-bit RGB by value range, transparency on white;
+masks on black), clips by `dvkit.io.clips` (frames chosen by timestamp, decoded lazily), folders
+expanded by `dvkit.io.folders` (litter skipped). Each kept picture is resized on its shorter
+side to the training size and centre-cropped. A line saying which files were used (and which
+skipped) and a warning for each clip shorter than a training window go to `notify`. Every
+problem is a `DataError` naming the file and what is wrong with it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dvkit.errors import DvkitError
+from dvkit.io.clips import VIDEO_EXTENSIONS, VideoSource, open_video
+from dvkit.io.folders import Collected, DataError, collect_files, frame_files, list_folder
+from dvkit.io.images import BLACK, IMAGE_EXTENSIONS, fit_square, read_image
+from dvkit.train.windows import plan_windows
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
+    from PIL import Image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".gif")
+    from dvkit.models.image_encoder import AppearanceEncoder
+
+Notify = Callable[[str], None]
+"""Receives one line about the data: the files used, or a warning (starting `warning:`)."""
+CLIP_WINDOWS = 8
+"""Windows kept per clip by default (`MotionSettings.clip_windows`; see `dvkit.train.windows`)."""
+EMBED_BATCH = 16
+"""Frames prepared for the appearance encoder before it embeds them together."""
+
+_log = logging.getLogger("dvkit")
 
 
-class DataError(DvkitError):
-    """Training data that is missing, unreadable or too short."""
-
-
-def collect_files(inputs: Sequence[str | Path], extensions: Sequence[str], what: str) -> list[Path]:
-    """Expand folders (sorted, not recursive) and check files; folders of frames count as files
-    when `extensions` are video extensions."""
-    found: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            entries = sorted(p for p in item.iterdir() if p.suffix.lower() in extensions)
-            if not entries and extensions == VIDEO_EXTENSIONS and _frame_files(item):
-                entries = [item]
-            if not entries:
-                raise DataError(f"no {what} found in {item} (expected {', '.join(extensions)})")
-            found += entries
-        elif item.is_file():
-            if item.suffix.lower() not in extensions:
-                raise DataError(
-                    f"{item}: unsupported file type {item.suffix or '(none)'} "
-                    f"(expected {', '.join(extensions)})"
-                )
-            found.append(item)
-        else:
-            raise DataError(f"{item}: no such file or folder")
-    if not found:
-        raise DataError(f"no {what} given")
-    return found
+def log_note(line: str) -> None:
+    """The default `Notify`: warnings to the `dvkit` logger's warning level, the rest to info."""
+    (_log.warning if line.startswith("warning:") else _log.info)(line)
 
 
 def fingerprint(paths: Sequence[Path]) -> list[str]:
@@ -56,132 +48,157 @@ def fingerprint(paths: Sequence[Path]) -> list[str]:
     digests = []
     for path in paths:
         digest = hashlib.sha256()
-        for file in _frame_files(path) if path.is_dir() else [path]:
+        for file in frame_files(path, IMAGE_EXTENSIONS) if path.is_dir() else [path]:
             digest.update(file.read_bytes())
         digests.append(digest.hexdigest())
     return digests
 
 
-def load_images(inputs: Sequence[str | Path], size: int) -> tuple[torch.Tensor, list[Path]]:
+def load_images(
+    inputs: Sequence[str | Path], size: int, notify: Notify = log_note
+) -> tuple[torch.Tensor, list[Path]]:
     """Images as a float tensor [N, 3, size, size] in [-1, 1] and the files they came from."""
     import torch
 
-    paths = collect_files(inputs, IMAGE_EXTENSIONS, "images")
-    pixels = torch.stack([_to_tensor(read_image(p, "RGB"), size) for p in paths])
-    return pixels, paths
+    found = collect_files(inputs, IMAGE_EXTENSIONS, "images")
+    notify(found.describe("image"))
+    pixels = [to_pixels(fit_square(read_image(p, size), size)) for p in found.paths]
+    return torch.stack(pixels).float() / 127.5 - 1.0, found.paths
 
 
-def load_masks(folder: str | Path, images: Sequence[Path], size: int) -> torch.Tensor:
-    """Subject masks [N, 1, size, size] in {0, 1}: for each image, the file of the same stem."""
+def load_masks(
+    folder: str | Path, images: Sequence[Path], size: int, notify: Notify = log_note
+) -> torch.Tensor:
+    """Subject masks [N, 1, size, size] in {0, 1}: for each image, the file of the same stem.
+    A mask is white (the subject) on black, read like an image but composited on black (so
+    transparent pixels are not the subject); the subject is where the resized mask is brighter
+    than mid-grey."""
     import torch
 
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: masks folder not found")
-    by_stem = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
-    masks = []
+    files, skipped = list_folder(folder, IMAGE_EXTENSIONS)
+    by_stem = {p.stem: p for p in files}
+    found = Collected(sources=[folder])
     for image in images:
         if image.stem not in by_stem:
             raise DataError(f"no mask for {image.name} in {folder} (expected {image.stem}.png)")
-        gray = _to_tensor(read_image(by_stem[image.stem], "L"), size)
-        masks.append((gray > 0).to(torch.float32))
-    return torch.stack(masks)
+        found.paths.append(by_stem[image.stem])
+    found.skipped = sorted([*skipped, *(p.name for p in set(files) - set(found.paths))])
+    notify(found.describe("mask"))
+    masks = [
+        to_pixels(fit_square(read_image(path, size, background=BLACK).convert("L"), size)) > 127
+        for path in found.paths
+    ]
+    return torch.stack(masks).to(torch.float32)
+
+
+@dataclass
+class MotionClips:
+    """Training clips as windows over their kept frames (see `dvkit.train.windows`).
+
+    `frames` (M, 3, S, S): every kept frame of every clip, uint8 (or floats in [-1, 1]);
+    `embeds` (M, D): each kept frame's appearance embedding; `windows` (W, F) long: indices in
+    `frames`, −1 where a window is zero-padded; clip n owns windows `first[n]` to
+    `first[n] + count[n] − 1`.
+    """
+
+    frames: torch.Tensor
+    embeds: torch.Tensor
+    windows: torch.Tensor
+    first: torch.Tensor
+    count: torch.Tensor
+
+    @classmethod
+    def whole(cls, clips: torch.Tensor, encoder: AppearanceEncoder) -> MotionClips:
+        """Clips (N, F, 3, S, S) in [-1, 1], each one window of all its frames."""
+        import torch
+
+        count, length = clips.shape[:2]
+        frames = clips.reshape(count * length, *clips.shape[2:])
+        return cls(
+            frames=frames,
+            embeds=encoder.encode(frames).cpu(),
+            windows=torch.arange(count * length).reshape(count, length),
+            first=torch.arange(count),
+            count=torch.ones(count, dtype=torch.long),
+        )
+
+    def pixels(self, start: int, stop: int) -> torch.Tensor:
+        """Kept frames `start` to `stop` − 1 as floats in [-1, 1]."""
+        import torch
+
+        chunk = self.frames[start:stop]
+        return chunk.float() / 127.5 - 1.0 if chunk.dtype == torch.uint8 else chunk.float()
 
 
 def load_videos(
-    inputs: Sequence[str | Path], frames: int, size: int, fps: float | None
-) -> tuple[torch.Tensor, list[Path]]:
-    """Clips as [N, frames, 3, size, size] in [-1, 1], sampled at `fps` when the source says
-    its frame rate (every frame otherwise), starting at the first frame."""
+    inputs: Sequence[str | Path],
+    frames: int,
+    size: int,
+    fps: float | None,
+    encoder: AppearanceEncoder,
+    clip_windows: int = CLIP_WINDOWS,
+    notify: Notify = log_note,
+) -> tuple[MotionClips, list[Path]]:
+    """Clips as `MotionClips`: up to `clip_windows` windows of `frames` frames each, sampled at
+    `fps` (every frame when None or for folders of frames), and the files they came from.
+
+    Frames are decoded one at a time; each kept one is resized to the training size and
+    prepared for `encoder` as it comes (`prepare_frame`), and embedded with up to
+    `EMBED_BATCH` others, so no raw frame outlives its turn.
+    """
     import torch
 
-    paths = collect_files(inputs, VIDEO_EXTENSIONS, "videos")
-    clips = []
-    for path in paths:
-        video, source_fps = read_video(path)
-        indices = sample_indices(path, len(video), frames, source_fps, fps)
-        clips.append(torch.stack([_array_to_tensor(video[i], size) for i in indices]))
-    return torch.stack(clips), paths
-
-
-def sample_indices(
-    path: Path, total: int, frames: int, source_fps: float | None, fps: float | None
-) -> list[int]:
-    stride = 1
-    if fps and source_fps:
-        stride = max(1, round(source_fps / fps))
-    needed = (frames - 1) * stride + 1
-    if total < needed and stride == 1:
-        raise DataError(f"{path}: has {total} frames, fewer than the {frames} asked for")
-    if total < needed:
-        raise DataError(
-            f"{path}: has {total} frames, but {frames} frames at {fps:g} fps need {needed} "
-            "(ask for fewer frames or a higher fps)"
-        )
-    return list(range(0, needed, stride))
-
-
-def read_image(path: Path, mode: str):  # noqa: ANN202 - PIL image
-    """An image file as a PIL image in `mode`, or a DataError naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.convert(mode)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
-
-
-def read_video(path: Path) -> tuple[np.ndarray, float | None]:
-    """All frames of a video file or frame folder (T, H, W, 3) uint8, and its fps if known."""
-    import numpy as np
-
-    if path.is_dir():
-        frames = [np.asarray(read_image(p, "RGB")) for p in _frame_files(path)]
-        if len({f.shape for f in frames}) > 1:
-            raise DataError(f"{path}: frames differ in size")
-        return np.stack(frames), None
-    import imageio.v3 as iio
-
-    plugin = "pillow" if path.suffix.lower() == ".gif" else "FFMPEG"
-    try:
-        extra = {"mode": "RGB"} if plugin == "pillow" else {}
-        video = iio.imread(path, plugin=plugin, **extra)
-        meta = iio.immeta(path, plugin=plugin)
-    except Exception as exc:  # decoders raise many types for broken files
-        raise DataError(f"{path}: not a readable video ({exc.__class__.__name__})") from None
-    if video.ndim != 4 or video.shape[0] == 0:
-        raise DataError(f"{path}: not a readable video (no frames)")
-    source_fps = meta.get("fps")
-    if source_fps is None and meta.get("duration"):
-        source_fps = 1000.0 / float(meta["duration"])
-    return video[..., :3], source_fps
-
-
-def _frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def _to_tensor(image, size: int) -> torch.Tensor:  # noqa: ANN001 - PIL image
-    """Resize the shorter side to `size`, centre-crop to a square, scale to [-1, 1]."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    width, height = image.size
-    scale = size / min(width, height)
-    resized = image.resize(
-        (max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC
+    found = collect_files(inputs, VIDEO_EXTENSIONS, "videos", frame_extensions=IMAGE_EXTENSIONS)
+    notify(found.describe("video"))
+    sources = [open_video(path) for path in found.paths]
+    plans = [plan_windows(s.timeline, frames, fps, clip_windows) for s in sources]
+    for source, plan in zip(sources, plans, strict=True):
+        if plan.real_frames < frames:
+            notify(_short_clip_warning(source, plan.real_frames, frames, fps))
+    kept = torch.empty(sum(len(p.frames) for p in plans), 3, size, size, dtype=torch.uint8)
+    embeds: list[torch.Tensor] = []
+    windows: list[torch.Tensor] = []
+    prepared: list[torch.Tensor] = []  # of the frames not embedded yet
+    done = 0
+    for source, plan in zip(sources, plans, strict=True):
+        offset = done
+        for _, image in source.frames(plan.frames.tolist()):
+            kept[done] = to_pixels(fit_square(image, size))
+            prepared.append(encoder.prepare_frame(image, kept[done].float() / 127.5 - 1.0))
+            done += 1
+            if len(prepared) == EMBED_BATCH or done == len(kept):
+                embeds.append(encoder.encode_prepared(torch.stack(prepared)).cpu())
+                prepared.clear()
+        positions = torch.from_numpy(plan.windows)
+        windows.append(torch.where(positions >= 0, positions + offset, -1))
+    count = torch.tensor([len(w) for w in windows])
+    clips = MotionClips(
+        frames=kept,
+        embeds=torch.cat(embeds),
+        windows=torch.cat(windows),
+        first=torch.cumsum(count, 0) - count,
+        count=count,
     )
-    left = (resized.width - size) // 2
-    top = (resized.height - size) // 2
-    cropped = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32)
-    tensor = torch.from_numpy(cropped.copy())
-    tensor = tensor.unsqueeze(-1) if tensor.ndim == 2 else tensor
-    return tensor.permute(2, 0, 1) / 127.5 - 1.0
+    return clips, found.paths
 
 
-def _array_to_tensor(frame: np.ndarray, size: int) -> torch.Tensor:
-    from PIL import Image
+def to_pixels(image: Image.Image) -> torch.Tensor:
+    """A Pillow image (RGB or L) as uint8 (C, H, W)."""
+    import numpy as np
+    import torch
 
-    return _to_tensor(Image.fromarray(frame), size)
+    array = np.asarray(image, dtype=np.uint8)
+    array = array[:, :, None] if array.ndim == 2 else array
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def _short_clip_warning(source: VideoSource, real: int, frames: int, fps: float | None) -> str:
+    at = f" at {fps:g} fps" if fps and source.timeline.timed else ""
+    ask = f"--frames {real}" + (" or a higher --fps" if at else "")
+    return (
+        f"warning: {source.path} gives {real} frames{at}, fewer than the {frames} of a "
+        f"training window: zero-padded after them, as the official trainer does (ask for {ask})"
+    )

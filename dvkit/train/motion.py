@@ -1,9 +1,11 @@
 """Motion learning with appearance guidance.
 
-Each step trains the motion adapters on whole clips; one random frame of each clip, encoded by
-the image encoder, is fed to every motion adapter so they need not memorise appearance. The
-clips' VAE posteriors, every frame's image embedding and the two text embeddings (caption and
-empty, for text dropout) are computed once per run.
+Each step draws, for every video of the batch, a clip, one of the clip's windows (the official
+trainer draws a random window per step; dvkit draws from a bounded pool of windows, see
+`dvkit.train.windows`) and one real frame of that window, whose image embedding is fed to every
+motion adapter so they need not memorise appearance. The kept frames' VAE posteriors (and that
+of the zero frame that pads short clips), their image embeddings and the two text embeddings
+(caption and empty, for text dropout) are computed once per run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from dvkit.models.components import BaseComponents
 from dvkit.models.image_encoder import AppearanceEncoder
 from dvkit.models.injection import AdapterInjector, create_adapter_state
+from dvkit.train.data import MotionClips
 from dvkit.train.diffusion import add_noise, diffusion_loss, sample_latents
 from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.encode import as_video, encode_frames, encode_text
@@ -35,7 +38,7 @@ class MotionResult:
 
 def train_motion(
     base: BaseComponents,
-    clips: torch.Tensor,
+    clips: MotionClips | torch.Tensor,
     encoder: AppearanceEncoder,
     settings: MotionSettings,
     device: torch.device,
@@ -45,14 +48,20 @@ def train_motion(
     resume: bool = False,
     world: World = SINGLE_PROCESS,
 ) -> MotionResult:
-    """Train motion adapters on `clips` (N, F, 3, S, S) in [-1, 1]."""
+    """Train motion adapters on `clips`: a `MotionClips` pool of windows, or clips
+    (N, F, 3, S, S) in [-1, 1] (one window each, embedded here by `encoder`)."""
+    if isinstance(clips, torch.Tensor):
+        clips = MotionClips.whole(clips, encoder)
     prepare_base(base, device, dtype, settings.gradient_checkpointing)
     unet = base.unet
-    count, frames = clips.shape[:2]
-    mean, std = encode_frames(base.vae, clips)  # (N, F, C, h, w)
-    mean, std = as_video(mean), as_video(std)  # (N, C, F, h, w)
-    embeds = encoder.encode(clips.reshape(-1, *clips.shape[2:])).to(device)
-    embeds = embeds.reshape(count, frames, -1)
+    mean, std = _posteriors(base.vae, clips)  # (M + 1, C, h, w): the kept frames, then zeros
+    padded = clips.windows < 0
+    windows = clips.windows.masked_fill(padded, len(clips.frames)).to(device)  # (W, F)
+    lengths = (~padded).sum(dim=1).to(device)
+    first, count = clips.first.to(device), clips.count.to(device)
+    embeds = clips.embeds.to(device)
+    frames = windows.shape[1]
+    several = bool(count.max() > 1)
     with torch.no_grad():
         caption, empty = encode_text(base.tokenizer, base.text_encoder, [settings.caption, ""])
     generator = make_generator(settings.seed, device, world)
@@ -60,22 +69,28 @@ def train_motion(
 
     injector = AdapterInjector(unet)
     fresh = create_adapter_state(
-        unet, "motion", settings.hidden_ratio, cond_dim=encoder.embed_dim, seed=settings.seed
+        unet, "motion", settings.hidden_ratio, cond_dim=embeds.shape[1], seed=settings.seed
     )
     weights = injector.load(ADAPTER_NAME, "motion", fresh, settings.hidden_ratio)
     injector.train_adapter(ADAPTER_NAME)
 
     def motion_loss(gen: torch.Generator) -> torch.Tensor:
-        index = torch.randint(count, (batch,), generator=gen, device=device)
+        index = torch.randint(len(first), (batch,), generator=gen, device=device)
+        window = first[index]
+        if several:  # with one window per clip there is nothing to draw
+            draw = torch.rand(batch, generator=gen, device=device)
+            window = window + (draw * count[index]).long()
         frame = torch.randint(frames, (batch,), generator=gen, device=device)
+        frame = frame * lengths[window] // frames  # spread over the window's real frames
         keep_image = torch.rand(batch, generator=gen, device=device) >= settings.image_dropout
         keep_text = torch.rand(batch, generator=gen, device=device) >= settings.text_dropout
-        latents = sample_latents(mean[index], std[index], gen)
+        chosen = windows[window]  # (B, F)
+        latents = sample_latents(as_video(mean[chosen]), as_video(std[chosen]), gen)
         noisy, target, timesteps = add_noise(
             base.scheduler, latents, gen, settings.offset_noise,
             settings.high_noise_share, settings.high_noise_band,
         )  # fmt: skip
-        image = embeds[index, frame] * keep_image[:, None]
+        image = embeds[chosen[torch.arange(batch, device=device), frame]] * keep_image[:, None]
         text = torch.where(keep_text[:, None, None], caption, empty)
         injector.set_active({ADAPTER_NAME: 1.0}, image_embeds=image)
         prediction = unet(noisy.to(dtype), timesteps, encoder_hidden_states=text).sample
@@ -89,3 +104,14 @@ def train_motion(
     tensors = {name: value.cpu().clone() for name, value in weights.tensors().items()}
     injector.detach()
     return MotionResult(tensors, result.kept, {"motion": result.loss_curve})
+
+
+def _posteriors(
+    vae: torch.nn.Module, clips: MotionClips, chunk: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE posterior mean and std (M + 1, C, h, w) of the kept frames, a chunk at a time, and
+    last of a zero frame (what pads a short clip, as in the official trainer)."""
+    starts = range(0, len(clips.frames), chunk)
+    parts = [encode_frames(vae, clips.pixels(start, start + chunk)) for start in starts]
+    parts.append(encode_frames(vae, torch.zeros(1, *clips.frames.shape[1:])))
+    return torch.cat([mean for mean, _ in parts]), torch.cat([std for _, std in parts])

@@ -82,6 +82,9 @@ class MotionSettings(CommonSettings):
     batch_size: int = Field(2, ge=1)
     frames: int = Field(32, ge=2)
     fps: float | None = Field(8.0, gt=0)
+    clip_windows: int = Field(
+        8, ge=1, le=256, description="windows kept per clip, each step draws one (train.windows)"
+    )
     steps: int = Field(1000, ge=1)
     lr: float = Field(1e-5, gt=0)
     caption: str = ""
