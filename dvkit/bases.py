@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from dvkit.catalog import Catalog
 from dvkit.catalog.records import BaseModelRecord
@@ -14,13 +15,25 @@ if TYPE_CHECKING:
     from dvkit.models.components import BaseComponents
 
 
-def add_base(catalog: Catalog, name: str, source: str) -> BaseModelRecord:
-    """Load a base from a Hub id or local diffusers folder, fingerprint it and register it."""
+def add_base(
+    catalog: Catalog,
+    name: str,
+    source: str,
+    family: str | None = None,
+    motion_adapter: str | None = None,
+) -> BaseModelRecord:
+    """Load a base from a Hub id, local folder or checkpoint file, fingerprint it and register it.
+
+    `family` names its family (found from the source when None); `motion_adapter` (Hub id or
+    folder of a diffusers `MotionAdapter`) makes a Stable Diffusion 1.5 model an `animatediff`
+    base. Raises `BaseLoadError`, `NotFoundError` (unknown family) or `ConflictError`.
+    """
     from dvkit.models.loading import load_base
 
     validate_name(name, "base name")
-    components = load_base(source, name)
-    record = _record(components, name, source)
+    options = {"motion_adapter": motion_adapter} if motion_adapter else {}
+    components = load_base(source, name, family, options)
+    record = _record(components, name, source, options)
     catalog.add_base(record)
     return record
 
@@ -40,25 +53,26 @@ def open_base(catalog: Catalog, name: str) -> tuple[BaseComponents, BaseModelRec
                 f"unknown base {name!r} (known: {known}; add one with: dvkit base add NAME SOURCE)"
             ) from None
         components = load_base(name, name)
-        record = _record(components, name, f"builtin:{name}")
+        record = _record(components, name, f"builtin:{name}", {})
         catalog.add_base(record)
         return components, record
-    return load_base(record.source, name), record
+    options = record.config.get("sources", {})
+    return load_base(record.source, name, record.architecture, options), record
 
 
-def _record(components: BaseComponents, name: str, source: str) -> BaseModelRecord:
-    unet = components.unet.config
+def _record(
+    components: BaseComponents, name: str, source: str, options: Mapping[str, Any]
+) -> BaseModelRecord:
+    builtin = source.startswith("builtin:")
+    config = components.family.record_config(components)
+    if options:
+        config["sources"] = dict(options)
     return BaseModelRecord(
         name=name,
         source=source,
         fingerprint=components.fingerprint(),
         architecture=components.architecture,
-        builtin=source.startswith("builtin:"),
-        description=BUILTIN_BASES.get(name, "") if source.startswith("builtin:") else "",
-        config={
-            "block_out_channels": list(unet.block_out_channels),
-            "cross_attention_dim": unet.cross_attention_dim,
-            "sample_size": unet.sample_size,
-            "vocab_size": components.text_encoder.config.vocab_size,
-        },
+        builtin=builtin,
+        description=BUILTIN_BASES.get(name, "") if builtin else "",
+        config=config,
     )

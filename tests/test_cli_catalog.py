@@ -105,13 +105,10 @@ def test_base_commands(cli, home) -> None:
 
     code, out, _ = cli("--home", home, "base", "list")
     assert code == 0 and out.split() == [
-        "tiny",
-        "built-in",
-        "builtin:tiny",
-        "sprites",
-        "built-in",
-        "builtin:sprites",
-    ]
+        "tiny", "modelscope-t2v", "builtin:tiny",
+        "tiny-animatediff", "animatediff", "builtin:tiny-animatediff",
+        "sprites", "sprites-pixel-t2v", "builtin:sprites",
+    ]  # fmt: skip
     with Catalog.open(home) as catalog:
         catalog.add_base(
             BaseModelRecord(

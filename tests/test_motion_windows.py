@@ -86,8 +86,8 @@ def test_padded_windows_use_the_zero_frame_and_real_guidance(tmp_path, monkeypat
                         tmp_path / "run", SilentReporter())  # fmt: skip
     base = build_tiny_base()
     base.freeze(CPU, torch.float32)
-    posteriors, _ = motion._posteriors(base.vae, clips)
-    zero, _ = motion.encode_frames(base.vae, torch.zeros(1, 3, 16, 16))
+    posteriors, _ = motion._posteriors(base, clips)
+    zero, _ = base.family.encode_frames(base, torch.zeros(1, 3, 16, 16))
     assert torch.equal(posteriors[-1], zero[0])
     assert all(_window_of(mean, posteriors, windows) == 0 for mean in means)
     assert {int(image[0].argmax()) for image in images} <= {0, 1, 2}  # never a padding frame

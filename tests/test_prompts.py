@@ -15,10 +15,10 @@ from dvkit.errors import DvkitWarning
 from dvkit.evaluate.grid import bench
 from dvkit.generate.compose import compose
 from dvkit.generate.sampler import SamplerSettings
+from dvkit.models.text import PromptTooLongError, check_prompts, encode_text, tokenize
 from dvkit.models.textual_inversion import add_placeholder_tokens, expand_placeholder
 from dvkit.models.tiny import build_tiny_base
 from dvkit.train.api import add_motion, add_subject
-from dvkit.train.encode import PromptTooLongError, check_prompts, encode_text, tokenize
 
 CAPACITY = 75  # tokens of a prompt the tiny (CLIP) text encoder reads
 

@@ -183,18 +183,16 @@ def test_add_motion_end_to_end(catalog, videos) -> None:
 
 def test_training_draws_timesteps_from_the_chosen_band(catalog, images, videos, monkeypatch):
     import dvkit.train.diffusion as diffusion
-    import dvkit.train.motion as motion
-    import dvkit.train.subject as subject
 
     drawn = []
+    add_noise = diffusion.add_noise
 
     def recording(*args, **kwargs):
-        result = diffusion.add_noise(*args, **kwargs)
+        result = add_noise(*args, **kwargs)
         drawn.append(result[2])
         return result
 
-    monkeypatch.setattr(subject, "add_noise", recording)
-    monkeypatch.setattr(motion, "add_noise", recording)
+    monkeypatch.setattr(diffusion, "add_noise", recording)
     band = {"high_noise_share": 1.0, "high_noise_band": (0.2, 0.3)}
     cat = add_subject("cat", [images], catalog=catalog, preset="quick", **FAST_SUBJECT, **band)
     surf = add_motion("surfing", [videos], catalog=catalog, preset="quick", **FAST_MOTION, **band)

@@ -18,31 +18,73 @@ def add_base(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Name to register the base under.")],
     source: Annotated[
-        str, typer.Argument(help="Hub id (e.g. ali-vilab/text-to-video-ms-1.7b) or local folder.")
+        str,
+        typer.Argument(
+            help="Hub id (e.g. ali-vilab/text-to-video-ms-1.7b), local diffusers folder, or a "
+            "single .safetensors checkpoint (Stable Diffusion 1.5, with --motion-adapter)."
+        ),
     ],
+    motion_adapter: Annotated[
+        str | None,
+        typer.Option(
+            "--motion-adapter",
+            help="AnimateDiff motion adapter (Hub id, folder or file, e.g. "
+            "guoyww/animatediff-motion-adapter-v1-5-3): makes SOURCE an animatediff base.",
+        ),
+    ] = None,
+    family: Annotated[
+        str | None,
+        typer.Option(
+            "--family", help="Base family (default: found from SOURCE; see dvkit base families)."
+        ),
+    ] = None,
 ) -> None:
-    """Register a diffusers text-to-video base (UNet3DConditionModel) by Hub id or folder."""
+    """Register a base by Hub id, folder or checkpoint: a ModelScope / ZeroScope text-to-video
+    model, or Stable Diffusion 1.5 with an AnimateDiff motion adapter."""
     from dvkit.bases import add_base as add
 
     with open_catalog(ctx, writing="register bases") as catalog:
-        record = add(catalog, name, source)
+        record = add(catalog, name, source, family, motion_adapter)
     print(
         f"added base {record.name} ({record.architecture}, {record.fingerprint[:12]}) from {source}"
     )
 
 
+@app.command("families")
+def list_families(as_json: JsonOption = False) -> None:
+    """List the base families dvkit knows, with their defaults and reference pipeline."""
+    from dataclasses import asdict
+
+    from dvkit.families import FAMILIES, family
+
+    rows = []
+    for name in FAMILIES:
+        known = family(name)
+        rows.append(
+            {"name": name, "description": known.description,
+             "pipeline": known.reference_pipeline, "defaults": asdict(known.defaults)}
+        )  # fmt: skip
+    if as_json:
+        render.print_json(rows)
+        return
+    for row in rows:
+        defaults = ", ".join(f"{key} {value}" for key, value in row["defaults"].items())
+        print(f"{row['name']:<20} {row['description']}")
+        print(f"{'':<20} reproduces {row['pipeline']}; defaults: {defaults}")
+
+
 @app.command("list")
 def list_bases(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List base models (built-in ones are registered on first use)."""
-    from dvkit.models.builtin import BUILTIN_BASES
+    from dvkit.models.builtin import BUILTINS
 
     with open_catalog(ctx) as catalog:
         rows = catalog.base_rows()
     known = {row["name"] for row in rows}
     rows += [
-        {"name": name, "source": f"builtin:{name}", "architecture": "built-in", "fingerprint": "",
-         "description": text}
-        for name, text in BUILTIN_BASES.items() if name not in known
+        {"name": name, "source": f"builtin:{name}", "architecture": builtin.architecture,
+         "fingerprint": "", "description": builtin.description}
+        for name, builtin in BUILTINS.items() if name not in known
     ]  # fmt: skip
     if as_json:
         render.print_json(rows)

@@ -36,9 +36,9 @@ from dvkit.io.video import to_uint8, write_video
 from dvkit.models.builtin import motion_uncond_strength, sampler_choices, sampling_default
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
+from dvkit.models.text import check_prompts
 from dvkit.models.textual_inversion import expand_placeholder, initializer_word
 from dvkit.sprites.base import SPRITES_NAME
-from dvkit.train.encode import check_prompts
 
 ROLES = ("joint", "subject", "motion", "base")
 DEFAULT_TEMPLATE = "a {subject} {motion}"
@@ -127,16 +127,19 @@ def bench(
     _check_tokens(subject_adapters)
     chosen = [*subject_adapters.values(), *motion_adapters.values()]
     base = chosen[0].record.base
+    architecture = chosen[0].record.architecture or None
     if settings is None:
-        resolution = size or _trained(subject_adapters, "resolution", 256)
+        default_frames = int(sampling_default(base, "frames", architecture))
+        resolution = size or _trained(
+            subject_adapters, "resolution", int(sampling_default(base, "size", architecture))
+        )
         steps, guidance, motion_until, offset_noise = sampler_choices(
-            base, steps, guidance, motion_until, offset_noise
+            base, steps, guidance, motion_until, offset_noise, architecture
         )
         settings = SamplerSettings(
             steps=steps,
             guidance_scale=guidance,
-            frames=frames
-            or _trained(motion_adapters, "frames", int(sampling_default(base, "frames"))),
+            frames=frames or _trained(motion_adapters, "frames", default_frames),
             height=resolution,
             width=resolution,
             motion_until=motion_until,

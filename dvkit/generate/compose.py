@@ -15,16 +15,16 @@ from dvkit.bases import open_base
 from dvkit.catalog import Catalog
 from dvkit.catalog.records import AdapterRecord, EvaluationRecord
 from dvkit.errors import DvkitError, DvkitWarning, NotFoundError
-from dvkit.generate.sampler import Row, SamplerSettings, native_size, sample
+from dvkit.generate.sampler import Row, SamplerSettings, sample
 from dvkit.io.adapter_file import AdapterTensors, load_adapter_tensors
 from dvkit.io.video import VIDEO_FORMATS, check_writable_folder, to_uint8, write_video
 from dvkit.models.builtin import motion_uncond_strength, sampler_choices, sampling_default
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
+from dvkit.models.text import check_prompts
 from dvkit.models.textual_inversion import apply_token_embedding, expand_placeholder
 from dvkit.ranges import ADAPTER_SCALE, FRAME_RATE, GUIDANCE_SCALE, IMAGE_STRENGTH
-from dvkit.train.encode import check_prompts
 
 
 class BaseMismatchError(DvkitError):
@@ -138,7 +138,7 @@ def compose(
         ]
     components, _ = open_matching_base(catalog, chosen, base)
     steps, guidance, motion_until, offset_noise = sampler_choices(
-        components.name, steps, guidance, motion_until, offset_noise
+        components.name, steps, guidance, motion_until, offset_noise, components.architecture
     )
     run_device = resolve_device(device)
     run_dtype = resolve_dtype(dtype, run_device)
@@ -148,15 +148,15 @@ def compose(
     if image_strength_uncond is None:
         training = motion_adapter.record.training if motion_adapter else {}
         image_strength_uncond = motion_uncond_strength(training)
+    trained = subject_adapter or motion_adapter
+    default_frames = sampling_default(components.name, "frames", components.architecture)
+    default_size = components.family.native_size(components)
     settings = SamplerSettings(
         steps=steps,
         guidance_scale=guidance,
-        frames=frames
-        or _trained(motion_adapter, "frames", int(sampling_default(components.name, "frames"))),
-        height=size
-        or _trained(subject_adapter or motion_adapter, "resolution", native_size(components)),
-        width=size
-        or _trained(subject_adapter or motion_adapter, "resolution", native_size(components)),
+        frames=frames or _trained(motion_adapter, "frames", int(default_frames)),
+        height=size or _trained(trained, "resolution", default_size),
+        width=size or _trained(trained, "resolution", default_size),
         motion_until=motion_until,
         offset_noise=offset_noise,
     )
@@ -335,21 +335,26 @@ def open_matching_base(
     if len(by_base) > 1:
         first, second = list(by_base.values())[-2:][::-1]
         raise BaseMismatchError(
-            f"{first.record.ref} was trained on base {first.record.base} "
-            f"({first.record.base_fingerprint[:12]}) but {second.record.ref} on base "
-            f"{second.record.base} ({second.record.base_fingerprint[:12]}); adapters compose "
-            "only onto the base they were trained on"
+            f"{first.record.ref} was trained on base {_base_label(first.record)} but "
+            f"{second.record.ref} on base {_base_label(second.record)}; adapters compose only "
+            "onto the base they were trained on"
         )
     name = chosen[0].record.base if chosen else default
     components, base_record = open_base(catalog, name)
     for adapter in chosen:
         if adapter.record.base_fingerprint != base_record.fingerprint:
             raise BaseMismatchError(
-                f"{adapter.record.ref} was trained on base {adapter.record.base} "
-                f"({adapter.record.base_fingerprint[:12]}), but base {name} in this catalog is "
+                f"{adapter.record.ref} was trained on base {_base_label(adapter.record)}, but "
+                f"base {name} in this catalog is {base_record.architecture}, "
                 f"{base_record.fingerprint[:12]}"
             )
     return components, base_record
+
+
+def _base_label(record: AdapterRecord) -> str:
+    """`NAME (FAMILY, FINGERPRINT)` of the base an adapter was trained on."""
+    family = f"{record.architecture}, " if record.architecture else ""
+    return f"{record.base} ({family}{record.base_fingerprint[:12]})"
 
 
 def install_subject(

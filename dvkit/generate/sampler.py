@@ -1,6 +1,8 @@
-"""dvkit's sampling loop, built from the diffusers scheduler, UNet, VAE and text encoder.
+"""dvkit's sampling loop over any base family: the family gives the scheduler, text, latents and
+denoiser calls; this loop keeps rows, guidance and adapter selection.
 
-With no adapters it follows diffusers' `TextToVideoSDPipeline` step for step (same noise for the
+With no adapters it follows the family's reference pipeline (`TextToVideoSDPipeline`,
+`AnimateDiffPipeline`) step for step (same noise for the
 same seed, same classifier-free guidance, same decoding). On top it runs a batch of rows that
 may each use other adapters, scales, prompts, seeds and appearance guidance: the conditional
 branch sees the row's image embedding at strength λ, the unconditional branch a zero embedding
@@ -16,13 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import DDIMScheduler
 
 from dvkit.models.builtin import check_motion_until, check_offset_noise
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
 from dvkit.ranges import GUIDANCE_SCALE
-from dvkit.train.encode import encode_text
 
 
 @dataclass
@@ -70,14 +70,12 @@ def sample(
     on_step: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Videos of `rows` as float frames in [0, 1], shaped (rows, frames, height, width, 3)."""
-    unet, vae = base.unet, base.vae
-    device, dtype = unet.device, unet.dtype
-    scheduler = DDIMScheduler.from_config(base.scheduler.config)
+    family = base.family
+    device, dtype = base.unet.device, base.unet.dtype
+    scheduler = family.sampling_scheduler(base)
     scheduler.set_timesteps(settings.steps, device=device)
-    texts = encode_text(
-        base.tokenizer,
-        base.text_encoder,
-        [row.negative_prompt for row in rows] + [row.prompt for row in rows],
+    texts = family.encode_text(
+        base, [row.negative_prompt for row in rows] + [row.prompt for row in rows]
     ).to(dtype)
     latents = initial_latents(base, rows, settings, scheduler.init_noise_sigma)
     guided = settings.guidance_scale > 1.0
@@ -85,16 +83,15 @@ def sample(
         texts = texts[len(rows) :]
     if injector is not None:
         _select(injector, rows, guided, device)
-    motion_off = settings.motion_until * scheduler.config.num_train_timesteps
     motion_on = injector is not None and settings.motion_until > 0
     total = len(scheduler.timesteps)
     for index, timestep in enumerate(scheduler.timesteps):
-        if motion_on and timestep < motion_off:
+        if motion_on and family.noise_fraction(base, timestep) < settings.motion_until:
             _select(injector, rows, guided, device, without_kind="motion")
             motion_on = False
         model_input = torch.cat([latents] * 2) if guided else latents
         model_input = scheduler.scale_model_input(model_input, timestep)
-        noise = unet(model_input, timestep, encoder_hidden_states=texts, return_dict=False)[0]
+        noise = family.predict(base, model_input, timestep, texts)
         if guided:
             uncond, cond = noise.chunk(2)
             noise = uncond + settings.guidance_scale * (cond - uncond)
@@ -107,17 +104,7 @@ def sample(
             on_step(index + 1, total)
     if injector is not None:
         injector.clear()
-    return decode(vae, latents, settings.decode_batch)
-
-
-def vae_scale_factor(base: BaseComponents) -> int:
-    return 2 ** (len(base.vae.config.block_out_channels) - 1)
-
-
-def native_size(base: BaseComponents) -> int:
-    """The video size in pixels the base's UNet was configured for (its latent size × the VAE's
-    scale factor)."""
-    return base.unet.config.sample_size * vae_scale_factor(base)
+    return family.decode(base, latents, settings.decode_batch)
 
 
 def initial_latents(
@@ -131,9 +118,10 @@ def initial_latents(
     official inference (VGen `inference_dreamvideo_entrance.py`: `noise + noise_strength *
     randn(b, c, f, 1, 1)`).
     """
-    factor = vae_scale_factor(base)
-    channels, frames = base.unet.config.in_channels, settings.frames
-    shape = (1, channels, frames, settings.height // factor, settings.width // factor)
+    channels, frames, height, width = base.family.latent_shape(
+        base, settings.frames, settings.height, settings.width
+    )
+    shape = (1, channels, frames, height, width)
     noise = []
     for row in rows:
         generator = torch.Generator().manual_seed(row.seed)
@@ -143,16 +131,6 @@ def initial_latents(
             row_noise = row_noise + settings.offset_noise * offset
         noise.append(row_noise)
     return torch.cat(noise).to(base.unet.device, base.unet.dtype) * sigma
-
-
-def decode(vae: torch.nn.Module, latents: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """(B, C, F, h, w) latents → (B, F, H, W, 3) frames in [0, 1]."""
-    batch, channels, frames, height, width = latents.shape
-    flat = latents.permute(0, 2, 1, 3, 4).reshape(batch * frames, channels, height, width)
-    flat = flat / vae.config.scaling_factor
-    images = torch.cat([vae.decode(chunk).sample for chunk in flat.split(batch_size)]).float()
-    video = images.reshape(batch, frames, *images.shape[1:]).permute(0, 1, 3, 4, 2)
-    return (video / 2 + 0.5).clamp(0, 1).cpu()
 
 
 def _select(

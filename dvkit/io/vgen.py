@@ -587,11 +587,10 @@ def _reference_images(
         raise DvkitError(
             f"--references gives the images of one imported subject, but the files hold {found}"
         )
-    from dvkit.generate.sampler import native_size
     from dvkit.train.api import reference_images
     from dvkit.train.data import load_images
 
-    pixels, files = load_images(references, native_size(components))
+    pixels, files = load_images(references, components.family.native_size(components))
     return _References(reference_images(pixels), files)
 
 

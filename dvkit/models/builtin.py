@@ -3,41 +3,80 @@ torch."""
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
 from dvkit.errors import DvkitError
 from dvkit.ranges import OFFSET_NOISE
 
-BUILTIN_BASES: dict[str, str] = {
-    "tiny": "tiny random components for tests and smoke runs (meaningless pictures)",
-    "sprites": "16×16 pixel-space model of the sprites world (coloured shapes moving over black)",
-}
+if TYPE_CHECKING:
+    from dvkit.models.components import BaseComponents
 
-# dvkit's sampling defaults (the official DreamVideo inference, VGen
-# tools/inferences/inference_dreamvideo_entrance.py: offset noise 0.1 on the starting latents),
-# and built-in bases' own. Built-in bases were trained without offset noise, so they start from
-# plain Gaussian noise. On sprites a motion is laid out above timestep 400: motion adapters stop
-# there, so that the last steps draw the object's own look (see `SamplerSettings.motion_until`).
-DEFAULT_SAMPLING: dict[str, float] = {
-    "frames": 16, "steps": 50, "guidance": 9.0, "motion_until": 0, "offset_noise": 0.1,
-}  # fmt: skip
-BUILTIN_SAMPLING: dict[str, dict[str, float]] = {
-    "tiny": {"offset_noise": 0.0},
-    "sprites": {
-        "frames": 8,
-        "steps": 25,
-        "guidance": 2.0,
-        "motion_until": 0.4,
-        "offset_noise": 0.0,
-    },
+
+@dataclass(frozen=True)
+class BuiltinBase:
+    """A base that ships with dvkit: built from code (and shipped weights), never downloaded."""
+
+    description: str
+    architecture: str
+    """Its family."""
+    builder: str
+    """`module:function` that builds its components."""
+    sampling: dict[str, float] = field(default_factory=dict)
+    """Its own sampling defaults, over its family's."""
+    image_encoder: str = "tiny"
+    """The offline image encoder its motion adapters are trained with (see
+    `dvkit.models.image_encoder`)."""
+
+
+# Built-in bases were trained without offset noise, so they start from plain Gaussian noise.
+# On sprites a motion is laid out above timestep 400: motion adapters stop there, so that the
+# last steps draw the object's own look (see `SamplerSettings.motion_until`); its other
+# defaults are its family's.
+BUILTINS: dict[str, BuiltinBase] = {
+    "tiny": BuiltinBase(
+        "tiny random components for tests and smoke runs (meaningless pictures)",
+        "modelscope-t2v",
+        "dvkit.models.tiny:build_tiny_base",
+        {"offset_noise": 0.0},
+    ),
+    "tiny-animatediff": BuiltinBase(
+        "tiny random AnimateDiff components for tests and smoke runs (meaningless pictures)",
+        "animatediff",
+        "dvkit.models.tiny_animatediff:build_tiny_animatediff_base",
+    ),
+    "sprites": BuiltinBase(
+        "16×16 pixel-space model of the sprites world (coloured shapes moving over black)",
+        "sprites-pixel-t2v",
+        "dvkit.sprites.base:build_sprites_base",
+        image_encoder="sprites",
+    ),
 }
+BUILTIN_BASES: dict[str, str] = {name: base.description for name, base in BUILTINS.items()}
+"""Built-in base name → description."""
 DEFAULT_IMAGE_STRENGTH_UNCOND = 1.0
 """Appearance-guidance λ of the unconditional branch for motion adapters that record none
 (imported ones, and those trained before dvkit recorded it): the official inference's default."""
 
 
-def sampling_default(base: str, key: str) -> float:
-    """The default `frames`, `steps`, `guidance`, `motion_until` or `offset_noise` for sampling
-    from `base`."""
-    return BUILTIN_SAMPLING.get(base, {}).get(key, DEFAULT_SAMPLING[key])
+def sampling_default(base: str, key: str, architecture: str | None = None) -> float:
+    """The default `frames`, `fps`, `size`, `steps`, `guidance`, `motion_until` or
+    `offset_noise` for sampling from `base`: a built-in base's own, else its family's
+    (`architecture`, the built-in's, or `modelscope-t2v`)."""
+    from dvkit.families import family
+
+    builtin = BUILTINS.get(base)
+    if builtin is not None and key in builtin.sampling:
+        return builtin.sampling[key]
+    name = architecture or (builtin.architecture if builtin else "modelscope-t2v")
+    return family(name).defaults.get(key)
+
+
+def build_builtin(name: str) -> BaseComponents:
+    """The components of built-in base `name` (one of `BUILTINS`)."""
+    module, function = BUILTINS[name].builder.split(":")
+    return getattr(importlib.import_module(module), function)()
 
 
 def motion_uncond_strength(training: dict) -> float:
@@ -67,12 +106,17 @@ def sampler_choices(
     guidance: float | None,
     motion_until: float | None,
     offset_noise: float | None = None,
+    architecture: str | None = None,
 ) -> tuple[int, float, float, float]:
     """The sampler's steps, guidance scale, `motion_until` and `offset_noise`: the given ones,
-    else `base`'s defaults."""
+    else `base`'s defaults (see `sampling_default`)."""
+
+    def choice(key: str, given: float | None) -> float:
+        return sampling_default(base, key, architecture) if given is None else given
+
     return (
-        int(steps or sampling_default(base, "steps")),
-        sampling_default(base, "guidance") if guidance is None else guidance,
-        sampling_default(base, "motion_until") if motion_until is None else motion_until,
-        sampling_default(base, "offset_noise") if offset_noise is None else offset_noise,
+        int(steps or choice("steps", None)),
+        choice("guidance", guidance),
+        choice("motion_until", motion_until),
+        choice("offset_noise", offset_noise),
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -12,6 +13,8 @@ import torch
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+
+    from dvkit.families.base import Family
 
 # Config entries that record how or by which library version a model was loaded, not what it is.
 _VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "architectures", "dtype", "torch_dtype"})
@@ -21,7 +24,8 @@ _VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "architectures", "dty
 class BaseComponents:
     """A base model: UNet, VAE, text encoder, tokenizer and noise scheduler, with its name.
 
-    `architecture` names the model family (e.g. "modelscope-t2v").
+    `unet` is the denoiser (a UNet in the UNet families). `architecture` names the model family
+    (e.g. "modelscope-t2v"); `family` is that family's object.
     """
 
     unet: UNet3DConditionModel
@@ -31,6 +35,15 @@ class BaseComponents:
     scheduler: DDIMScheduler
     name: str
     architecture: str
+    weight_files: dict[str, list[Path]] = field(default_factory=dict)
+    """The files the weights were loaded from, per component (empty for built-in bases)."""
+
+    @property
+    def family(self) -> Family:
+        """The base's family (see `dvkit.families`)."""
+        from dvkit.families import family
+
+        return family(self.architecture)
 
     def freeze(self, device: torch.device, dtype: torch.dtype) -> None:
         """Move the UNet, VAE and text encoder to `device` in `dtype`, frozen in eval mode."""
@@ -41,23 +54,33 @@ class BaseComponents:
             model.requires_grad_(False).eval()
 
     def fingerprint(self) -> str:
-        """sha256 hex digest over the UNet, VAE and text-encoder configs and all their weights.
+        """sha256 hex digest over the UNet, VAE and text-encoder configs and their weights.
 
-        Configs enter as sorted-key JSON (without private or version-stamp entries); every tensor
-        of each state dict enters sorted by name, with its dtype, shape and raw bytes. Any weight
-        change (including added token rows) changes the result.
+        Configs enter as sorted-key JSON (without private or version-stamp entries). A base
+        loaded from disk (`weight_files` set by its family) adds each weight file's name and
+        content digest (`dvkit.models.weight_files`: free for Hub-cached files); otherwise every
+        tensor of each state dict enters sorted by name, with its dtype, shape and raw bytes.
+        Either way the result does not depend on the dtype the base was loaded in, and any
+        weight change before loading (or, for built-ins, added token rows) changes it.
         """
+        from dvkit.models.weight_files import file_digest
+
         digest = hashlib.sha256()
         models = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
         for label, model in models.items():
             config = _config_dict(model)
             digest.update(f"{label}.config\n".encode())
             digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+            if self.weight_files:
+                continue
             state = model.state_dict()
             for key in sorted(state):
                 tensor = state[key]
                 digest.update(f"\n{label}.{key} {tensor.dtype} {list(tensor.shape)}\n".encode())
                 digest.update(_tensor_bytes(tensor))
+        for label in sorted(self.weight_files):
+            for path in self.weight_files[label]:
+                digest.update(f"\n{label}/{path.name} {file_digest(path)}\n".encode())
         return digest.hexdigest()
 
 

@@ -1,10 +1,12 @@
-"""Attach DreamVideo adapters to a diffusers `UNet3DConditionModel` without changing it.
+"""Attach DreamVideo adapters to a base's denoiser without changing it.
 
-Placement (DESIGN §1): identity ("subject") adapters sit beside `attn2` of every
-`BasicTransformerBlock` inside a spatial `Transformer2DModel`; motion adapters sit beside `attn1`,
-`attn2` and `ff` of every block inside a temporal `TransformerTemporalModel` (`transformer_in`
-included). A block then computes `h + layer(norm(h)) + A(h)`: a forward pre-hook on the norm
-that feeds the layer records `h`, and a forward hook on the layer adds `A(h)` to its output.
+Placement (DESIGN §1, §7): identity ("subject") adapters sit beside `attn2` of every
+`BasicTransformerBlock` inside the spatial containers the base's family names (e.g.
+`Transformer2DModel`); motion adapters sit beside `attn1`, `attn2` and `ff` of every block inside
+its temporal ones (`TransformerTemporalModel` with `transformer_in` on ModelScope,
+`AnimateDiffTransformer3D` on AnimateDiff). A block then computes `h + layer(norm(h)) + A(h)`: a
+forward pre-hook on the norm that feeds the layer records `h`, and a forward hook on the layer
+adds `A(h)` to its output.
 Where a block adds positional embeddings to its layers' input (the `sprites` base gives its
 temporal blocks frame positions), the adapter reads `h` with them added: otherwise a per-token
 adapter in a temporal block could not tell one frame from another.
@@ -18,16 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
-from diffusers.models.transformers.transformer_temporal import TransformerTemporalModel
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from dvkit.errors import ConflictError, DvkitError, NotFoundError
+from dvkit.families import family_of_denoiser
 from dvkit.models.adapters import (
     ADAPTER_KINDS,
     DEFAULT_COND_DIM,
@@ -36,16 +36,9 @@ from dvkit.models.adapters import (
     AdapterKind,
 )
 
-if TYPE_CHECKING:
-    from diffusers import UNet3DConditionModel
-
 SLOTS: dict[AdapterKind, tuple[str, ...]] = {
     "subject": ("attn2",),
     "motion": ("attn1", "attn2", "ff"),
-}
-_CONTAINERS: dict[AdapterKind, type[nn.Module]] = {
-    "subject": Transformer2DModel,
-    "motion": TransformerTemporalModel,
 }
 _NORM_OF_SLOT = {"attn1": "norm1", "attn2": "norm2", "ff": "norm3"}
 _NAMES_SHOWN = 3
@@ -70,12 +63,14 @@ class AdapterSlot:
 
 
 def adapter_slots(unet: nn.Module, kind: AdapterKind) -> list[AdapterSlot]:
-    """Every slot an adapter of `kind` occupies in `unet`, in module order."""
+    """Every slot an adapter of `kind` occupies in `unet`, in module order: each
+    `BasicTransformerBlock` inside the containers its family names for `kind` (`Family.sites`)."""
     if kind not in ADAPTER_KINDS:
         raise ValueError(f"unknown adapter kind {kind!r}; expected one of {ADAPTER_KINDS}")
+    containers = family_of_denoiser(unet).containers(kind)
     slots = []
     for path, container in unet.named_modules():
-        if not isinstance(container, _CONTAINERS[kind]):
+        if not isinstance(container, containers):
             continue
         for sub_path, block in container.named_modules():
             if isinstance(block, BasicTransformerBlock):
@@ -200,7 +195,7 @@ class AdapterInjector:
     (a choice per row) before running the UNet. Each adapter runs only on the rows that use it.
     """
 
-    def __init__(self, unet: UNet3DConditionModel) -> None:
+    def __init__(self, unet: nn.Module) -> None:
         self.unet = unet
         self._weights: dict[str, AdapterWeights] = {}
         self._hooks: dict[str, list[RemovableHandle]] = {}

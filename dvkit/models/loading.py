@@ -1,4 +1,5 @@
-"""Loading bases: built-in ones by name, others from a Hub id or a local diffusers folder.
+"""Loading bases: built-in ones by name, others through their family from a Hub id, a local
+diffusers folder or a checkpoint file.
 
 Hub loading goes through the Hugging Face cache and respects HF_HUB_OFFLINE=1; a base that
 is not available gets one clear message naming what to fetch.
@@ -6,20 +7,20 @@ is not available gets one clear message naming what to fetch.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from dvkit.errors import DvkitError
+from dvkit.families import detect_family, family
+from dvkit.families.base import BaseLoadError, Family
+from dvkit.models.builtin import BUILTIN_BASES, build_builtin
 from dvkit.models.components import BaseComponents
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-PRETRAINED_ARCHITECTURE = "modelscope-t2v"
-
-
-class BaseLoadError(DvkitError):
-    """A base that cannot be found or loaded."""
+__all__ = ["BaseLoadError", "load_base", "resolve_device", "resolve_dtype", "quiet_libraries"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,44 +47,39 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_base(source: str, name: str | None = None) -> BaseComponents:
-    """Components of a built-in base (`tiny`, `sprites`) or of a Hub id / local diffusers folder."""
-    if source in ("tiny", "builtin:tiny"):
-        from dvkit.models.tiny import build_tiny_base
-
-        return build_tiny_base()
-    if source in ("sprites", "builtin:sprites"):
-        from dvkit.sprites.base import build_sprites_base
-
+def load_base(
+    source: str,
+    name: str | None = None,
+    architecture: str | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> BaseComponents:
+    """Components of a built-in base (`tiny`, `sprites`, or `builtin:NAME`) or of a Hub id,
+    local folder or checkpoint file of family `architecture` (found with `choose_family` when
+    not given). `options` holds family-specific sources such as AnimateDiff's motion adapter."""
+    builtin = source.removeprefix("builtin:")
+    if builtin in BUILTIN_BASES:
         quiet_libraries()
-        return build_sprites_base()
-    return load_pretrained(source, name or _default_name(source))
+        return build_builtin(builtin)
+    options = dict(options or {})
+    chosen = family(architecture) if architecture else choose_family(source, options)
+    return chosen.load(source, name or _default_name(source), options)
 
 
-def load_pretrained(source: str, name: str) -> BaseComponents:
-    """A diffusers `UNet3DConditionModel` text-to-video model (ModelScope T2V, ZeroScope)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    quiet_libraries()
+def choose_family(source: str, options: Mapping[str, Any]) -> Family:
+    """The family of a base to add: AnimateDiff when a motion adapter is given, else the family
+    a local folder's configs name, else `modelscope-t2v` (Hub ids of ModelScope and ZeroScope)."""
+    if options.get("motion_adapter"):
+        return family("animatediff")
     folder = Path(source).expanduser()
-    if folder.exists() and not (folder / "unet" / "config.json").is_file():
-        raise BaseLoadError(
-            f"{folder} is not a diffusers text-to-video folder (no unet/config.json)"
-        )
-    location = str(folder) if folder.exists() else source
-    try:
-        return BaseComponents(
-            unet=UNet3DConditionModel.from_pretrained(location, subfolder="unet").eval(),
-            vae=AutoencoderKL.from_pretrained(location, subfolder="vae").eval(),
-            text_encoder=CLIPTextModel.from_pretrained(location, subfolder="text_encoder").eval(),
-            tokenizer=CLIPTokenizer.from_pretrained(location, subfolder="tokenizer"),
-            scheduler=DDIMScheduler.from_pretrained(location, subfolder="scheduler"),
-            name=name,
-            architecture=PRETRAINED_ARCHITECTURE,
-        )
-    except (OSError, ValueError) as exc:
-        raise BaseLoadError(_load_failure(source, folder.exists(), exc)) from None
+    if folder.is_dir():
+        found = detect_family(folder)
+        if found is None:
+            raise BaseLoadError(
+                f"{folder} is not a diffusers folder of a known base family (its unet/config.json "
+                "names no UNet3DConditionModel; for Stable Diffusion 1.5 give --motion-adapter)"
+            )
+        return found
+    return family("modelscope-t2v")
 
 
 def quiet_libraries() -> None:
@@ -96,20 +92,6 @@ def quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
-
-
-def _load_failure(source: str, local: bool, exc: Exception) -> str:
-    if local:
-        return f"cannot load base from {source}: {' '.join(str(exc).split())[:200]}"
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return (
-            f"base {source!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
-            f"fetch it first with: hf download {source}  (or give a local diffusers folder)"
-        )
-    return (
-        f"cannot load base {source!r} from the Hugging Face Hub or its cache "
-        f"({exc.__class__.__name__}); check the id, or fetch it with: hf download {source}"
-    )
 
 
 def _default_name(source: str) -> str:

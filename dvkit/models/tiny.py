@@ -39,17 +39,7 @@ def build_tiny_base(seed: int = 0) -> BaseComponents:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = small_unet(sample_size=8, channels=4, widths=(16, 32), text_width=TEXT_WIDTH)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",),
-            up_block_types=("UpDecoderBlock2D",),
-            block_out_channels=(16,),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=8,
-        )
+        vae = small_vae()
         text_encoder = small_text_encoder(tokenizer, TEXT_WIDTH, intermediate=37)
     scheduler = dreamvideo_scheduler()
     return BaseComponents(
@@ -60,6 +50,22 @@ def build_tiny_base(seed: int = 0) -> BaseComponents:
         scheduler=scheduler,
         name=TINY_NAME,
         architecture=TINY_ARCHITECTURE,
+    )
+
+
+def small_vae() -> AutoencoderKL:
+    """A freshly initialised one-level `AutoencoderKL` with 4 latent channels and no
+    downsampling (draws from torch's RNG)."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(16,),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=8,
     )
 
 

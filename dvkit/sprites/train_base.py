@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from dvkit.models.components import BaseComponents
+from dvkit.models.text import encode_text
 from dvkit.sprites.base import WEIGHTS_FILE, build_sprites_base, load_weights
 from dvkit.sprites.world import caption, training_batch
 from dvkit.train.diffusion import add_noise, diffusion_loss
-from dvkit.train.encode import encode_text
 
 STEPS_KEY = "dvkit.sprites.steps"
 

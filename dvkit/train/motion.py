@@ -19,9 +19,8 @@ from dvkit.models.components import BaseComponents
 from dvkit.models.image_encoder import AppearanceEncoder
 from dvkit.models.injection import AdapterInjector, create_adapter_state
 from dvkit.train.data import MotionClips
-from dvkit.train.diffusion import add_noise, diffusion_loss, sample_latents
+from dvkit.train.diffusion import diffusion_loss, sample_latents
 from dvkit.train.distributed import SINGLE_PROCESS, World
-from dvkit.train.encode import as_video, encode_frames, encode_text
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import MotionSettings
 from dvkit.train.setup import loop_settings, make_generator, prepare_base
@@ -53,8 +52,8 @@ def train_motion(
     if isinstance(clips, torch.Tensor):
         clips = MotionClips.whole(clips, encoder)
     prepare_base(base, device, dtype, settings.gradient_checkpointing)
-    unet = base.unet
-    mean, std = _posteriors(base.vae, clips)  # (M + 1, C, h, w): the kept frames, then zeros
+    family, unet = base.family, base.unet
+    mean, std = _posteriors(base, clips)  # (M + 1, C, h, w): the kept frames, then zeros
     padded = clips.windows < 0
     windows = clips.windows.masked_fill(padded, len(clips.frames)).to(device)  # (W, F)
     lengths = (~padded).sum(dim=1).to(device)
@@ -63,7 +62,7 @@ def train_motion(
     frames = windows.shape[1]
     several = bool(count.max() > 1)
     with torch.no_grad():
-        caption, empty = encode_text(base.tokenizer, base.text_encoder, [settings.caption, ""])
+        caption, empty = family.encode_text(base, [settings.caption, ""])
     generator = make_generator(settings.seed, device, world)
     batch = settings.batch_size
 
@@ -86,14 +85,14 @@ def train_motion(
         keep_text = torch.rand(batch, generator=gen, device=device) >= settings.text_dropout
         chosen = windows[window]  # (B, F)
         latents = sample_latents(as_video(mean[chosen]), as_video(std[chosen]), gen)
-        noisy, target, timesteps = add_noise(
-            base.scheduler, latents, gen, settings.offset_noise,
+        noisy, target, timesteps = family.add_noise(
+            base, latents, gen, settings.offset_noise,
             settings.high_noise_share, settings.high_noise_band,
         )  # fmt: skip
         image = embeds[chosen[torch.arange(batch, device=device), frame]] * keep_image[:, None]
         text = torch.where(keep_text[:, None, None], caption, empty)
         injector.set_active({ADAPTER_NAME: 1.0}, image_embeds=image)
-        prediction = unet(noisy.to(dtype), timesteps, encoder_hidden_states=text).sample
+        prediction = family.predict(base, noisy.to(dtype), timesteps, text)
         return diffusion_loss(prediction, target)
 
     result = run_stage(
@@ -106,12 +105,18 @@ def train_motion(
     return MotionResult(tensors, result.kept, {"motion": result.loss_curve})
 
 
+def as_video(latents: torch.Tensor) -> torch.Tensor:
+    """(B, F, C, h, w) frames-first latents → (B, C, F, h, w) as the denoiser takes them."""
+    return latents.permute(0, 2, 1, 3, 4)
+
+
 def _posteriors(
-    vae: torch.nn.Module, clips: MotionClips, chunk: int = 64
+    base: BaseComponents, clips: MotionClips, chunk: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE posterior mean and std (M + 1, C, h, w) of the kept frames, a chunk at a time, and
     last of a zero frame (what pads a short clip, as in the official trainer)."""
+    encode = base.family.encode_frames
     starts = range(0, len(clips.frames), chunk)
-    parts = [encode_frames(vae, clips.pixels(start, start + chunk)) for start in starts]
-    parts.append(encode_frames(vae, torch.zeros(1, *clips.frames.shape[1:])))
+    parts = [encode(base, clips.pixels(start, start + chunk)) for start in starts]
+    parts.append(encode(base, torch.zeros(1, *clips.frames.shape[1:])))
     return torch.cat([mean for mean, _ in parts]), torch.cat([std for _, std in parts])

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dvkit.errors import DvkitError
+from dvkit.models.builtin import BUILTINS
 
 Preset = Literal["official", "official-carturn", "quick"]
 
@@ -143,9 +144,9 @@ def preset_values(preset: str, kind: str) -> dict[str, Any]:
 
 
 REAL_IMAGE_ENCODER = "ViT-H-14:laion2b_s32b_b79k"
-BUILTIN_IMAGE_ENCODERS = {"tiny": "tiny", "sprites": "sprites"}
 
 
 def default_image_encoder(base: str) -> str:
     """The official OpenCLIP ViT-H/14 for real bases; built-in bases' own offline encoders."""
-    return BUILTIN_IMAGE_ENCODERS.get(base, REAL_IMAGE_ENCODER)
+    builtin = BUILTINS.get(base)
+    return REAL_IMAGE_ENCODER if builtin is None else builtin.image_encoder

@@ -21,9 +21,8 @@ from dvkit.models.textual_inversion import (
     choose_initializer,
     expand_placeholder,
 )
-from dvkit.train.diffusion import add_noise, diffusion_loss, latent_masks, sample_latents
+from dvkit.train.diffusion import diffusion_loss, latent_masks, sample_latents
 from dvkit.train.distributed import SINGLE_PROCESS, World
-from dvkit.train.encode import encode_frames, tokenize
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import SubjectSettings
 from dvkit.train.setup import loop_settings, make_generator, prepare_base
@@ -63,7 +62,7 @@ def train_subject(
     (see `choose_initializer`).
     """
     prepare_base(base, device, dtype, settings.gradient_checkpointing)
-    unet, text_encoder = base.unet, base.text_encoder
+    family, unet, text_encoder = base.family, base.unet, base.text_encoder
     initializer = choose_initializer(base.tokenizer, settings.initializer, name)
     ids = add_placeholder_tokens(
         base.tokenizer, text_encoder, settings.token, initializer, settings.num_vectors
@@ -71,8 +70,8 @@ def train_subject(
     prompt = expand_placeholder(
         settings.prompt.format(token=settings.token), settings.token, settings.num_vectors
     )
-    input_ids = tokenize(base.tokenizer, [prompt]).to(device)
-    mean, std = (t.unsqueeze(2) for t in encode_frames(base.vae, pixels))  # (N, C, 1, h, w)
+    input_ids = family.tokenize(base, [prompt]).to(device)
+    mean, std = (t.unsqueeze(2) for t in family.encode_frames(base, pixels))  # (N, C, 1, h, w)
     subject_masks = None
     if masks is not None:
         subject_masks = latent_masks(masks, mean.shape[-2:]).unsqueeze(2).to(device)  # (N,1,1,h,w)
@@ -83,8 +82,8 @@ def train_subject(
     def noisy_batch(gen: torch.Generator) -> tuple[torch.Tensor | None, ...]:
         index = torch.randint(len(mean), (batch,), generator=gen, device=device)
         latents = sample_latents(mean[index], std[index], gen)
-        noisy, target, timesteps = add_noise(
-            base.scheduler, latents, gen, settings.offset_noise,
+        noisy, target, timesteps = family.add_noise(
+            base, latents, gen, settings.offset_noise,
             settings.high_noise_share, settings.high_noise_band,
         )  # fmt: skip
         mask = subject_masks[index] if subject_masks is not None else None
@@ -94,8 +93,8 @@ def train_subject(
 
     def inversion_loss(gen: torch.Generator) -> torch.Tensor:
         noisy, target, timesteps, mask = noisy_batch(gen)
-        text = text_encoder(input_ids.expand(batch, -1))[0]
-        prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
+        text = family.embed_ids(base, input_ids.expand(batch, -1))
+        prediction = family.predict(base, noisy, timesteps, text)
         return diffusion_loss(prediction, target, mask)
 
     inversion = run_stage(
@@ -106,7 +105,7 @@ def train_subject(
     embedding = rows.commit()
 
     with torch.no_grad():
-        text = text_encoder(input_ids)[0].expand(batch, -1, -1)
+        text = family.embed_ids(base, input_ids).expand(batch, -1, -1)
     injector = AdapterInjector(unet)
     fresh = create_adapter_state(unet, "subject", settings.hidden_ratio, seed=settings.seed)
     weights = injector.load(ADAPTER_NAME, "subject", fresh, settings.hidden_ratio)
@@ -114,7 +113,7 @@ def train_subject(
 
     def identity_loss(gen: torch.Generator) -> torch.Tensor:
         noisy, target, timesteps, mask = noisy_batch(gen)
-        prediction = unet(noisy, timesteps, encoder_hidden_states=text).sample
+        prediction = family.predict(base, noisy, timesteps, text)
         return diffusion_loss(prediction, target, mask)
 
     identity = run_stage(

@@ -1,7 +1,7 @@
-"""Encoding training data once per run: VAE posteriors and text embeddings.
+"""Prompts for CLIP text encoders: token ids, the check for cut prompts, text embeddings.
 
-Text goes through `tokenize` (used by training and the sampler alike), the one place that knows
-how prompts are cut to the text encoder's length.
+`tokenize` (used by training and the sampler alike, through the base's family) is the one place
+that knows how prompts are cut to the text encoder's length.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import warnings
 from collections.abc import Sequence
 
 import torch
-from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 from dvkit.errors import DvkitError, DvkitWarning
@@ -19,29 +18,6 @@ from dvkit.errors import DvkitError, DvkitWarning
 
 class PromptTooLongError(DvkitError):
     """A prompt whose learned token falls past what the text encoder reads."""
-
-
-@torch.no_grad()
-def encode_frames(
-    vae: AutoencoderKL, pixels: torch.Tensor, batch_size: int = 8
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scaled posterior mean and std of frames (..., 3, H, W) → (..., C, h, w) each."""
-    lead = pixels.shape[:-3]
-    flat = pixels.reshape(-1, *pixels.shape[-3:])
-    device, dtype = vae.device, vae.dtype
-    means, stds = [], []
-    for chunk in flat.split(batch_size):
-        posterior = vae.encode(chunk.to(device, dtype)).latent_dist
-        means.append(posterior.mean.float())
-        stds.append(posterior.std.float())
-    scale = vae.config.scaling_factor
-    mean, std = torch.cat(means) * scale, torch.cat(stds) * scale
-    return mean.reshape(*lead, *mean.shape[1:]), std.reshape(*lead, *std.shape[1:])
-
-
-def as_video(latents: torch.Tensor) -> torch.Tensor:
-    """(B, F, C, h, w) frames-first latents → (B, C, F, h, w) as the UNet takes them."""
-    return latents.permute(0, 2, 1, 3, 4)
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> torch.Tensor:

@@ -1,0 +1,197 @@
+"""The `animatediff` family on `tiny-animatediff`: the sampler against `AnimateDiffPipeline`,
+adapter sites, training, composing across families, and adding bases from folders."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dvkit.bases import add_base
+from dvkit.errors import DvkitError
+from dvkit.generate.compose import compose
+from dvkit.generate.sampler import Row, SamplerSettings, initial_latents, sample
+from dvkit.models.injection import AdapterInjector, adapter_slots, create_adapter_state
+from dvkit.models.tiny_animatediff import (
+    build_tiny_animatediff_base,
+    small_motion_adapter,
+    small_unet2d,
+)
+from dvkit.train.api import add_motion, add_subject
+
+SMALL = SamplerSettings(steps=3, frames=3, height=8, width=8)
+
+
+def _random_adapters(unet, kind, seed):
+    generator = torch.Generator().manual_seed(seed)
+    state = create_adapter_state(unet, kind, cond_dim=32 if kind == "motion" else None)
+    return {k: torch.randn(v.shape, generator=generator) * 0.2 for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    base = build_tiny_animatediff_base()
+    injector = AdapterInjector(base.unet)
+    injector.load("s", "subject", _random_adapters(base.unet, "subject", 1))
+    injector.load("m", "motion", _random_adapters(base.unet, "motion", 2))
+    return base, injector
+
+
+def test_sampler_matches_animatediff_pipeline() -> None:
+    from diffusers import AnimateDiffPipeline
+
+    base = build_tiny_animatediff_base()
+    pipe = AnimateDiffPipeline(
+        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
+        motion_adapter=None, scheduler=base.family.sampling_scheduler(base),
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    row = Row("a cat surfing", seed=5, negative_prompt="a dog")
+    settings = SamplerSettings(steps=4, guidance_scale=7.5, frames=3, height=8, width=8)
+    start = initial_latents(base, [row], settings, 1.0)
+    expected = pipe(
+        "a cat surfing", num_inference_steps=4, height=8, width=8, num_frames=3,
+        guidance_scale=7.5, negative_prompt="a dog", latents=start, output_type="pt",
+    ).frames  # (1, F, 3, H, W)  # fmt: skip
+    ours = sample(base, [row], settings)
+    assert ours.shape == (1, 3, 8, 8, 3)
+    assert (expected.permute(0, 1, 3, 4, 2) - ours).abs().max().item() <= 1e-5
+
+
+def test_adapters_sit_at_every_spatial_attn2_and_motion_module_layer() -> None:
+    from diffusers.models.transformers.transformer_2d import Transformer2DModel
+    from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+
+    unet = build_tiny_animatediff_base().unet
+    spatial = [
+        f"{path}.transformer_blocks.{i}"
+        for path, module in unet.named_modules() if isinstance(module, Transformer2DModel)
+        for i in range(len(module.transformer_blocks))
+    ]  # fmt: skip
+    temporal = [
+        f"{path}.transformer_blocks.{i}"
+        for path, module in unet.named_modules() if isinstance(module, AnimateDiffTransformer3D)
+        for i in range(len(module.transformer_blocks))
+    ]  # fmt: skip
+    subject = adapter_slots(unet, "subject")
+    motion = adapter_slots(unet, "motion")
+    assert [(s.block, s.slot) for s in subject] == [(block, "attn2") for block in spatial]
+    assert [(s.block, s.slot) for s in motion] == [
+        (block, slot) for block in temporal for slot in ("attn1", "attn2", "ff")
+    ]
+    assert len(temporal) == 7 and all(".motion_modules." in block for block in temporal)
+    assert "mid_block.motion_modules.0.transformer_blocks.0" in temporal
+
+
+def test_motion_adapters_read_the_input_with_frame_positions(loaded) -> None:
+    base, injector = loaded
+    slot = adapter_slots(base.unet, "motion")[0]
+    block = base.unet.get_submodule(slot.block)
+    adapter = injector.get("m").adapter(slot.prefix)
+    seen = {}
+    hooks = [
+        block.norm1.register_forward_pre_hook(lambda _, args: seen.setdefault("h", args[0])),
+        adapter.register_forward_pre_hook(lambda _, args: seen.setdefault("a", args[0])),
+    ]
+    try:
+        sample(base, [Row("a cat", adapters={"m": 1.0})], SamplerSettings(steps=1, frames=3,
+               height=8, width=8, guidance_scale=1.0), injector)  # fmt: skip
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert block.pos_embed is not None
+    assert torch.equal(seen["a"], block.pos_embed(seen["h"]))
+    assert not torch.equal(seen["a"], seen["h"])
+
+
+def test_scale_zero_equals_no_adapters_and_rows_batch(loaded) -> None:
+    base, injector = loaded
+    bare = sample(base, [Row("a cat", seed=1)], SMALL)
+    zero = sample(base, [Row("a cat", seed=1, adapters={"s": 0.0, "m": 0.0})], SMALL, injector)
+    full = sample(base, [Row("a cat", seed=1, adapters={"s": 1.0, "m": 1.0})], SMALL, injector)
+    assert (zero - bare).abs().max().item() <= 1e-6
+    assert (full - bare).abs().max().item() > 1e-3
+    embed = torch.randn(32, generator=torch.Generator().manual_seed(3))
+    rows = [
+        Row("a cat", seed=0, adapters={"s": 1.0}),
+        Row("a dog surfing", seed=1, adapters={"s": 0.7, "m": 1.0}, image_embed=embed),
+        Row("a bird", seed=2),
+    ]
+    together = sample(base, rows, SMALL, injector)
+    alone = torch.cat([sample(base, [row], SMALL, injector) for row in rows])
+    assert (together - alone).abs().max().item() <= 1e-5
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray((rng.random((12, 10, 3)) * 255).astype("uint8")).save(
+            folder / f"{index}.png"
+        )
+    return folder
+
+
+@pytest.fixture
+def videos(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for index in range(2):
+        clip = folder / f"{index}"
+        clip.mkdir()
+        for frame in range(4):
+            pixels = (rng.random((8, 8, 3)) * 255).astype("uint8")
+            Image.fromarray(pixels).save(clip / f"{frame}.png")
+    return folder
+
+
+def test_training_on_animatediff_and_composing_across_families(catalog, images, videos) -> None:
+    fast = {"preset": "quick", "resolution": 8, "checkpoint_every": 2}
+    cat = add_subject("cat", [images], catalog=catalog, base="tiny-animatediff",
+                      inversion_steps=2, identity_steps=2, **fast)  # fmt: skip
+    surf = add_motion("surf", [videos], catalog=catalog, base="tiny-animatediff", steps=2,
+                      frames=4, **fast)  # fmt: skip
+    assert (cat.architecture, surf.architecture) == ("animatediff", "animatediff")
+    assert surf.placement == ["attn1", "attn2", "ff"]
+    video = compose("cat", "surf", catalog=catalog, steps=2, frames=3, size=8)
+    assert video.frames.shape == (1, 3, 8, 8, 3)
+    other = add_motion(
+        "tinysurf", [videos], catalog=catalog, base="tiny", steps=2, frames=4, **fast
+    )
+    assert other.architecture == "modelscope-t2v"
+    with pytest.raises(DvkitError) as caught:
+        compose("cat", "tinysurf", catalog=catalog, steps=2)
+    message = str(caught.value)
+    assert "tiny-animatediff (animatediff" in message and "tiny (modelscope-t2v" in message
+
+
+def _save_parts(base, folder, unet):
+    unet.save_pretrained(folder / "unet")
+    base.vae.save_pretrained(folder / "vae")
+    base.text_encoder.save_pretrained(folder / "text_encoder")
+    base.tokenizer.save_pretrained(folder / "tokenizer")
+    base.scheduler.save_pretrained(folder / "scheduler")
+
+
+def test_base_add_from_sd_folder_with_motion_adapter_and_from_animatediff_folder(
+    catalog, tmp_path
+) -> None:
+    from diffusers import UNetMotionModel
+
+    tiny = build_tiny_animatediff_base()
+    torch.manual_seed(0)
+    unet2d, adapter = small_unet2d(), small_motion_adapter()
+    sd = tmp_path / "sd15"
+    _save_parts(tiny, sd, unet2d)
+    adapter.save_pretrained(tmp_path / "motion-adapter")
+    record = add_base(catalog, "mine", str(sd), motion_adapter=str(tmp_path / "motion-adapter"))
+    assert record.architecture == "animatediff"
+    assert record.config["sources"] == {"motion_adapter": str(tmp_path / "motion-adapter")}
+    saved = tmp_path / "animatediff"
+    _save_parts(tiny, saved, UNetMotionModel.from_unet2d(unet2d, adapter))
+    again = add_base(catalog, "saved", str(saved))
+    assert again.architecture == "animatediff" and again.fingerprint == record.fingerprint
+    with pytest.raises(DvkitError, match="motion-adapter"):
+        add_base(catalog, "bare", str(sd), family="animatediff")
