@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from dvkit.catalog import Catalog
 from dvkit.catalog.records import BaseModelRecord
-from dvkit.errors import NotFoundError
-from dvkit.models.builtin import BUILTIN_BASES
+from dvkit.errors import DvkitError, NotFoundError
+from dvkit.models.builtin import BUILTIN_BASES, BUILTINS
 from dvkit.names import validate_name
 
 if TYPE_CHECKING:
     from dvkit.models.components import BaseComponents
+
+
+class NoBaseError(DvkitError):
+    """No base named, and no default base set."""
 
 
 def add_base(
@@ -35,7 +40,30 @@ def add_base(
     components = load_base(source, name, family, options)
     record = _record(components, name, source, options)
     catalog.add_base(record)
+    if catalog.default_base() is None:
+        catalog.set_default_base(name)
     return record
+
+
+def set_default_base(catalog: Catalog, name: str) -> None:
+    """Make `name` (a registered or built-in base) what training and composing use when no base
+    is named. Raises `NotFoundError` for an unknown base."""
+    base_architecture(catalog, name)
+    catalog.set_default_base(name)
+
+
+def choose_base(catalog: Catalog, base: str | None) -> str:
+    """The base to use: `base` when given, else `$DVKIT_BASE`, else the catalog's default; with
+    none of them a `NoBaseError` saying how to choose one."""
+    chosen = base or os.environ.get("DVKIT_BASE") or catalog.default_base()
+    if chosen:
+        return chosen
+    builtins = ", ".join(BUILTINS)
+    raise NoBaseError(
+        "no base chosen: add one with `dvkit base add NAME SOURCE` (it becomes the default), "
+        f"pick one with `dvkit base default NAME`, or give --base (built in, offline: {builtins}; "
+        "try --base sprites)"
+    )
 
 
 def open_base(catalog: Catalog, name: str) -> tuple[BaseComponents, BaseModelRecord]:
@@ -47,17 +75,33 @@ def open_base(catalog: Catalog, name: str) -> tuple[BaseComponents, BaseModelRec
         record = catalog.base(name)
     except NotFoundError:
         if name not in BUILTIN_BASES:
-            names = {*BUILTIN_BASES, *(row["name"] for row in catalog.base_rows())}
-            known = ", ".join(sorted(names))
-            raise NotFoundError(
-                f"unknown base {name!r} (known: {known}; add one with: dvkit base add NAME SOURCE)"
-            ) from None
+            raise _unknown(catalog, name) from None
         components = load_base(name, name)
         record = _record(components, name, f"builtin:{name}", {})
         catalog.add_base(record)
         return components, record
     options = record.config.get("sources", {})
     return load_base(record.source, name, record.architecture, options), record
+
+
+def base_architecture(catalog: Catalog, name: str) -> str:
+    """The family of base `name` (registered or built in) without loading it; `NotFoundError`
+    naming the known bases otherwise."""
+    validate_name(name, "base name")
+    try:
+        return catalog.base(name).architecture
+    except NotFoundError:
+        if name not in BUILTINS:
+            raise _unknown(catalog, name) from None
+        return BUILTINS[name].architecture
+
+
+def _unknown(catalog: Catalog, name: str) -> NotFoundError:
+    names = {*BUILTIN_BASES, *(row["name"] for row in catalog.base_rows())}
+    known = ", ".join(sorted(names))
+    return NotFoundError(
+        f"unknown base {name!r} (known: {known}; add one with: dvkit base add NAME SOURCE)"
+    )
 
 
 def _record(

@@ -16,8 +16,10 @@ from dvkit.cli.main import run
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the developer's catalog: DVKIT_HOME unset, cwd in a fresh folder."""
+    """No test sees the developer's catalog: DVKIT_HOME unset, cwd in a fresh folder; training
+    and composing without --base use the built-in `tiny` base (DVKIT_BASE)."""
     monkeypatch.delenv("DVKIT_HOME", raising=False)
+    monkeypatch.setenv("DVKIT_BASE", "tiny")
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)

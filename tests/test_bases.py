@@ -3,6 +3,7 @@
 import json
 
 from dvkit.bases import open_base
+from dvkit.models.loading import load_base
 from dvkit.models.tiny import build_tiny_base
 
 
@@ -13,15 +14,20 @@ def _save_diffusers_folder(folder):
     return base
 
 
-def test_add_local_folder_keeps_fingerprint(cli, home, tmp_path) -> None:
-    original = _save_diffusers_folder(tmp_path / "t2v")
+def test_add_local_folder_keeps_fingerprint_and_becomes_default(cli, home, tmp_path) -> None:
+    _save_diffusers_folder(tmp_path / "t2v")
     code, out, err = cli("--home", home, "base", "add", "local-tiny", tmp_path / "t2v")
     assert code == 0, err
-    fingerprint = original.fingerprint()
+    fingerprint = load_base(str(tmp_path / "t2v")).fingerprint()
     assert f"added base local-tiny (modelscope-t2v, {fingerprint[:12]})" in out
     code, out, _ = cli("--home", home, "base", "show", "local-tiny", "--json")
     shown = json.loads(out)
     assert shown["fingerprint"] == fingerprint and shown["source"] == str(tmp_path / "t2v")
+    code, out, _ = cli("--home", home, "base", "list")
+    assert out.splitlines()[0].startswith("local-tiny *")
+    _save_diffusers_folder(tmp_path / "second")
+    cli("--home", home, "base", "add", "second", tmp_path / "second")
+    assert cli("--home", home, "base", "default")[1].strip() == "local-tiny"
 
 
 def test_open_base_registers_builtin_once(catalog) -> None:
@@ -34,7 +40,7 @@ def test_open_base_registers_builtin_once(catalog) -> None:
 
 def test_base_list_shows_unused_builtins(cli, home) -> None:
     code, out, _ = cli("--home", home, "base", "list", "--json")
-    assert [row["name"] for row in json.loads(out)] == ["tiny", "sprites"]
+    assert [row["name"] for row in json.loads(out)] == ["tiny", "tiny-animatediff", "sprites"]
 
 
 def test_base_add_errors(cli, home, tmp_path, run_dvkit) -> None:
@@ -52,4 +58,21 @@ def test_base_add_errors(cli, home, tmp_path, run_dvkit) -> None:
     code, _, err = cli("--home", home, "base", "add", "Bad", tmp_path / "not-a-model")
     assert code == 1 and "invalid base name" in err
     code, out, _ = cli("--home", home, "base", "list", "--json")
-    assert [row["name"] for row in json.loads(out)] == ["tiny", "sprites"]  # nothing was added
+    assert [row["name"] for row in json.loads(out)] == [
+        "tiny",
+        "tiny-animatediff",
+        "sprites",
+    ]  # nothing was added
+
+
+def test_no_base_chosen_is_one_line_naming_the_ways_to_choose(cli, home, monkeypatch) -> None:
+    monkeypatch.delenv("DVKIT_BASE")
+    code, _, err = cli("--home", home, "compose", "--prompt", "a cat")
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "dvkit base add" in err and "--base sprites" in err and "tiny-animatediff" in err
+    code, _, err = cli("--home", home, "base", "default", "nope")
+    assert code == 1 and "unknown base 'nope'" in err
+    assert cli("--home", home, "base", "default", "sprites")[0] == 0
+    assert cli("--home", home, "base", "default")[1].strip() == "sprites"
+    code, out, _ = cli("--home", home, "base", "list", "--json")
+    assert [row["name"] for row in json.loads(out) if row["default"]] == ["sprites"]

@@ -113,6 +113,12 @@ def m003_evaluation_cells(db: Database) -> None:
     db.execute("CREATE INDEX evaluations_cell ON evaluations(cell)")
 
 
+@migrations()
+def m004_settings(db: Database) -> None:
+    """Catalog-wide settings by key (e.g. `default_base`)."""
+    db.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
 def migrate(conn: sqlite3.Connection, db_path: Path) -> None:
     """Apply pending migrations under the database's write lock, so concurrent openers agree."""
     db = Database(conn)

@@ -590,6 +590,22 @@ class Catalog:
 
         return BaseModelRecord.model_validate(self.base_row(name))
 
+    def default_base(self) -> str | None:
+        """The base training and composing use when none is named (`dvkit base default`)."""
+        row = self._conn.execute("SELECT value FROM settings WHERE key = 'default_base'").fetchone()
+        return None if row is None else row[0]
+
+    def set_default_base(self, name: str) -> None:
+        """Make `name` the default base (checked to be known by `dvkit.bases.set_default_base`:
+        a built-in base is registered only on first use)."""
+        validate_name(name, "base name")
+        with self._write("set the default base") as db:
+            db.execute(
+                "INSERT INTO settings (key, value) VALUES ('default_base', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (name,),
+            )
+
     # ---- integrity -------------------------------------------------------------------------
 
     def verify(self, on_blob: Callable[[str], None] | None = None) -> VerifyReport:

@@ -50,6 +50,26 @@ def add_base(
     )
 
 
+@app.command("default")
+def default_base(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None, typer.Argument(help="Base to make the default (omit to print the default).")
+    ] = None,
+) -> None:
+    """Print or set the base that training and compose use when no --base is given."""
+    if name is None:
+        with open_catalog(ctx) as catalog:
+            current = catalog.default_base()
+        print(current or "no default base (set one with: dvkit base default NAME)")
+        return
+    from dvkit.bases import set_default_base
+
+    with open_catalog(ctx, writing="set the default base") as catalog:
+        set_default_base(catalog, name)
+    print(f"default base: {name}")
+
+
 @app.command("families")
 def list_families(as_json: JsonOption = False) -> None:
     """List the base families dvkit knows, with their defaults and reference pipeline."""
@@ -80,18 +100,23 @@ def list_bases(ctx: typer.Context, as_json: JsonOption = False) -> None:
 
     with open_catalog(ctx) as catalog:
         rows = catalog.base_rows()
+        default = catalog.default_base()
     known = {row["name"] for row in rows}
     rows += [
         {"name": name, "source": f"builtin:{name}", "architecture": builtin.architecture,
          "fingerprint": "", "description": builtin.description}
         for name, builtin in BUILTINS.items() if name not in known
     ]  # fmt: skip
+    for row in rows:
+        row["default"] = row["name"] == default
     if as_json:
         render.print_json(rows)
     else:
         for row in rows:
+            name = f"{row['name']} *" if row["default"] else row["name"]
             fingerprint = row["fingerprint"][:12]
-            print(f"{row['name']:<20} {row['architecture']:<20} {fingerprint}  {row['source']}")
+            print(f"{name:<20} {row['architecture']:<20} {fingerprint:<12}  {row['source']}")
+        print("* default base (dvkit base default NAME)" if default else "no default base")
 
 
 @app.command("show")

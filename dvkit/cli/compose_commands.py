@@ -80,7 +80,14 @@ def compose(
     video_format: Annotated[
         str, typer.Option("--format", help="mp4, gif or mp4,gif (for folder outputs).")
     ] = "mp4",
-    base: Annotated[str, typer.Option("--base", help="Base when no adapter is given.")] = "tiny",
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            help="Base when no adapter is given (default: $DVKIT_BASE, else the catalog's "
+            "default base).",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
 ) -> None:

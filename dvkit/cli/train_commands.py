@@ -11,7 +11,14 @@ from dvkit import ranges
 from dvkit.cli.context import number, open_catalog
 from dvkit.errors import DvkitError
 
-Base = Annotated[str, typer.Option("--base", help="Base model (see: dvkit base list).")]
+Base = Annotated[
+    str | None,
+    typer.Option(
+        "--base",
+        help="Base model (default: $DVKIT_BASE, else the catalog's default base; see: "
+        "dvkit base list).",
+    ),
+]
 Preset = Annotated[
     str,
     typer.Option(
@@ -107,7 +114,7 @@ def add_subject(
     keep_steps: KeepSteps = None,
     checkpoint_every: CheckpointEvery = None,
     gradient_checkpointing: GradientCheckpointing = False,
-    base: Base = "tiny",
+    base: Base = None,
     preset: Preset = "official",
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -196,7 +203,7 @@ def add_motion(
     keep_steps: KeepSteps = None,
     checkpoint_every: CheckpointEvery = None,
     gradient_checkpointing: GradientCheckpointing = False,
-    base: Base = "tiny",
+    base: Base = None,
     preset: Preset = "official",
     device: Device = "auto",
     dtype: Dtype = "auto",

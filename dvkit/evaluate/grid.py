@@ -161,7 +161,7 @@ def bench(
     todo = [cell for key, cell in keys.items() if key not in done]
     result = GridResult(cells=len(mine), skipped=len(mine) - len(todo))
     if todo and generate:
-        components, _ = open_matching_base(catalog, chosen, "tiny")
+        components, _ = open_matching_base(catalog, chosen, base)
         run_device = resolve_device(device)
         run_dtype = resolve_dtype(dtype, run_device)
         components.freeze(run_device, run_dtype)

@@ -39,8 +39,11 @@ class AnimateDiffFamily(Family):
     denoiser_class = "UNetMotionModel"
     sites = {"subject": (_SPATIAL,), "motion": (_TEMPORAL,)}
     # AnimateDiffPipeline's own defaults (16 frames, 50 steps, guidance 7.5) at SD 1.5's 512×512;
-    # AnimateDiff samples from plain Gaussian noise.
-    defaults = FamilyDefaults(frames=16, fps=8, size=512, steps=50, guidance=7.5, offset_noise=0.0)
+    # AnimateDiff samples from plain Gaussian noise, and its motion modules learn from 16-frame
+    # clips.
+    defaults = FamilyDefaults(
+        frames=16, fps=8, size=512, train_frames=16, steps=50, guidance=7.5, offset_noise=0.0
+    )
 
     def detect(self, folder: Path) -> bool:
         return config_class(folder / "unet" / "config.json") == self.denoiser_class

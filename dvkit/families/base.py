@@ -39,7 +39,9 @@ class FamilyDefaults:
     fps: int
     """Frames per second of training clips and written videos."""
     size: int
-    """Video height and width in pixels."""
+    """Video height and width in pixels (sampling and training)."""
+    train_frames: int
+    """Frames per training clip of a motion (sampling uses the motion's own)."""
     steps: int
     """Sampling steps."""
     guidance: float

@@ -30,9 +30,12 @@ class ModelScopeFamily(Family):
     reference_pipeline = "TextToVideoSDPipeline"
     denoiser_class = "UNet3DConditionModel"
     sites = {"subject": (_SPATIAL,), "motion": (_TEMPORAL,)}
-    # The official DreamVideo inference (VGen inference_dreamvideo_entrance.py): 16 frames at
-    # 8 fps, 256×256, 50 DDIM steps, guidance 9, offset noise 0.1.
-    defaults = FamilyDefaults(frames=16, fps=8, size=256, steps=50, guidance=9.0, offset_noise=0.1)
+    # The official DreamVideo settings (VGen inference_dreamvideo_entrance.py and the
+    # motionLearning configs): 256×256 at 8 fps, 32-frame training clips, 50 DDIM steps,
+    # guidance 9, offset noise 0.1; 16 frames when sampling without a motion.
+    defaults = FamilyDefaults(
+        frames=16, fps=8, size=256, train_frames=32, steps=50, guidance=9.0, offset_noise=0.1
+    )
     layouts = ("vgen",)
 
     def detect(self, folder: Path) -> bool:
@@ -81,7 +84,14 @@ class SpritesFamily(ModelScopeFamily):
     name = "sprites-pixel-t2v"
     description = "pixel-space 3D UNet of the sprites world (built-in)"
     defaults = FamilyDefaults(
-        frames=8, fps=8, size=16, steps=25, guidance=2.0, motion_until=0.4, offset_noise=0.0
+        frames=8,
+        fps=8,
+        size=16,
+        train_frames=8,
+        steps=25,
+        guidance=2.0,
+        motion_until=0.4,
+        offset_noise=0.0,
     )
     layouts = ()
 

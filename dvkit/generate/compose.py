@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dvkit.bases import open_base
+from dvkit.bases import choose_base, open_base
 from dvkit.catalog import Catalog
 from dvkit.catalog.records import AdapterRecord, EvaluationRecord
 from dvkit.errors import DvkitError, DvkitWarning, NotFoundError
@@ -59,7 +59,7 @@ def compose(
     prompt: str | None = None,
     *,
     catalog: Catalog | None = None,
-    base: str = "tiny",
+    base: str | None = None,
     merged: str | Path | None = None,
     subject_scale: float | None = None,
     motion_scale: float | None = None,
@@ -328,9 +328,10 @@ def load_adapter(catalog: Catalog, ref: str, step: int | None, kind: str) -> Loa
 
 
 def open_matching_base(
-    catalog: Catalog, chosen: list[LoadedAdapter], default: str
+    catalog: Catalog, chosen: list[LoadedAdapter], default: str | None
 ) -> tuple[BaseComponents, object]:
-    """The base all `chosen` adapters were trained on (`default` when none is chosen)."""
+    """The base all `chosen` adapters were trained on (when none is chosen: `default`, or the
+    one `choose_base` gives)."""
     by_base = {a.record.base_fingerprint: a for a in reversed(chosen)}
     if len(by_base) > 1:
         first, second = list(by_base.values())[-2:][::-1]
@@ -339,7 +340,7 @@ def open_matching_base(
             f"{second.record.ref} on base {_base_label(second.record)}; adapters compose only "
             "onto the base they were trained on"
         )
-    name = chosen[0].record.base if chosen else default
+    name = chosen[0].record.base if chosen else choose_base(catalog, default)
     components, base_record = open_base(catalog, name)
     for adapter in chosen:
         if adapter.record.base_fingerprint != base_record.fingerprint:

@@ -61,8 +61,8 @@ DEFAULT_IMAGE_STRENGTH_UNCOND = 1.0
 
 
 def sampling_default(base: str, key: str, architecture: str | None = None) -> float:
-    """The default `frames`, `fps`, `size`, `steps`, `guidance`, `motion_until` or
-    `offset_noise` for sampling from `base`: a built-in base's own, else its family's
+    """The default `frames`, `fps`, `size`, `train_frames`, `steps`, `guidance`, `motion_until`
+    or `offset_noise` of `base`: a built-in base's own, else its family's
     (`architecture`, the built-in's, or `modelscope-t2v`)."""
     from dvkit.families import family
 
@@ -71,6 +71,16 @@ def sampling_default(base: str, key: str, architecture: str | None = None) -> fl
         return builtin.sampling[key]
     name = architecture or (builtin.architecture if builtin else "modelscope-t2v")
     return family(name).defaults.get(key)
+
+
+def training_defaults(base: str, architecture: str | None = None) -> dict[str, float]:
+    """What training takes from the base when neither the preset nor the user sets it: the
+    image `resolution`, and a motion's clip `frames` and `fps` (see `sampling_default`)."""
+    return {
+        "resolution": sampling_default(base, "size", architecture),
+        "frames": sampling_default(base, "train_frames", architecture),
+        "fps": sampling_default(base, "fps", architecture),
+    }
 
 
 def build_builtin(name: str) -> BaseComponents:

@@ -75,8 +75,9 @@ def choose_family(source: str, options: Mapping[str, Any]) -> Family:
         found = detect_family(folder)
         if found is None:
             raise BaseLoadError(
-                f"{folder} is not a diffusers folder of a known base family (its unet/config.json "
-                "names no UNet3DConditionModel; for Stable Diffusion 1.5 give --motion-adapter)"
+                f"{folder} is not a diffusers text-to-video folder of a known family (no "
+                "unet/config.json naming UNet3DConditionModel or UNetMotionModel; for Stable "
+                "Diffusion 1.5 give --motion-adapter)"
             )
         return found
     return family("modelscope-t2v")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import torch
 from pydantic import ValidationError
 
-from dvkit.bases import open_base
+from dvkit.bases import base_architecture, choose_base, open_base
 from dvkit.catalog import Catalog
 from dvkit.catalog.blobs import StagedBlob
 from dvkit.catalog.records import AdapterRecord, BaseModelRecord, RunRecord
@@ -27,6 +27,7 @@ from dvkit.io.adapter_file import (
     AdapterFileInfo,
     write_adapter_file,
 )
+from dvkit.models.builtin import training_defaults
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.names import validate_name, validate_tag
 from dvkit.train import data
@@ -49,7 +50,7 @@ def add_subject(
     images: Sequence[str | Path],
     *,
     catalog: Catalog | None = None,
-    base: str = "tiny",
+    base: str | None = None,
     masks: str | Path | None = None,
     preset: Preset = "official",
     device: str = "auto",
@@ -71,7 +72,11 @@ def add_subject(
     catalog = catalog or Catalog.open()
     tags = _check_request(catalog, name, "subject", tags)
     overrides["token"] = overrides.get("token") or f"<{name}>"
-    settings = _settings(SubjectSettings, "subject", preset, overrides, use_masks=masks is not None)
+    base = choose_base(catalog, base)
+    defaults = training_defaults(base, base_architecture(catalog, base))
+    settings = _settings(
+        SubjectSettings, "subject", preset, overrides, defaults, use_masks=masks is not None
+    )
     world = current_world()
     run_device = _device(device, world)
     run_dtype = resolve_dtype(dtype, run_device)
@@ -106,7 +111,7 @@ def add_motion(
     videos: Sequence[str | Path],
     *,
     catalog: Catalog | None = None,
-    base: str = "tiny",
+    base: str | None = None,
     preset: Preset = "official",
     device: str = "auto",
     dtype: str = "auto",
@@ -124,9 +129,11 @@ def add_motion(
     catalog = catalog or Catalog.open()
     tags = _check_request(catalog, name, "motion", tags)
     overrides["caption"] = overrides.get("caption") or name.replace("_", " ").replace("-", " ")
+    base = choose_base(catalog, base)
     if not overrides.get("image_encoder"):
         overrides["image_encoder"] = default_image_encoder(base)
-    settings = _settings(MotionSettings, "motion", preset, overrides)
+    defaults = training_defaults(base, base_architecture(catalog, base))
+    settings = _settings(MotionSettings, "motion", preset, overrides, defaults)
     world = current_world()
     run_device = _device(device, world)
     run_dtype = resolve_dtype(dtype, run_device)
@@ -187,9 +194,18 @@ def _check_request(catalog: Catalog, name: str, kind: str, tags: Sequence[str]) 
 
 
 def _settings(
-    cls: type[SettingsT], kind: str, preset: Preset, overrides: dict[str, Any], **extra: Any
+    cls: type[SettingsT],
+    kind: str,
+    preset: Preset,
+    overrides: dict[str, Any],
+    base_defaults: dict[str, Any],
+    **extra: Any,
 ) -> SettingsT:
-    values = {**preset_values(preset, kind), **extra}
+    """Settings from, in rising precedence: the class defaults (the official recipe), the base's
+    own data defaults (`training_defaults`: resolution, clip frames and fps), the preset, `extra`
+    and the user's `overrides`."""
+    values = {key: value for key, value in base_defaults.items() if key in cls.model_fields}
+    values.update({**preset_values(preset, kind), **extra})
     values.update({key: value for key, value in overrides.items() if value is not None})
     try:
         return cls(**values)
