@@ -84,14 +84,16 @@ def choose_family(source: str, options: Mapping[str, Any]) -> Family:
 
 
 def quiet_libraries() -> None:
-    """Keep diffusers' and transformers' advice (e.g. about accelerate) off the terminal."""
+    """Keep diffusers' and transformers' advice (e.g. about accelerate) and their loading bars
+    off the terminal."""
     import warnings
 
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
+    for logging in (diffusers_logging, transformers_logging):
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
 
 
