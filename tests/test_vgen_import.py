@@ -390,6 +390,8 @@ def test_import_errors_are_one_line_and_leave_catalog_unchanged(
         ((unnamed, "--base", "tiny", "--embedding", embedding), "pass --name NAME"),
         ((embedding, "--base", "tiny"), "a textual-inversion file, not an adapter"),
         ((identity, "--base", "nosuchbase", "--embedding", embedding), "unknown base"),
+        ((identity, "--base", "tiny-animatediff", "--embedding", embedding),
+         "but base 'tiny-animatediff' is of family animatediff"),
         ((identity, "--base", "tiny", "--embedding", embedding, "--name", "Bad"),
          "invalid name 'Bad'"),
         ((official["motion"], "--base", "tiny", "--name", "dog"), "already a subject"),

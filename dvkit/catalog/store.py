@@ -285,7 +285,6 @@ class Catalog:
         info = read_adapter_info(path, verify_hash=False)
         name = validate_name(name or info.name)
         tags = [validate_tag(tag) for tag in tags]
-        self._check_family(path, info)
         self._check_token_width(path, info)
         existing = self._same_weights(name, info.kind, info.base_fingerprint, info.weights_hash)
         if existing is not None:
@@ -293,20 +292,6 @@ class Catalog:
         staged, info = self.stage_adapter_file(path)
         extra = {} if description is None else {"description": description}
         return self.register(adapter_record(info, staged, name=name, **extra), staged, tags)
-
-    def _check_family(self, path: Path, info: AdapterFileInfo) -> None:
-        """An adapter of one base family cannot go onto a base of another: refuse a file whose
-        base (by fingerprint, else by name) this catalog knows under another family."""
-        row = self._conn.execute(
-            "SELECT name, json_extract(record, '$.architecture') FROM bases "
-            "WHERE fingerprint = ? OR name = ? ORDER BY fingerprint = ? DESC LIMIT 1",
-            (info.base_fingerprint, info.base, info.base_fingerprint),
-        ).fetchone()
-        if row is not None and row[1] and info.architecture and row[1] != info.architecture:
-            raise AdapterFileError(
-                f"{path}: a {info.architecture} adapter, but its base {row[0]!r} in this catalog "
-                f"is a {row[1]} base; adapters go only onto bases of their own family"
-            )
 
     def _check_token_width(self, path: Path, info: AdapterFileInfo) -> None:
         """A subject's vectors must be as wide as its base's text encoder (when the catalog has

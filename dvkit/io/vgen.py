@@ -542,8 +542,15 @@ def prepare_vgen_files(
     checkpoints = [_read_checkpoint(path) for path in paths]
     vectors = {path: read_vgen_embedding(path) for path in embedding_paths}
 
-    from dvkit.bases import open_base
+    from dvkit.bases import base_architecture, open_base
+    from dvkit.families import family
 
+    architecture = base_architecture(catalog, base)
+    if "vgen" not in family(architecture).layouts:
+        raise DvkitError(
+            "official DreamVideo checkpoints fit bases of family modelscope-t2v (ModelScope "
+            f"T2V), but base {base!r} is of family {architecture}"
+        )
     components, base_record = open_base(catalog, base)
     adapters = [_map_checkpoint(checkpoint, components.unet) for checkpoint in checkpoints]
     for adapter in adapters:
