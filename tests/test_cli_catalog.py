@@ -108,6 +108,7 @@ def test_base_commands(cli, home) -> None:
         "tiny", "modelscope-t2v", "builtin:tiny",
         "tiny-animatediff", "animatediff", "builtin:tiny-animatediff",
         "sprites", "sprites-pixel-t2v", "builtin:sprites",
+        "no", "default", "base",
     ]  # fmt: skip
     with Catalog.open(home) as catalog:
         catalog.add_base(

@@ -70,7 +70,7 @@ def test_steps_draw_different_windows(tmp_path, monkeypatch) -> None:
                         torch.float32, tmp_path / "a", SilentReporter())  # fmt: skip
     base = build_tiny_base()
     base.freeze(CPU, torch.float32)
-    posteriors, _ = motion._posteriors(base.vae, clips)
+    posteriors, _ = motion._posteriors(base, clips)
     drawn = [_window_of(mean, posteriors, windows) for mean in means]
     assert len(drawn) == 4 and len(set(drawn)) > 1  # two steps drew different windows
     for window, image in zip(drawn, images, strict=True):

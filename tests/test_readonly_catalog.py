@@ -70,7 +70,9 @@ def test_reading_commands_work(cli, filled, read_only, tmp_path) -> None:
     assert code == 0 and out.strip() == "checked 2 weights files: ok"
     assert cli("--home", filled, "where")[1].strip() == str(filled)
     code, out, _ = cli("--home", filled, "base", "list", "--json")
-    assert code == 0 and [row["name"] for row in json.loads(out)] == ["tiny", "sprites"]
+    assert code == 0 and [row["name"] for row in json.loads(out)] == [
+        "tiny", "tiny-animatediff", "sprites"
+    ]
     code, out, _ = cli("--home", filled, "base", "show", "tiny", "--json")
     assert code == 0 and json.loads(out)["fingerprint"] == "tiny-fingerprint"
     exported = tmp_path / "out" / "cat.safetensors"
@@ -129,7 +131,7 @@ def test_an_older_schema_cannot_be_upgraded_read_only(cli, filled, monkeypatch) 
     monkeypatch.setattr(store, "unwritable_reason", lambda home, db_name: REASON)
     code, out, err = cli("--home", filled, "list")
     assert code == 1 and err.strip().splitlines() == [
-        f"error: catalog {filled} has schema version 2 and needs an upgrade to 3, but it is not "
+        f"error: catalog {filled} has schema version 2 and needs an upgrade to 4, but it is not "
         f"writable here ({REASON}); run any dvkit command on it once with write access"
     ]
     monkeypatch.undo()  # writable again: the next command upgrades it

@@ -23,6 +23,7 @@ from dvkit.catalog.records import EvaluationRecord
 from dvkit.errors import DvkitError
 from dvkit.evaluate import metrics
 from dvkit.evaluate.score import Scorer
+from dvkit.families import FAMILIES
 from dvkit.generate.compose import (
     LoadedAdapter,
     guidance_embedding,
@@ -127,7 +128,10 @@ def bench(
     _check_tokens(subject_adapters)
     chosen = [*subject_adapters.values(), *motion_adapters.values()]
     base = chosen[0].record.base
-    architecture = chosen[0].record.architecture or None
+    # Defaults come from the adapters' family; one this dvkit does not know (a file from a newer
+    # dvkit) gets the ModelScope ones, and fails only if videos must be generated.
+    architecture = chosen[0].record.architecture
+    architecture = architecture if architecture in FAMILIES else None
     if settings is None:
         default_frames = int(sampling_default(base, "frames", architecture))
         resolution = size or _trained(
