@@ -13,13 +13,17 @@ import pytest
 from dvkit.catalog import Catalog
 from dvkit.cli.main import run
 
+# Every test (and every dvkit process a test starts) trains and composes on the built-in `tiny`
+# base unless it names another, and runs torch on one thread: the models are tiny, and threads
+# competing for two cores with other processes slow a run down many times over.
+os.environ["DVKIT_BASE"] = "tiny"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the developer's catalog: DVKIT_HOME unset, cwd in a fresh folder; training
-    and composing without --base use the built-in `tiny` base (DVKIT_BASE)."""
+    """No test sees the developer's catalog: DVKIT_HOME unset, cwd in a fresh folder."""
     monkeypatch.delenv("DVKIT_HOME", raising=False)
-    monkeypatch.setenv("DVKIT_BASE", "tiny")
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)

@@ -158,7 +158,8 @@ def test_compose_writes_records_and_returns_frames(trained, tmp_path) -> None:
         ("cat@1", "surfing@1", 1),
     ]
     alone = compose("cat", "surfing", catalog=trained, seeds=[1], steps=3, record=False)
-    assert np.array_equal(alone.frames[0], result.frames[1])  # a seed's video is batch-independent
+    # A seed's video does not depend on the batch (up to float rounding flipping a uint8 step).
+    assert np.abs(alone.frames[0].astype(int) - result.frames[1]).max() <= 1
     assert not alone.files and len(trained.evaluation_rows()) == 2
     step = compose("cat", None, catalog=trained, subject_step=2, steps=3, out=tmp_path / "c.gif")
     assert step.files == [tmp_path / "c.gif"] and step.prompt == "a <cat>"
