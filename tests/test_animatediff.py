@@ -18,23 +18,6 @@ from dvkit.models.tiny_animatediff import (
 )
 from dvkit.train.api import add_motion, add_subject
 
-SMALL = SamplerSettings(steps=3, frames=3, height=8, width=8)
-
-
-def _random_adapters(unet, kind, seed):
-    generator = torch.Generator().manual_seed(seed)
-    state = create_adapter_state(unet, kind, cond_dim=32 if kind == "motion" else None)
-    return {k: torch.randn(v.shape, generator=generator) * 0.2 for k, v in state.items()}
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    base = build_tiny_animatediff_base()
-    injector = AdapterInjector(base.unet)
-    injector.load("s", "subject", _random_adapters(base.unet, "subject", 1))
-    injector.load("m", "motion", _random_adapters(base.unet, "motion", 2))
-    return base, injector
-
 
 def test_sampler_matches_animatediff_pipeline() -> None:
     from diffusers import AnimateDiffPipeline
@@ -82,8 +65,11 @@ def test_adapters_sit_at_every_spatial_attn2_and_motion_module_layer() -> None:
     assert "mid_block.motion_modules.0.transformer_blocks.0" in temporal
 
 
-def test_motion_adapters_read_the_input_with_frame_positions(loaded) -> None:
-    base, injector = loaded
+def test_motion_adapters_read_the_input_with_frame_positions() -> None:
+    base = build_tiny_animatediff_base()
+    injector = AdapterInjector(base.unet)
+    fresh = create_adapter_state(base.unet, "motion", cond_dim=32)
+    injector.load("m", "motion", {k: torch.randn_like(v) for k, v in fresh.items()})
     slot = adapter_slots(base.unet, "motion")[0]
     block = base.unet.get_submodule(slot.block)
     adapter = injector.get("m").adapter(slot.prefix)
@@ -101,24 +87,6 @@ def test_motion_adapters_read_the_input_with_frame_positions(loaded) -> None:
     assert block.pos_embed is not None
     assert torch.equal(seen["a"], block.pos_embed(seen["h"]))
     assert not torch.equal(seen["a"], seen["h"])
-
-
-def test_scale_zero_equals_no_adapters_and_rows_batch(loaded) -> None:
-    base, injector = loaded
-    bare = sample(base, [Row("a cat", seed=1)], SMALL)
-    zero = sample(base, [Row("a cat", seed=1, adapters={"s": 0.0, "m": 0.0})], SMALL, injector)
-    full = sample(base, [Row("a cat", seed=1, adapters={"s": 1.0, "m": 1.0})], SMALL, injector)
-    assert (zero - bare).abs().max().item() <= 1e-6
-    assert (full - bare).abs().max().item() > 1e-3
-    embed = torch.randn(32, generator=torch.Generator().manual_seed(3))
-    rows = [
-        Row("a cat", seed=0, adapters={"s": 1.0}),
-        Row("a dog surfing", seed=1, adapters={"s": 0.7, "m": 1.0}, image_embed=embed),
-        Row("a bird", seed=2),
-    ]
-    together = sample(base, rows, SMALL, injector)
-    alone = torch.cat([sample(base, [row], SMALL, injector) for row in rows])
-    assert (together - alone).abs().max().item() <= 1e-5
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from PIL import Image
 
 from dvkit.generate.compose import compose
 from dvkit.generate.sampler import Row, SamplerSettings, sample
+from dvkit.models.builtin import build_builtin
 from dvkit.models.injection import AdapterInjector, create_adapter_state
 from dvkit.models.tiny import build_tiny_base
 from dvkit.train.api import add_motion, add_subject
@@ -23,13 +24,22 @@ def _random_adapters(unet, kind, seed):
     return {k: torch.randn(v.shape, generator=generator) * 0.2 for k, v in state.items()}
 
 
-@pytest.fixture(scope="module")
-def loaded():
-    base = build_tiny_base()
+def _loaded(base):
     injector = AdapterInjector(base.unet)
     injector.load("s", "subject", _random_adapters(base.unet, "subject", 1))
     injector.load("m", "motion", _random_adapters(base.unet, "motion", 2))
     return base, injector
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return _loaded(build_tiny_base())
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-animatediff"])
+def each_family(request):
+    """Random adapters loaded on a built-in base of each UNet family."""
+    return _loaded(build_builtin(request.param))
 
 
 def test_sampler_matches_text_to_video_pipeline() -> None:
@@ -50,8 +60,8 @@ def test_sampler_matches_text_to_video_pipeline() -> None:
     assert (torch.as_tensor(expected) - ours).abs().max().item() <= 1e-5
 
 
-def test_scale_zero_equals_no_adapters(loaded) -> None:
-    base, injector = loaded
+def test_scale_zero_equals_no_adapters(each_family) -> None:
+    base, injector = each_family
     bare = sample(base, [Row("a cat", seed=1)], SMALL)
     zero = sample(base, [Row("a cat", seed=1, adapters={"s": 0.0, "m": 0.0})], SMALL, injector)
     full = sample(base, [Row("a cat", seed=1, adapters={"s": 1.0, "m": 1.0})], SMALL, injector)
@@ -59,8 +69,8 @@ def test_scale_zero_equals_no_adapters(loaded) -> None:
     assert (full - bare).abs().max().item() > 1e-3  # the adapters do act
 
 
-def test_batch_of_combinations_equals_each_alone(loaded) -> None:
-    base, injector = loaded
+def test_batch_of_combinations_equals_each_alone(each_family) -> None:
+    base, injector = each_family
     embed = torch.randn(32, generator=torch.Generator().manual_seed(3))
     rows = [
         Row("a cat", seed=0, adapters={"s": 1.0}),

@@ -71,7 +71,9 @@ def test_reading_commands_work(cli, filled, read_only, tmp_path) -> None:
     assert cli("--home", filled, "where")[1].strip() == str(filled)
     code, out, _ = cli("--home", filled, "base", "list", "--json")
     assert code == 0 and [row["name"] for row in json.loads(out)] == [
-        "tiny", "tiny-animatediff", "sprites"
+        "tiny",
+        "tiny-animatediff",
+        "sprites",
     ]
     code, out, _ = cli("--home", filled, "base", "show", "tiny", "--json")
     assert code == 0 and json.loads(out)["fingerprint"] == "tiny-fingerprint"
