@@ -128,7 +128,10 @@ def bench(
     chosen = [*subject_adapters.values(), *motion_adapters.values()]
     base = chosen[0].record.base
     if settings is None:
-        resolution = size or _trained(subject_adapters, "resolution", 256)
+        # Subjects without a training size (imported ones) go by the motions' size.
+        resolution = size or _trained(
+            subject_adapters, "resolution", _trained(motion_adapters, "resolution", 256)
+        )
         steps, guidance, motion_until, offset_noise = sampler_choices(
             base, steps, guidance, motion_until, offset_noise
         )
