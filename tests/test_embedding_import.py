@@ -359,3 +359,5 @@ def test_dreamvideo_embedding_alone_is_a_token_only_subject(cli, home, tmp_path)
     record, stored = _stored(home, "dog2")
     assert (record.training["format"], record.training["embedding_step"]) == ("dreamvideo", 3000)
     assert torch.equal(stored.token_embedding, params["*"].detach())
+    code, shown, _ = cli("--home", home, "show", "dog2")
+    assert code == 0 and "none (token-only subject" in shown

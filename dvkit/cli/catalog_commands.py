@@ -101,7 +101,7 @@ def show(
         ("parameters", f"{row['params']:,}"),
         ("size", render.human_size(row["size"])),
         ("hidden ratio", row.get("hidden_ratio")),
-        ("placement", row.get("placement")),
+        ("placement", _placement(row)),
         ("tags", row["tags"]),
         ("description", row.get("description")),
         ("created", row["created"]),
@@ -112,6 +112,13 @@ def show(
         ("training", row.get("training")),
     ]
     render.details(f"{row['name']}@{row['version']}", fields)
+
+
+def _placement(row: dict[str, Any]) -> Any:
+    """The layers the adapters sit beside; a token-only subject has none."""
+    if row["kind"] == "subject" and not row.get("placement"):
+        return "none (token-only subject: its learned token and no identity adapter)"
+    return row.get("placement")
 
 
 def _run_summary(run: dict[str, Any]) -> str:
