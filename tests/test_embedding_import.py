@@ -4,6 +4,7 @@ composing and benching them, and training an identity adapter on one (`--from-em
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -361,3 +362,14 @@ def test_dreamvideo_embedding_alone_is_a_token_only_subject(cli, home, tmp_path)
     assert torch.equal(stored.token_embedding, params["*"].detach())
     code, shown, _ = cli("--home", home, "show", "dog2")
     assert code == 0 and "none (token-only subject" in shown
+
+
+def test_a_safetensors_header_length_starting_with_0x80_is_not_a_pickle(tmp_path) -> None:
+    from dvkit.io.embeddings import container
+
+    path = tmp_path / "odd.bin"
+    path.write_bytes(struct.pack("<Q", 0x80) + b"{" + b" " * 0x7F)
+    assert container(path) == "safetensors"
+    pickled = tmp_path / "p.bin"
+    torch.save({"<x>": _vectors(1)}, pickled, _use_new_zipfile_serialization=False)
+    assert container(pickled) == "torch"

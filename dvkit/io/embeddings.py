@@ -87,13 +87,13 @@ def container(path: Path) -> Literal["safetensors", "torch"] | None:
         raise AdapterFileError(f"{path}: no such file")
     if path.is_dir():
         raise AdapterFileError(f"{path}: is a folder, not a file")
-    if looks_like_torch_file(path):
-        return "torch"
     with open(path, "rb") as handle:
         start = handle.read(9)
     size = path.stat().st_size
     if len(start) == 9 and start[8:] == b"{" and struct.unpack("<Q", start[:8])[0] <= size - 8:
-        return "safetensors"
+        return "safetensors"  # checked first: a header length may start with byte 0x80
+    if looks_like_torch_file(path):
+        return "torch"
     return None
 
 
