@@ -28,6 +28,17 @@ def validate_name(name: str, what: str = "name") -> str:
     return name
 
 
+def name_from_text(text: str) -> str | None:
+    """A valid name made from free text (a file name, an embedding's own name), or None.
+
+    Lowercased; every run of other characters becomes `-`; leading `-`/`_` and trailing `-`
+    are dropped and the result is cut at MAX_NAME_LENGTH: `Cat Toy (v2)` → `cat-toy-v2`.
+    """
+    name = re.sub(r"[^a-z0-9_-]+", "-", text.lower())
+    name = name.lstrip("-_")[:MAX_NAME_LENGTH].rstrip("-")
+    return name or None
+
+
 def validate_tag(tag: str) -> str:
     """Return `tag` if it is a valid tag (like a name, but '.' and ':' are allowed too)."""
     if not tag or len(tag) > MAX_NAME_LENGTH or not _TAG.fullmatch(tag):

@@ -244,7 +244,8 @@ def test_references_errors_are_one_line_and_register_nothing(
     code, _, err = cli("--home", home, "import", make_adapter("kit"), "--references", tmp_path)
     assert code == 1 and err.strip().splitlines() == [
         "error: --base, --embedding, --token and --references apply to official .pth "
-        "checkpoints; dvkit files name their own base and token and carry their own images"
+        "checkpoints and textual-inversion embeddings; dvkit files name their own base and "
+        "token and carry their own images"
     ]
     with Catalog.open(home) as catalog:
         assert catalog.adapter_rows(all_versions=True) == before

@@ -388,7 +388,6 @@ def test_import_errors_are_one_line_and_leave_catalog_unchanged(
          "missing: middle_block.1.transformer_blocks.0.cross_attn_adapter.down_linear.bias"),
         ((mixed_path, "--base", "tiny"), "neither an identity adapter file"),
         ((unnamed, "--base", "tiny", "--embedding", embedding), "pass --name NAME"),
-        ((embedding, "--base", "tiny"), "a textual-inversion file, not an adapter"),
         ((identity, "--base", "nosuchbase", "--embedding", embedding), "unknown base"),
         ((identity, "--base", "tiny-animatediff", "--embedding", embedding),
          "but base 'tiny-animatediff' is of family animatediff"),

@@ -101,7 +101,7 @@ def show(
         ("parameters", f"{row['params']:,}"),
         ("size", render.human_size(row["size"])),
         ("hidden ratio", row.get("hidden_ratio")),
-        ("placement", row.get("placement")),
+        ("placement", _placement(row)),
         ("tags", row["tags"]),
         ("description", row.get("description")),
         ("created", row["created"]),
@@ -112,6 +112,13 @@ def show(
         ("training", row.get("training")),
     ]
     render.details(f"{row['name']}@{row['version']}", fields)
+
+
+def _placement(row: dict[str, Any]) -> Any:
+    """The layers the adapters sit beside; a token-only subject has none."""
+    if row["kind"] == "subject" and not row.get("placement"):
+        return "none (token-only subject: its learned token and no identity adapter)"
+    return row.get("placement")
 
 
 def _run_summary(run: dict[str, Any]) -> str:
@@ -154,7 +161,8 @@ def import_files(
     files: Annotated[
         list[Path],
         typer.Argument(
-            help="dvkit adapter files (.safetensors) or official DreamVideo checkpoints (.pth)."
+            help="dvkit adapter files (.safetensors), official DreamVideo checkpoints (.pth) or "
+            "textual-inversion embeddings (A1111 .pt/.safetensors, diffusers .bin/.safetensors).",
         ),
     ],
     name: Annotated[
@@ -162,7 +170,7 @@ def import_files(
         typer.Option(
             "--name",
             help="Register under this name (one file only; .pth default: NAME in "
-            "NAME_adapter_STEP.pth).",
+            "NAME_adapter_STEP.pth; embeddings: the embedding's own name).",
         ),
     ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag to add (repeatable).")] = None,
@@ -171,7 +179,10 @@ def import_files(
     ] = None,
     base: Annotated[
         str | None,
-        typer.Option("--base", help="Base an official .pth adapter was trained on (required)."),
+        typer.Option(
+            "--base",
+            help="Base an official .pth adapter or an embedding was trained for (required).",
+        ),
     ] = None,
     embedding: Annotated[
         list[Path] | None,
@@ -182,7 +193,11 @@ def import_files(
         ),
     ] = None,
     token: Annotated[
-        str | None, typer.Option("--token", help="Placeholder of an imported subject (<NAME>).")
+        str | None,
+        typer.Option(
+            "--token",
+            help="Placeholder of an imported subject (<NAME>; embeddings: <their own name>).",
+        ),
     ] = None,
     references: Annotated[
         list[Path] | None,
@@ -193,9 +208,11 @@ def import_files(
         ),
     ] = None,
 ) -> None:
-    """Add adapter files to the catalog: dvkit files (name, kind and base from each header) or
-    official DreamVideo .pth checkpoints (mapped onto --base)."""
+    """Add adapter files to the catalog: dvkit files (name, kind and base from each header),
+    official DreamVideo .pth checkpoints (mapped onto --base) or textual-inversion embeddings
+    (token-only subjects of --base). Formats are told apart by content."""
     from dvkit.errors import DvkitError
+    from dvkit.io.embeddings import import_kind
     from dvkit.names import validate_name, validate_tag
 
     if name is not None and len(files) > 1:
@@ -203,25 +220,12 @@ def import_files(
     tags = [validate_tag(value) for value in tag or ()]
     if name is not None:
         validate_name(name)
-    official = [file for file in files if file.suffix.lower() == ".pth"]
-    own = [file for file in files if file not in official]
-    for file in own:
-        if file.suffix.lower() != ".safetensors":
-            raise DvkitError(
-                f"{file}: unsupported file type {file.suffix or '(no extension)'!r}: dvkit imports "
-                "its own .safetensors adapter files and official DreamVideo .pth checkpoints"
-            )
-    if not official and (base or embedding or token or references):
-        raise DvkitError(
-            "--base, --embedding, --token and --references apply to official .pth checkpoints; "
-            "dvkit files name their own base and token and carry their own images"
-        )
-    if official and base is None:
-        raise DvkitError(
-            f"{official[0]}: importing an official .pth checkpoint needs --base NAME, the base "
-            "it was trained on (see: dvkit base list)"
-        )
     with open_catalog(ctx, writing="import adapters") as catalog:
+        kinds = {file: import_kind(file) for file in files}
+        official = [file for file in files if kinds[file][0] == "official"]
+        learned = [found for _, found in kinds.values() if found is not None]
+        own = [file for file in files if kinds[file][0] == "dvkit"]
+        _check_import_options(official, learned, base, embedding, token, references)
         prepared = {}
         if official:
             from dvkit.io.vgen import prepare_vgen_files
@@ -237,6 +241,14 @@ def import_files(
                 references=references or (),
             )
             prepared = {item.source: item for item in ready}
+        if learned:
+            from dvkit.io.embeddings import prepare_embedding_files
+
+            ready = prepare_embedding_files(
+                catalog, learned, base=base, name=name, token=token, description=description,
+                references=references or (),
+            )  # fmt: skip
+            prepared.update({item.source: item for item in ready})
         _check_own_files(catalog, own, name)
         for file in files:
             if file in prepared:
@@ -249,9 +261,50 @@ def import_files(
             if result.duplicate:
                 print(f"{file}: already in the catalog as {ref} (same weights)")
             else:
-                print(
-                    f"{file}: imported as {ref} ({result.adapter.kind}, base {result.adapter.base})"
-                )
+                what = result.adapter.kind
+                if not result.adapter.placement and what == "subject":
+                    what = f"token-only subject {result.adapter.token}"
+                print(f"{file}: imported as {ref} ({what}, base {result.adapter.base})")
+
+
+def _check_import_options(
+    official: list[Path],
+    learned: list[Any],
+    base: str | None,
+    embedding: list[Path] | None,
+    token: str | None,
+    references: list[Path] | None,
+) -> None:
+    """Refuse options that do not fit the kinds of files imported, before any work."""
+    from dvkit.errors import DvkitError
+
+    foreign = official or [item.path for item in learned]
+    if not foreign and (base or embedding or token or references):
+        raise DvkitError(
+            "--base, --embedding, --token and --references apply to official .pth checkpoints "
+            "and textual-inversion embeddings; dvkit files name their own base and token and "
+            "carry their own images"
+        )
+    if foreign and base is None:
+        what = (
+            "importing an official .pth checkpoint"
+            if official
+            else "a textual-inversion embedding, not a dvkit adapter file: importing it"
+        )
+        raise DvkitError(
+            f"{foreign[0]}: {what} needs --base NAME, the base it was trained for "
+            "(see: dvkit base list)"
+        )
+    if embedding and not official:
+        raise DvkitError(
+            "--embedding pairs an official identity adapter .pth with its learned word; import "
+            "an embedding on its own as a file (dvkit import FILE --base NAME)"
+        )
+    if learned and official and (token or references):
+        raise DvkitError(
+            "--token and --references apply to one imported subject: import embeddings and "
+            "official checkpoints separately"
+        )
 
 
 def _check_own_files(catalog: Catalog, files: list[Path], name: str | None) -> None:

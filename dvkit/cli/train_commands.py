@@ -94,6 +94,15 @@ def add_subject(
         ),
     ] = None,
     vectors: Annotated[int | None, typer.Option("--vectors", help="Vectors per token.")] = None,
+    from_embedding: Annotated[
+        str | None,
+        typer.Option(
+            "--from-embedding",
+            help="SUBJECT or FILE: take the token's vectors from an (imported) subject or a "
+            "textual-inversion file, fixed; skip textual inversion and train only the identity "
+            "adapter.",
+        ),
+    ] = None,
     prompt: Annotated[
         str | None, typer.Option("--prompt", help="Template, e.g. 'a {token}'.")
     ] = None,
@@ -122,7 +131,8 @@ def add_subject(
     tag: Tags = None,
     description: Description = "",
 ) -> None:
-    """Learn a subject from 3-5 images: textual inversion, then the identity adapter."""
+    """Learn a subject from 3-5 images: textual inversion, then the identity adapter (or only
+    the identity adapter, on the vectors of --from-embedding)."""
     settings = {
         "token": token,
         "initializer": initializer,
@@ -143,7 +153,8 @@ def add_subject(
         "gradient_checkpointing": gradient_checkpointing or None,
     }
     _train(ctx, "subject", name, [*images, *(more_images or [])], base, preset, device, dtype,
-           resume, tag, description, settings, masks=masks)  # fmt: skip
+           resume, tag, description, settings, masks=masks,
+           from_embedding=from_embedding)  # fmt: skip
 
 
 def add_motion(
@@ -279,7 +290,9 @@ def _train(
         f"{record.params:,} parameters) in {run.get('wall_seconds', 0):.1f} s on "
         f"{run.get('device', '?')}{kept}"
     )
-    if record.initializer:
+    if extra.get("from_embedding") is not None:
+        print(f"token vectors: from {extra['from_embedding']} (kept fixed)")
+    elif record.initializer:
         fallback = not settings.get("initializer") and record.initializer != name
         why = f" ({name} is not one token; --initializer WORD sets one)" if fallback else ""
         print(f"initializer: {record.initializer}{why}")

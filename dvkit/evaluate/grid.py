@@ -134,8 +134,10 @@ def bench(
     architecture = architecture if architecture in FAMILIES else None
     if settings is None:
         default_frames = int(sampling_default(base, "frames", architecture))
+        # Subjects without a training size (imported ones) go by the motions' size.
+        default_size = int(sampling_default(base, "size", architecture))
         resolution = size or _trained(
-            subject_adapters, "resolution", int(sampling_default(base, "size", architecture))
+            subject_adapters, "resolution", _trained(motion_adapters, "resolution", default_size)
         )
         steps, guidance, motion_until, offset_noise = sampler_choices(
             base, steps, guidance, motion_until, offset_noise, architecture

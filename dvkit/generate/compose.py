@@ -364,13 +364,17 @@ def install_subject(
     subject: LoadedAdapter,
     name: str = "subject",
 ) -> None:
-    """Teach the text encoder the subject's token and load its identity adapter as `name`."""
+    """Teach the text encoder the subject's token and load its identity adapter as `name`
+    (a token-only subject, an imported textual inversion, loads as an empty adapter)."""
     embedding = subject.tensors.token_embedding
     if embedding is None or not subject.record.token:
         raise DvkitError(f"{subject.record.ref} has no token embedding")
     apply_token_embedding(
         components.tokenizer, components.text_encoder, subject.record.token, embedding
     )
+    if not subject.tensors.adapters:
+        injector.load_empty(name, "subject")
+        return
     injector.load(name, "subject", subject.tensors.adapters, subject.record.hidden_ratio)
 
 

@@ -3,7 +3,9 @@
 An adapter file holds, per adapter, `<block>.<slot>_adapter.<down|up|cond>.<weight|bias>`
 (`slot` is the layer the adapter sits beside: attn1, attn2 or ff; down [h, C], up [C, h] and,
 in motion adapters, cond [C, d]); a subject file also holds `token_embedding` [vectors, dim] and
-may hold `reference_images` (uint8 [N, H, W, 3]). `check_tensors` compares a header with that.
+may hold `reference_images` (uint8 [N, H, W, 3]). A token-only subject (an imported textual
+inversion) holds no adapter at all, only those two, and its placement is empty.
+`check_tensors` compares a header with that.
 Light: no torch (the shapes come from the safetensors header).
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,7 +52,7 @@ def check_tensors(
     Raises `AdapterFileError` naming the field and both values.
     """
     adapters = _group_adapters(source, tensors)
-    if not adapters:
+    if not adapters and not is_token_only(info.kind, tensors):
         raise AdapterFileError(f"{source}: adapter file holds no adapter tensors")
     _check_kind(source, info, adapters, tensors)
     _check_placement(source, info, adapters)
@@ -83,6 +85,12 @@ def check_tensors(
             "expected uint8 [N, H, W, 3]"
         )
     info.params = sum(t.numel for key, t in tensors.items() if key != REFERENCE_IMAGES_KEY)
+
+
+def is_token_only(kind: str, names: Collection[str]) -> bool:
+    """Whether tensors `names` are a token-only subject: a learned token and no identity adapter
+    (an imported textual inversion; its `dvkit.placement` is empty)."""
+    return kind == "subject" and TOKEN_EMBEDDING_KEY in names and not (set(names) - set(EXTRA_KEYS))
 
 
 def _group_adapters(

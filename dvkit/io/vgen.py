@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from dvkit.catalog.blobs import hash_file
 from dvkit.errors import AdapterFileError, DvkitError
-from dvkit.names import validate_name, validate_tag
+from dvkit.names import name_from_text, validate_name, validate_tag
 
 if TYPE_CHECKING:
     import torch
@@ -170,9 +170,7 @@ def name_from_filename(path: str | Path) -> str | None:
     match = _ADAPTER_FILE.fullmatch(Path(path).stem)
     if match is None:
         return None
-    name = re.sub(r"[^a-z0-9_-]+", "-", match["name"].lower())
-    name = name.lstrip("-_").rstrip("-")[:64]
-    return name or None
+    return name_from_text(match["name"])
 
 
 def _file_step(path: Path, pattern: re.Pattern[str]) -> int | None:
@@ -201,7 +199,7 @@ class _Checkpoint:
 def _read_checkpoint(path: Path) -> _Checkpoint:
     """The state dict and step of an official adapter file (safely loaded, not yet mapped)."""
     _refuse_embedding_file(path)
-    state, step = _state_dict(path, _torch_load(path))
+    state, step = _state_dict(path, load_weights_only(path))
     if step is None:
         step = _file_step(path, _ADAPTER_FILE)
     return _Checkpoint(path, state, step, hash_file(path))
@@ -321,7 +319,7 @@ def read_vgen_embedding(path: str | Path) -> VgenEmbedding:
     import torch
 
     path = Path(path)
-    loaded = _torch_load(path, allowed=(torch.nn.ParameterDict,))
+    loaded = load_weights_only(path, allowed=(torch.nn.ParameterDict,))
     if not isinstance(loaded, dict) or "string_to_param" not in loaded:
         raise AdapterFileError(
             f"{path}: not a DreamVideo textual-inversion file (no 'string_to_param' entry)"
@@ -356,7 +354,7 @@ def read_vgen_embedding(path: str | Path) -> VgenEmbedding:
     return VgenEmbedding(path, vectors.float().contiguous().clone(), step, hash_file(path))
 
 
-def _torch_load(path: Path, allowed: Sequence[type] = ()) -> Any:
+def load_weights_only(path: Path, allowed: Sequence[type] = ()) -> Any:
     """`torch.load(weights_only=True)` with only `allowed` classes beyond plain tensors."""
     import torch
 
@@ -372,7 +370,7 @@ def _torch_load(path: Path, allowed: Sequence[type] = ()) -> Any:
     except PermissionError:
         raise AdapterFileError(f"{path}: permission denied") from None
     except pickle.UnpicklingError as exc:
-        if re.search(r"GLOBAL [\w.]+", str(exc)) or _looks_like_checkpoint(path):
+        if re.search(r"GLOBAL [\w.]+", str(exc)) or looks_like_torch_file(path):
             raise UnsafeCheckpointError(_refusal(path, str(exc))) from None
         raise AdapterFileError(
             f"{path}: not a readable PyTorch checkpoint (neither a zip archive nor a pickle)"
@@ -384,7 +382,7 @@ def _torch_load(path: Path, allowed: Sequence[type] = ()) -> Any:
         ) from None
 
 
-def _looks_like_checkpoint(path: Path) -> bool:
+def looks_like_torch_file(path: Path) -> bool:
     """Whether the file starts like torch.save's zip archive or a binary pickle stream."""
     with open(path, "rb") as handle:
         start = handle.read(4)
@@ -400,7 +398,7 @@ def _refusal(path: Path, message: str) -> str:
     else:
         what = "content a weights-only load cannot read"
     return (
-        f"{path}: refused: the file holds {what}; dvkit reads .pth files only as plain weights "
+        f"{path}: refused: the file holds {what}; dvkit reads PyTorch files only as plain weights "
         "(torch.load weights_only=True) and never runs code from them"
     )
 
@@ -559,7 +557,7 @@ def prepare_vgen_files(
     identities = sum(adapter.kind == "subject" for adapter in adapters)
     if token is not None and identities > 1:
         raise DvkitError("--token can only be used when importing one identity adapter")
-    images = _reference_images(references, identities, components)
+    images = read_references(references, identities, components)
     prepared = []
     for adapter in adapters:
         embedding = None
@@ -575,16 +573,16 @@ def prepare_vgen_files(
 
 
 @dataclass
-class _References:
+class References:
     """Reference images read for an imported subject: uint8 [N, S, S, 3] and their files."""
 
     images: torch.Tensor
     files: list[Path]
 
 
-def _reference_images(
+def read_references(
     references: Sequence[str | Path], identities: int, components: BaseComponents
-) -> _References | None:
+) -> References | None:
     """The `references` read with dvkit's image reader at the base's native size, for the one
     identity adapter of an import."""
     if not references:
@@ -598,7 +596,7 @@ def _reference_images(
     from dvkit.train.data import load_images
 
     pixels, files = load_images(references, components.family.native_size(components))
-    return _References(reference_images(pixels), files)
+    return References(reference_images(pixels), files)
 
 
 def _pair_embeddings(
@@ -657,7 +655,7 @@ def _prepare(
     token: str | None,
     description: str | None,
     base: BaseModelRecord,
-    references: _References | None = None,
+    references: References | None = None,
 ) -> PreparedImport:
     from dvkit.io.adapter_file import REFERENCE_IMAGES_KEY, TOKEN_EMBEDDING_KEY, AdapterFileInfo
 

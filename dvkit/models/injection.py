@@ -234,6 +234,15 @@ class AdapterInjector:
                 self._hooks[slot.prefix] = self._hook(slot)
         return weights
 
+    def load_empty(self, name: str, kind: AdapterKind) -> AdapterWeights:
+        """Register `name` with no adapter weights (a token-only subject): it can be selected
+        like any loaded adapter and changes nothing in the UNet."""
+        if name in self._weights:
+            raise ConflictError(f"an adapter named {name!r} is already loaded")
+        cond_dim = DEFAULT_COND_DIM if kind == "motion" else None
+        self._weights[name] = AdapterWeights(kind, [], cond_dim=cond_dim)
+        return self._weights[name]
+
     def unload(self, name: str) -> None:
         """Remove an adapter, and the hooks of slots no other loaded adapter uses."""
         self.get(name)

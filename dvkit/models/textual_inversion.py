@@ -206,13 +206,22 @@ class TrainableRows(nn.Module):
         return self.rows.detach().cpu().clone()
 
 
+def check_new_tokens(tokenizer: PreTrainedTokenizerBase, tokens: Sequence[str]) -> None:
+    """Refuse placeholder tokens the tokenizer already has (as a token or as one word piece)."""
+    if any(not token or any(c.isspace() for c in token) for token in tokens):
+        raise TextualInversionError(
+            f"invalid token {tokens[0]!r}: it must be non-empty, without spaces"
+        )
+    for token in tokens:
+        if token in tokenizer.get_vocab() or len(tokenizer.tokenize(token)) == 1:
+            raise ConflictError(f"the tokenizer already has a token {token!r}; choose another")
+
+
 def _add_tokens(
     tokenizer: PreTrainedTokenizerBase, text_encoder: CLIPTextModel, tokens: Sequence[str]
 ) -> list[int]:
     """Add new tokens to the tokenizer and rows for them to the text encoder; returns their ids."""
-    for token in tokens:
-        if token in tokenizer.get_vocab() or len(tokenizer.tokenize(token)) == 1:
-            raise ConflictError(f"the tokenizer already has a token {token!r}; choose another")
+    check_new_tokens(tokenizer, tokens)
     tokenizer.add_tokens(list(tokens))
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     return tokenizer.convert_tokens_to_ids(list(tokens))

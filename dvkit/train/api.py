@@ -6,9 +6,11 @@ checkpoint folder under `<catalog>/runs/`, from which `resume=True` continues.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +27,8 @@ from dvkit.io.adapter_file import (
     REFERENCE_IMAGES_KEY,
     TOKEN_EMBEDDING_KEY,
     AdapterFileInfo,
+    load_adapter_tensors,
+    read_adapter_info,
     write_adapter_file,
 )
 from dvkit.models.builtin import training_defaults
@@ -60,6 +64,7 @@ def add_subject(
     tags: Sequence[str] = (),
     description: str = "",
     notify: Callable[[str], None] = data.log_note,
+    from_embedding: str | Path | None = None,
     **overrides: Any,
 ) -> AdapterRecord:
     """Learn a subject from 3–5 images (textual inversion + identity adapter) and register it.
@@ -68,11 +73,19 @@ def add_subject(
     be one token), else from the name: itself, the mean of its sub-tokens, or a generic word
     (see `choose_initializer`); the record's `initializer` says which. `notify` receives a line
     saying which files were used (and skipped).
+
+    `from_embedding` (a subject of the catalog, or a textual-inversion or dvkit subject file)
+    gives the token's vectors instead: textual inversion is skipped and they stay exactly as
+    given while only the identity adapter trains; the training settings record the source.
     """
     catalog = catalog or Catalog.open()
     tags = _check_request(catalog, name, "subject", tags)
     overrides["token"] = overrides.get("token") or f"<{name}>"
     base = choose_base(catalog, base)
+    given = None
+    if from_embedding is not None:
+        given = given_embedding(catalog, from_embedding)
+        overrides.update(_embedding_overrides(overrides, given))
     defaults = training_defaults(base, base_architecture(catalog, base))
     settings = _settings(
         SubjectSettings, "subject", preset, overrides, defaults, use_masks=masks is not None
@@ -85,6 +98,10 @@ def add_subject(
     mask_pixels = data.load_masks(masks, paths, settings.resolution, notify) if masks else None
     fingerprints = data.fingerprint(paths)
     components, base_record = open_base(catalog, base)
+    if given is not None:
+        from dvkit.io.embeddings import check_fits
+
+        check_fits(given.vectors, components, base_record.name, settings.token)
     folder = _run_folder(
         catalog, "subject", name, settings, fingerprints, base_record, resume, world
     )
@@ -95,15 +112,87 @@ def add_subject(
     result = train_subject(
         components, pixels, mask_pixels, settings, run_device, run_dtype, folder,
         _reporter(reporter, world), resume, world, name,
+        given.vectors if given is not None else None,
     )  # fmt: skip
     extra = {TOKEN_EMBEDDING_KEY: result.embedding, REFERENCE_IMAGES_KEY: reference_images(pixels)}
+    initializer = given.initializer if given is not None else result.initializer
     return _finish(
         catalog, world, folder, "subject", name, base_record, settings, description,
         {**result.identity, **extra},
         {step: {**tensors, **extra} for step, tensors in result.kept.items()},
         fingerprints, tags, result.loss_curves, time.perf_counter() - start, run_device,
-        token=settings.token, initializer=result.initializer, placement=["attn2"],
+        token=settings.token, initializer=initializer, placement=["attn2"],
     )  # fmt: skip
+
+
+@dataclass
+class GivenEmbedding:
+    """Fixed token vectors to train an identity adapter on (`add_subject(from_embedding=)`)."""
+
+    vectors: torch.Tensor
+    """float32 [vectors, width]."""
+    source: dict[str, Any]
+    """Where they come from, as the new subject's training settings record it."""
+    initializer: str | None = None
+    """The source subject's initializer, if it has one (bench's baselines use it as a word)."""
+
+
+INVERSION_OPTIONS = ("initializer", "num_vectors", "inversion_steps", "inversion_lr")
+"""Settings of the textual-inversion stage, which a given embedding replaces."""
+
+
+def given_embedding(catalog: Catalog, source: str | Path) -> GivenEmbedding:
+    """The vectors of `source`: a file (an embedding in any format `dvkit import` reads, or a
+    dvkit subject file), else a subject of the catalog (`NAME` or `NAME@VERSION`)."""
+    from dvkit.io.embeddings import import_kind
+
+    path = Path(source)
+    if path.is_file() or not _REF.fullmatch(str(source)):
+        kind, embedding = import_kind(path)
+        if embedding is not None:
+            origin = {"file": path.name, "sha256": embedding.sha256, "format": embedding.format}
+            return GivenEmbedding(embedding.vectors, origin)
+        if kind != "dvkit":
+            raise DvkitError(f"{path}: an adapter checkpoint, not a textual-inversion embedding")
+        staged = read_adapter_info(path)
+        data = path.read_bytes()
+        origin = {"file": path.name, "weights_hash": staged.weights_hash, "format": "dvkit"}
+        return _subject_embedding(str(path), staged.kind, data, origin, staged.initializer)
+    record = catalog.show(str(source))
+    origin = {"subject": record.ref, "weights_hash": record.weights_hash}
+    data = catalog.read_blob(record.blob)
+    return _subject_embedding(record.ref, record.kind, data, origin, record.initializer)
+
+
+_REF = re.compile(r"[a-z0-9][a-z0-9_-]*(@\d+)?")
+
+
+def _subject_embedding(
+    what: str, kind: str, data: bytes, origin: dict[str, Any], initializer: str | None
+) -> GivenEmbedding:
+    """The token vectors of a subject adapter file's bytes (already checked)."""
+    if kind != "subject":
+        raise DvkitError(f"{what} is a {kind} adapter; it has no learned token")
+    vectors = load_adapter_tensors(data).token_embedding
+    if vectors is None:
+        raise DvkitError(f"{what} has no token embedding")
+    return GivenEmbedding(vectors.float().contiguous(), origin, initializer)
+
+
+def _embedding_overrides(overrides: dict[str, Any], given: GivenEmbedding) -> dict[str, Any]:
+    """Settings for a run on given vectors: no inversion stage, their count, their source."""
+    chosen = [key for key in INVERSION_OPTIONS if overrides.get(key) is not None]
+    if chosen:
+        option = "--" + chosen[0].replace("_", "-").replace("num-vectors", "vectors")
+        raise DvkitError(
+            f"{option} applies to textual inversion, which --from-embedding skips (the token's "
+            "vectors come from the embedding)"
+        )
+    return {
+        "inversion_steps": 0,
+        "num_vectors": given.vectors.shape[0],
+        "from_embedding": given.source,
+    }
 
 
 def add_motion(

@@ -63,6 +63,11 @@ class SubjectSettings(CommonSettings):
     identity_steps: int = Field(1000, ge=0)
     identity_lr: float = Field(1e-5, gt=0)
     use_masks: bool = False
+    from_embedding: dict[str, Any] | None = Field(
+        None,
+        description="where the token's fixed vectors come from when textual inversion is "
+        "skipped (add_subject's `from_embedding`)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SubjectSettings:

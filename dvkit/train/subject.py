@@ -1,5 +1,8 @@
 """Subject learning: textual inversion (stage 1), then the identity adapter (stage 2).
 
+Stage 1 is skipped when the token's vectors are given (an imported textual inversion): they are
+installed as they are and stay fixed while the identity adapter trains.
+
 Images are 1-frame videos. Their VAE posteriors and (in stage 2, with the embedding frozen) the
 prompt's text embedding are computed once; each step samples latents from the cached posterior.
 With subject masks, both stages count only the subject's pixels (the official step-1 and step-2
@@ -18,6 +21,7 @@ from dvkit.models.injection import AdapterInjector, create_adapter_state
 from dvkit.models.textual_inversion import (
     TrainableRows,
     add_placeholder_tokens,
+    apply_token_embedding,
     choose_initializer,
     expand_placeholder,
 )
@@ -40,7 +44,8 @@ class SubjectResult:
     """Identity-adapter tensors at the kept steps."""
     loss_curves: dict[str, list[tuple[int, float]]]
     initializer: str
-    """What the token's rows started from, as `Initializer.description` gives it."""
+    """What the token's rows started from, as `Initializer.description` gives it (empty when
+    the vectors were given)."""
 
 
 def train_subject(
@@ -55,18 +60,24 @@ def train_subject(
     resume: bool = False,
     world: World = SINGLE_PROCESS,
     name: str = "",
+    embedding: torch.Tensor | None = None,
 ) -> SubjectResult:
     """Train a subject on `pixels` (N, 3, S, S) in [-1, 1]; `masks` (N, 1, S, S) or None.
 
     The token starts from `settings.initializer`, or when that is empty from the subject's `name`
-    (see `choose_initializer`).
+    (see `choose_initializer`). With a given `embedding` [num_vectors, dim] the token takes
+    those vectors, fixed: textual inversion is skipped and only the identity adapter trains
+    (the result's `initializer` is then empty).
     """
     prepare_base(base, device, dtype, settings.gradient_checkpointing)
     family, unet, text_encoder = base.family, base.unet, base.text_encoder
-    initializer = choose_initializer(base.tokenizer, settings.initializer, name)
-    ids = add_placeholder_tokens(
-        base.tokenizer, text_encoder, settings.token, initializer, settings.num_vectors
-    )
+    if embedding is None:
+        initializer = choose_initializer(base.tokenizer, settings.initializer, name)
+        ids = add_placeholder_tokens(
+            base.tokenizer, text_encoder, settings.token, initializer, settings.num_vectors
+        )
+    else:
+        apply_token_embedding(base.tokenizer, text_encoder, settings.token, embedding)
     prompt = expand_placeholder(
         settings.prompt.format(token=settings.token), settings.token, settings.num_vectors
     )
@@ -89,20 +100,25 @@ def train_subject(
         mask = subject_masks[index] if subject_masks is not None else None
         return noisy.to(dtype), target, timesteps, mask
 
-    rows = TrainableRows(text_encoder, ids)
+    curves: dict[str, list[tuple[int, float]]] = {}
+    if embedding is None:
+        rows = TrainableRows(text_encoder, ids)
 
-    def inversion_loss(gen: torch.Generator) -> torch.Tensor:
-        noisy, target, timesteps, mask = noisy_batch(gen)
-        text = family.embed_ids(base, input_ids.expand(batch, -1))
-        prediction = family.predict(base, noisy, timesteps, text)
-        return diffusion_loss(prediction, target, mask)
+        def inversion_loss(gen: torch.Generator) -> torch.Tensor:
+            noisy, target, timesteps, mask = noisy_batch(gen)
+            text = family.embed_ids(base, input_ids.expand(batch, -1))
+            prediction = family.predict(base, noisy, timesteps, text)
+            return diffusion_loss(prediction, target, mask)
 
-    inversion = run_stage(
-        Stage("inversion", settings.inversion_steps, settings.inversion_lr,
-              {"token_embedding": rows.rows}, inversion_loss),
-        loop, folder, generator, reporter, resume,
-    )  # fmt: skip
-    embedding = rows.commit()
+        inversion = run_stage(
+            Stage("inversion", settings.inversion_steps, settings.inversion_lr,
+                  {"token_embedding": rows.rows}, inversion_loss),
+            loop, folder, generator, reporter, resume,
+        )  # fmt: skip
+        embedding, curves["inversion"] = rows.commit(), inversion.loss_curve
+        described = initializer.description
+    else:
+        embedding, described = embedding.detach().float().cpu().clone(), ""
 
     with torch.no_grad():
         text = family.embed_ids(base, input_ids).expand(batch, -1, -1)
@@ -127,6 +143,6 @@ def train_subject(
         identity=tensors,
         embedding=embedding,
         kept=identity.kept,
-        loss_curves={"inversion": inversion.loss_curve, "identity": identity.loss_curve},
-        initializer=initializer.description,
+        loss_curves={**curves, "identity": identity.loss_curve},
+        initializer=described,
     )
