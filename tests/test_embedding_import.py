@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dvkit.train.encode import tokenize
 from PIL import Image
 from safetensors.torch import save_file
 
 from dvkit.catalog import Catalog
 from dvkit.io.adapter_file import load_adapter_tensors
 from dvkit.io.embeddings import read_embedding
+from dvkit.models.text import tokenize
 from dvkit.models.textual_inversion import (
     apply_token_embedding,
     expand_placeholder,
