@@ -46,9 +46,9 @@ from dvkit.models.components import BaseComponents
 from dvkit.models.image_encoder import ImageEncoder, load_image_encoder
 from dvkit.models.injection import AdapterInjector, create_adapter_state
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
+from dvkit.models.text import tokenize
 from dvkit.models.textual_inversion import add_placeholder_tokens, expand_placeholder
-from dvkit.train.diffusion import add_noise, epsilon_loss
-from dvkit.train.encode import tokenize
+from dvkit.train.diffusion import add_noise, diffusion_loss
 from dvkit.train.motion import train_motion
 from dvkit.train.settings import MotionSettings, SubjectSettings
 from dvkit.train.setup import prepare_base
@@ -278,7 +278,8 @@ def _naive_steps(
 
 
 def _vae_sample(base: BaseComponents, frames: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Latents of frames (N, 3, H, W), encoded now (with autograd through the VAE)."""
+    """Latents (N, C, h, w) of frames (N, 3, H, W), encoded now with autograd through the VAE
+    (not `family.encode_frames`, which encodes without it, as dvkit caches posteriors)."""
     posterior = base.vae.encode(frames.to(base.vae.device, base.vae.dtype)).latent_dist
     return posterior.sample(gen) * base.vae.config.scaling_factor
 
@@ -293,11 +294,11 @@ def _naive_inversion(args, base, encoder, pixels, clips, device, dtype, prompt, 
     def loss(g: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(pixels), (batch,), generator=g, device=device).cpu()
         latents = _vae_sample(base, pixels[index], g).unsqueeze(2)  # (B, C, 1, h, w)
-        noisy, noise, timesteps = add_noise(base.scheduler, latents, g, 0.1)
+        noisy, target, timesteps = add_noise(base.scheduler, latents, g, 0.1)
         ids = tokenize(base.tokenizer, [prompt] * batch).to(device)
         text = base.text_encoder(ids)[0]
-        prediction = base.unet(noisy.to(dtype), timesteps, encoder_hidden_states=text).sample
-        return epsilon_loss(prediction, noise)
+        prediction = base.family.predict(base, noisy.to(dtype), timesteps, text)
+        return diffusion_loss(prediction, target)
 
     def restore() -> None:
         with torch.no_grad():
@@ -316,11 +317,11 @@ def _naive_identity(args, base, encoder, pixels, clips, device, dtype, prompt, t
     def loss(g: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(pixels), (batch,), generator=g, device=device).cpu()
         latents = _vae_sample(base, pixels[index], g).unsqueeze(2)
-        noisy, noise, timesteps = add_noise(base.scheduler, latents, g, 0.1)
+        noisy, target, timesteps = add_noise(base.scheduler, latents, g, 0.1)
         ids = tokenize(base.tokenizer, [prompt] * batch).to(device)
         text = base.text_encoder(ids)[0]
-        prediction = base.unet(noisy.to(dtype), timesteps, encoder_hidden_states=text).sample
-        return epsilon_loss(prediction, noise)
+        prediction = base.family.predict(base, noisy.to(dtype), timesteps, text)
+        return diffusion_loss(prediction, target)
 
     return loss, params, lambda: None, injector.detach
 
@@ -339,13 +340,13 @@ def _naive_motion(args, base, encoder, pixels, clips, device, dtype, prompt, tok
         video = clips[index]  # (B, F, 3, H, W)
         latents = _vae_sample(base, video.reshape(-1, *video.shape[2:]), g)
         latents = latents.reshape(batch, frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
-        noisy, noise, timesteps = add_noise(base.scheduler, latents, g, 0.1)
+        noisy, target, timesteps = add_noise(base.scheduler, latents, g, 0.1)
         image = encoder.encode(video[torch.arange(batch), frame])
         prompts = ["a cat running" if keep else "" for keep in keep_text]
         text = base.text_encoder(tokenize(base.tokenizer, prompts).to(device))[0]
         injector.set_active({"motion": 1.0}, image_embeds=image)
-        prediction = base.unet(noisy.to(dtype), timesteps, encoder_hidden_states=text).sample
-        return epsilon_loss(prediction, noise)
+        prediction = base.family.predict(base, noisy.to(dtype), timesteps, text)
+        return diffusion_loss(prediction, target)
 
     return loss, params, lambda: None, injector.detach
 
