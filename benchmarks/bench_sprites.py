@@ -98,12 +98,12 @@ def direction_losses(folder: Path, ref: str, motion: str, clips: int = 8, draws:
     from dvkit.catalog import Catalog
     from dvkit.generate.compose import load_adapter
     from dvkit.models.injection import AdapterInjector
+    from dvkit.models.text import encode_text
     from dvkit.sprites.base import build_sprites_base
     from dvkit.sprites.demo import MOTION_TRAINING
     from dvkit.sprites.train_base import video_tensor
     from dvkit.sprites.world import MOTION_PHRASES, examples_of
     from dvkit.train.diffusion import add_noise, diffusion_loss
-    from dvkit.train.encode import encode_text
 
     base, band = build_sprites_base(), MOTION_TRAINING["high_noise_band"]
     with Catalog.open(folder / "registry") as catalog:

@@ -24,6 +24,7 @@ one-time caching before a stage's first step is reported as `setup_s`.
     python benchmarks/bench_train.py                       # tiny base, CPU: a minute or two
     python benchmarks/bench_train.py --base modelscope-shaped --width-scale 0.1 --resolution 64
     python benchmarks/bench_train.py --base modelscope-shaped --device cuda --frames 16
+    python benchmarks/bench_train.py --base animatediff-shaped --width-scale 0.1 --resolution 64
 """
 
 from __future__ import annotations
@@ -46,15 +47,16 @@ from dvkit.models.components import BaseComponents
 from dvkit.models.image_encoder import ImageEncoder, load_image_encoder
 from dvkit.models.injection import AdapterInjector, create_adapter_state
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
+from dvkit.models.text import tokenize
 from dvkit.models.textual_inversion import add_placeholder_tokens, expand_placeholder
-from dvkit.train.diffusion import add_noise, epsilon_loss
-from dvkit.train.encode import tokenize
+from dvkit.train.diffusion import add_noise, diffusion_loss
 from dvkit.train.motion import train_motion
 from dvkit.train.settings import MotionSettings, SubjectSettings
 from dvkit.train.setup import prepare_base
 from dvkit.train.subject import train_subject
 
 STAGES = ("inversion", "identity", "motion")
+BASES = ("tiny", "modelscope-shaped", "animatediff-shaped")
 LOOPS = ("dvkit", "naive")
 GOAL = 0.6
 MB = 2**20
@@ -75,7 +77,7 @@ class Meter:
         self.start_mb: float | None = None
 
     def begin(self, label: str = "") -> None:
-        _log(f"{label}: stage start")
+        log(f"{label}: stage start")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -88,7 +90,7 @@ class Meter:
     def step(self, loss: float) -> None:
         self.times.append(time.perf_counter())
         self.losses.append(loss)
-        _log(f"  step {len(self.losses)}: {self.times[-1] - self.times[-2]:.3f} s, loss {loss:.4f}")
+        log(f"  step {len(self.losses)}: {self.times[-1] - self.times[-2]:.3f} s, loss {loss:.4f}")
 
     def finish(self) -> None:
         if self.device.type == "cuda":
@@ -136,7 +138,8 @@ class TimingReporter:
         self._mark = time.perf_counter()
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
+    """A progress line on stderr, unless `QUIET`."""
     if not QUIET:
         print(message, file=sys.stderr, flush=True)
 
@@ -278,7 +281,8 @@ def _naive_steps(
 
 
 def _vae_sample(base: BaseComponents, frames: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Latents of frames (N, 3, H, W), encoded now (with autograd through the VAE)."""
+    """Latents (N, C, h, w) of frames (N, 3, H, W), encoded now with autograd through the VAE
+    (not `family.encode_frames`, which encodes without it, as dvkit caches posteriors)."""
     posterior = base.vae.encode(frames.to(base.vae.device, base.vae.dtype)).latent_dist
     return posterior.sample(gen) * base.vae.config.scaling_factor
 
@@ -293,11 +297,11 @@ def _naive_inversion(args, base, encoder, pixels, clips, device, dtype, prompt, 
     def loss(g: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(pixels), (batch,), generator=g, device=device).cpu()
         latents = _vae_sample(base, pixels[index], g).unsqueeze(2)  # (B, C, 1, h, w)
-        noisy, noise, timesteps = add_noise(base.scheduler, latents, g, 0.1)
+        noisy, target, timesteps = add_noise(base.scheduler, latents, g, 0.1)
         ids = tokenize(base.tokenizer, [prompt] * batch).to(device)
         text = base.text_encoder(ids)[0]
-        prediction = base.unet(noisy.to(dtype), timesteps, encoder_hidden_states=text).sample
-        return epsilon_loss(prediction, noise)
+        prediction = base.family.predict(base, noisy.to(dtype), timesteps, text)
+        return diffusion_loss(prediction, target)
 
     def restore() -> None:
         with torch.no_grad():
@@ -316,11 +320,11 @@ def _naive_identity(args, base, encoder, pixels, clips, device, dtype, prompt, t
     def loss(g: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(pixels), (batch,), generator=g, device=device).cpu()
         latents = _vae_sample(base, pixels[index], g).unsqueeze(2)
-        noisy, noise, timesteps = add_noise(base.scheduler, latents, g, 0.1)
+        noisy, target, timesteps = add_noise(base.scheduler, latents, g, 0.1)
         ids = tokenize(base.tokenizer, [prompt] * batch).to(device)
         text = base.text_encoder(ids)[0]
-        prediction = base.unet(noisy.to(dtype), timesteps, encoder_hidden_states=text).sample
-        return epsilon_loss(prediction, noise)
+        prediction = base.family.predict(base, noisy.to(dtype), timesteps, text)
+        return diffusion_loss(prediction, target)
 
     return loss, params, lambda: None, injector.detach
 
@@ -339,13 +343,13 @@ def _naive_motion(args, base, encoder, pixels, clips, device, dtype, prompt, tok
         video = clips[index]  # (B, F, 3, H, W)
         latents = _vae_sample(base, video.reshape(-1, *video.shape[2:]), g)
         latents = latents.reshape(batch, frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
-        noisy, noise, timesteps = add_noise(base.scheduler, latents, g, 0.1)
+        noisy, target, timesteps = add_noise(base.scheduler, latents, g, 0.1)
         image = encoder.encode(video[torch.arange(batch), frame])
         prompts = ["a cat running" if keep else "" for keep in keep_text]
         text = base.text_encoder(tokenize(base.tokenizer, prompts).to(device))[0]
         injector.set_active({"motion": 1.0}, image_embeds=image)
-        prediction = base.unet(noisy.to(dtype), timesteps, encoder_hidden_states=text).sample
-        return epsilon_loss(prediction, noise)
+        prediction = base.family.predict(base, noisy.to(dtype), timesteps, text)
+        return diffusion_loss(prediction, target)
 
     return loss, params, lambda: None, injector.detach
 
@@ -361,10 +365,15 @@ _NAIVE_STAGES: dict[str, Callable] = {
 
 
 def build_base(args) -> BaseComponents:
+    """The base `--base` names: built-in `tiny`, or a random real-shaped one at `--width-scale`."""
     if args.base == "tiny":
         from dvkit.models.tiny import build_tiny_base
 
         return build_tiny_base()
+    if args.base == "animatediff-shaped":
+        from dvkit.models.random_animatediff import build_animatediff_shaped
+
+        return build_animatediff_shaped(args.width_scale, args.text_layers)
     from dvkit.models.random_base import build_modelscope_shaped
 
     return build_modelscope_shaped(args.width_scale, args.text_layers)
@@ -383,9 +392,9 @@ def build_encoder(args, device: torch.device) -> ImageEncoder:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", choices=("tiny", "modelscope-shaped"), default="tiny")
-    parser.add_argument("--width-scale", type=float, default=1.0, help="modelscope-shaped only")
-    parser.add_argument("--text-layers", type=int, default=None, help="modelscope-shaped only")
+    parser.add_argument("--base", choices=BASES, default="tiny")
+    parser.add_argument("--width-scale", type=float, default=1.0, help="shaped bases only")
+    parser.add_argument("--text-layers", type=int, default=None, help="shaped bases only")
     parser.add_argument(
         "--image-encoder",
         choices=("auto", "tiny", "vit-h-shaped"),
@@ -419,20 +428,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    global QUIET
-    args = parse_args(argv)
-    QUIET = args.quiet
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    quiet_libraries()
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    started = time.perf_counter()
-    base = build_base(args)
-    encoder = build_encoder(args, device)
-    build_s = time.perf_counter() - started
-    _log(f"built {args.base} and image encoder {encoder.spec} in {build_s:.1f} s")
+def compare_training(
+    args: argparse.Namespace,
+    base: BaseComponents,
+    encoder: ImageEncoder,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, dict]:
+    """Per stage of `args.stages`: each loop of `args.loops` on `base` (random images
+    (`--images`, 3, R, R) and clips (`--clips`, F, 3, R, R) in [-1, 1]) and, with both loops,
+    `ratio_s_per_step` = dvkit / naive, `meets_goal` and `ratio_peak_memory`."""
     data = torch.Generator().manual_seed(0)
     size = args.resolution
     pixels = torch.rand(args.images, 3, size, size, generator=data) * 2 - 1
@@ -455,6 +460,34 @@ def main(argv: list[str] | None = None) -> dict:
         if fast.get("peak_memory_mb") and slow.get("peak_memory_mb"):
             entry["ratio_peak_memory"] = round(fast["peak_memory_mb"] / slow["peak_memory_mb"], 3)
         stages[stage] = entry
+    return stages
+
+
+def memory_metric(device: torch.device) -> str:
+    """What `Meter`'s peak memory is on `device`."""
+    if device.type == "cuda":
+        return "torch.cuda.max_memory_allocated during the stage's steps (weights included)"
+    return (
+        "peak RSS (resource.getrusage ru_maxrss) during the stage's steps, reset at stage start "
+        "via /proc/self/clear_refs; whole process, weights included"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    global QUIET
+    args = parse_args(argv)
+    QUIET = args.quiet
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet_libraries()
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    started = time.perf_counter()
+    base = build_base(args)
+    encoder = build_encoder(args, device)
+    build_s = time.perf_counter() - started
+    log(f"built {args.base} and image encoder {encoder.spec} in {build_s:.1f} s")
+    stages = compare_training(args, base, encoder, device, dtype)
     unet_params = sum(p.numel() for p in base.unet.parameters())
     report = {
         "benchmark": "bench_train",
@@ -466,17 +499,12 @@ def main(argv: list[str] | None = None) -> dict:
             "tensors), same batch, resolution, frames and precision; ratio = dvkit / naive"
         ),
         "goal": f"ratio_s_per_step <= {GOAL}",
-        "memory_metric": (
-            "torch.cuda.max_memory_allocated during the stage's steps (weights included)"
-            if device.type == "cuda"
-            else "peak RSS (resource.getrusage ru_maxrss) during the stage's steps, reset at "
-            "stage start via /proc/self/clear_refs; whole process, weights included"
-        ),
+        "memory_metric": memory_metric(device),
         "base": args.base,
         "width_scale": args.width_scale if args.base != "tiny" else None,
         "unet_parameters": unet_params,
         "image_encoder": encoder.spec,
-        "device": _device_name(device),
+        "device": device_name(device),
         "dtype": str(dtype).removeprefix("torch."),
         "autocast": str(autocast_dtype_of(device, dtype)),
         "settings": {
@@ -502,7 +530,8 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
+    """The device as the report names it (GPU model, or CPU threads and machine)."""
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads, {platform.machine()})"

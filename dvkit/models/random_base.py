@@ -92,7 +92,7 @@ def build_modelscope_shaped(
 
 def unet_widths(width_scale: float) -> tuple[tuple[int, ...], int]:
     """The UNet's block_out_channels and head count (`attention_head_dim`) at `width_scale`."""
-    first = _multiple(UNET_WIDTHS[0] * width_scale, NORM_GROUPS)
+    first = round_to_multiple(UNET_WIDTHS[0] * width_scale, NORM_GROUPS)
     widths = tuple(first * width // UNET_WIDTHS[0] for width in UNET_WIDTHS)
     limit = max(1, first * UNET_HEADS // UNET_WIDTHS[0])
     heads = max(d for d in range(1, limit + 1) if first % d == 0)
@@ -101,7 +101,7 @@ def unet_widths(width_scale: float) -> tuple[tuple[int, ...], int]:
 
 def text_width(width_scale: float) -> int:
     """The text encoder's hidden size (the UNet's cross_attention_dim) at `width_scale`."""
-    return _multiple(TEXT_WIDTH * width_scale, TEXT_HEADS)
+    return round_to_multiple(TEXT_WIDTH * width_scale, TEXT_HEADS)
 
 
 def unet_config(width_scale: float = 1.0) -> dict[str, Any]:
@@ -125,9 +125,10 @@ def unet_config(width_scale: float = 1.0) -> dict[str, Any]:
     }
 
 
-def vae_config(width_scale: float = 1.0) -> dict[str, Any]:
-    """The Stable Diffusion `AutoencoderKL` config ModelScope T2V uses, narrowed."""
-    first = _multiple(VAE_WIDTHS[0] * width_scale, NORM_GROUPS)
+def vae_config(width_scale: float = 1.0, sample_size: int = 256) -> dict[str, Any]:
+    """The Stable Diffusion `AutoencoderKL` config ModelScope T2V uses, narrowed (SD 1.5's own
+    VAE config is the same with `sample_size` 512)."""
+    first = round_to_multiple(VAE_WIDTHS[0] * width_scale, NORM_GROUPS)
     widths = tuple(first * width // VAE_WIDTHS[0] for width in VAE_WIDTHS)
     return {
         "in_channels": 3,
@@ -139,7 +140,7 @@ def vae_config(width_scale: float = 1.0) -> dict[str, Any]:
         "act_fn": "silu",
         "latent_channels": 4,
         "norm_num_groups": NORM_GROUPS,
-        "sample_size": 256,
+        "sample_size": sample_size,
         "scaling_factor": 0.18215,
     }
 
@@ -152,20 +153,40 @@ def text_config(
     pad_token_id: int = CLIP_VOCAB - 1,
 ) -> CLIPTextConfig:
     """The OpenCLIP ViT-H/14 text tower as a transformers `CLIPTextConfig`, narrowed."""
-    width = text_width(width_scale)
+    return clip_text_config(
+        width=text_width(width_scale),
+        heads=TEXT_HEADS,
+        layers=TEXT_LAYERS if text_layers is None else text_layers,
+        projection=round_to_multiple(512 * width_scale, TEXT_HEADS),
+        activation="gelu",
+        special_ids=(bos_token_id, eos_token_id, pad_token_id),
+    )
+
+
+def clip_text_config(
+    width: int,
+    heads: int,
+    layers: int,
+    projection: int,
+    activation: str,
+    special_ids: tuple[int, int, int] = (CLIP_VOCAB - 2, CLIP_VOCAB - 1, CLIP_VOCAB - 1),
+) -> CLIPTextConfig:
+    """A CLIP text transformer over CLIP's vocabulary and 77 positions, its MLP 4× `width`;
+    `special_ids` are the (bos, eos, pad) token ids."""
+    bos, eos, pad = special_ids
     return CLIPTextConfig(
         vocab_size=CLIP_VOCAB,
         hidden_size=width,
         intermediate_size=width * TEXT_FF_RATIO,
-        projection_dim=_multiple(512 * width_scale, TEXT_HEADS),
-        num_hidden_layers=TEXT_LAYERS if text_layers is None else text_layers,
-        num_attention_heads=TEXT_HEADS,
+        projection_dim=projection,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         max_position_embeddings=MAX_TOKENS,
-        hidden_act="gelu",
+        hidden_act=activation,
         layer_norm_eps=1e-5,
-        bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
     )
 
 
@@ -203,8 +224,8 @@ def build_vit_h_shaped_encoder(
     """
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-    width = _multiple(VIT_H_WIDTH * width_scale, VIT_H_HEADS)
-    embed = _multiple(VIT_H_EMBED * width_scale, VIT_H_HEADS)
+    width = round_to_multiple(VIT_H_WIDTH * width_scale, VIT_H_HEADS)
+    embed = round_to_multiple(VIT_H_EMBED * width_scale, VIT_H_HEADS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIP(
@@ -228,6 +249,6 @@ def build_vit_h_shaped_encoder(
     )
 
 
-def _multiple(value: float, unit: int) -> int:
+def round_to_multiple(value: float, unit: int) -> int:
     """`value` rounded to the nearest positive multiple of `unit`."""
     return max(unit, round(value / unit) * unit)

@@ -1,0 +1,176 @@
+"""Training and composition cost per base family, on random bases of each family's real shape
+(narrowed by `--width-scale` to run on a CPU), in one run; prints JSON.
+
+Per family (`modelscope-t2v`: `build_modelscope_shaped`, ModelScope T2V's UNet3D, SD VAE and
+OpenCLIP-H text; `animatediff`: `build_animatediff_shaped`, SD 1.5's UNet with motion adapter
+v1-5-3's motion modules, SD VAE and CLIP ViT-L/14 text), with a random ViT-H/14-shaped
+appearance encoder:
+
+- **training**: `bench_train.compare_training`, seconds per step of dvkit's `train_subject` /
+  `train_motion` (VAE posteriors, text and image embeddings cached once; only the trained tensors
+  require grad) against a naive loop on the same base (re-encodes VAE, text and image every
+  step; every UNet, VAE and text-encoder weight requires grad; optimizer over the same trained
+  tensors), per stage (textual inversion, identity adapter, motion adapter), same batch,
+  resolution, frames and precision. Ratio = dvkit / naive seconds per step; goal ≤ 0.6.
+- **sampling**: `bench_compose.compare_sampling`, dvkit's sampler for one video with a random
+  subject and motion adapter active (appearance guidance on) against the bare base, alternating
+  after a warm-up, same prompt and seed. Ratio = composed / bare median seconds; goal ≤ 1.10.
+
+Peak memory is reported per training stage and loop and per sampling kind (CUDA:
+`max_memory_allocated`; CPU: whole-process peak RSS). Absolute times depend on the machine and
+its load; the ratios, measured side by side, are the figures to quote.
+
+    python benchmarks/bench_families.py                      # CPU: width 0.1, 64×64, 4 frames
+    python benchmarks/bench_families.py --device cuda --dtype bfloat16 --width-scale 1 \\
+        --resolution 512 --frames 16 --steps 8 --warmup 2 --sample-steps 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import bench_train
+import torch
+from bench_compose import GOAL as COMPOSE_GOAL
+from bench_compose import compare_sampling
+
+from dvkit.generate.sampler import SamplerSettings
+from dvkit.models.components import BaseComponents
+from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
+from dvkit.models.random_animatediff import build_animatediff_shaped
+from dvkit.models.random_base import build_modelscope_shaped
+
+SHAPED: dict[str, tuple[str, Callable[[float, int | None], BaseComponents]]] = {
+    "modelscope-t2v": ("modelscope-shaped", build_modelscope_shaped),
+    "animatediff": ("animatediff-shaped", build_animatediff_shaped),
+}
+"""Family → (bench_train's `--base` name, builder taking width_scale and text_layers)."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--families", default=",".join(SHAPED), help="comma-separated")
+    parser.add_argument("--width-scale", type=float, default=0.1)
+    parser.add_argument("--text-layers", type=int, default=None, help="default: the full count")
+    parser.add_argument("--resolution", type=int, default=64, help="training and sampling size")
+    parser.add_argument("--frames", type=int, default=4, help="motion clips and sampled videos")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per stage")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed training steps first")
+    parser.add_argument("--subject-batch", type=int, default=4)
+    parser.add_argument("--motion-batch", type=int, default=2)
+    parser.add_argument("--stages", default=",".join(bench_train.STAGES))
+    parser.add_argument("--sample-steps", type=int, default=5, help="DDIM steps per video")
+    parser.add_argument("--repeats", type=int, default=3, help="timed videos of each kind")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    args.families = [name for name in args.families.split(",") if name]
+    unknown = set(args.families) - set(SHAPED)
+    if unknown or not args.families:
+        parser.error(f"--families: choose from {', '.join(SHAPED)}")
+    return args
+
+
+def training_args(args: argparse.Namespace, family: str) -> argparse.Namespace:
+    """bench_train's options for `family`'s shaped base at this run's settings."""
+    argv = ["--base", SHAPED[family][0], "--width-scale", str(args.width_scale)]
+    argv += ["--resolution", str(args.resolution), "--frames", str(args.frames)]
+    argv += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--stages", args.stages]
+    argv += ["--subject-batch", str(args.subject_batch), "--motion-batch", str(args.motion_batch)]
+    argv += ["--device", args.device, "--dtype", args.dtype]
+    if args.text_layers is not None:
+        argv += ["--text-layers", str(args.text_layers)]
+    return bench_train.parse_args(argv)
+
+
+def measure_family(
+    args: argparse.Namespace, family: str, device: torch.device, dtype: torch.dtype
+) -> dict:
+    """Training and sampling comparisons on a fresh shaped base of `family`."""
+    train = training_args(args, family)
+    started = time.perf_counter()
+    base = bench_train.build_base(train)
+    encoder = bench_train.build_encoder(train, device)
+    build_s = time.perf_counter() - started
+    bench_train.log(f"{family}: built {train.base} and {encoder.spec} in {build_s:.1f} s")
+    unet_parameters = sum(p.numel() for p in base.unet.parameters())
+    training = bench_train.compare_training(train, base, encoder, device, dtype)
+    settings = SamplerSettings(
+        steps=args.sample_steps,
+        frames=args.frames,
+        height=args.resolution,
+        width=args.resolution,
+    )
+    sampling = compare_sampling(base, settings, args.repeats, device, dtype, encoder.embed_dim)
+    del base, encoder
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {
+        "base": train.base,
+        "unet_parameters": unet_parameters,
+        "build_s": round(build_s, 2),
+        "training": training,
+        "sampling": sampling,
+        "summary": {
+            "training_ratio_s_per_step": {
+                stage: entry.get("ratio_s_per_step") for stage, entry in training.items()
+            },
+            "sampling_ratio_composed_over_bare": sampling["ratio_composed_over_bare"],
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    bench_train.QUIET = args.quiet
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    quiet_libraries()
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    report = {
+        "benchmark": "bench_families",
+        "compared": (
+            "per family, on a random base of its real shape narrowed by width_scale: seconds "
+            "per training step of dvkit vs a naive loop (see bench_train) and sampling time of "
+            "one video with a subject and a motion adapter active vs the bare base (see "
+            "bench_compose)"
+        ),
+        "goals": {
+            "training": f"ratio_s_per_step <= {bench_train.GOAL}",
+            "sampling": f"ratio_composed_over_bare <= {COMPOSE_GOAL}",
+        },
+        "memory_metric": bench_train.memory_metric(device),
+        "device": bench_train.device_name(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "settings": {
+            key: value
+            for key, value in vars(args).items()
+            if key not in ("quiet", "output", "families")
+        },
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "families": {
+            family: measure_family(args, family, device, dtype) for family in args.families
+        },
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n", encoding="utf-8")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
