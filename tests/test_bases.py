@@ -24,7 +24,7 @@ def test_add_local_folder_keeps_fingerprint_and_becomes_default(cli, home, tmp_p
     shown = json.loads(out)
     assert shown["fingerprint"] == fingerprint and shown["source"] == str(tmp_path / "t2v")
     code, out, _ = cli("--home", home, "base", "list")
-    assert out.splitlines()[0].startswith("local-tiny *")
+    assert out.splitlines()[1].startswith("local-tiny *")
     _save_diffusers_folder(tmp_path / "second")
     cli("--home", home, "base", "add", "second", tmp_path / "second")
     assert cli("--home", home, "base", "default")[1].strip() == "local-tiny"

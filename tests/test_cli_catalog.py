@@ -104,12 +104,16 @@ def test_base_commands(cli, home) -> None:
     from dvkit.catalog.records import BaseModelRecord
 
     code, out, _ = cli("--home", home, "base", "list")
-    assert code == 0 and out.split() == [
-        "tiny", "modelscope-t2v", "builtin:tiny",
-        "tiny-animatediff", "animatediff", "builtin:tiny-animatediff",
-        "sprites", "sprites-pixel-t2v", "builtin:sprites",
-        "no", "default", "base",
-    ]  # fmt: skip
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["NAME", "FAMILY", "FINGERPRINT", "SOURCE"]
+    assert [line.split()[:4] for line in lines[1:7:2]] == [
+        ["tiny", "modelscope-t2v", "(first", "use)"],
+        ["tiny-animatediff", "animatediff", "(first", "use)"],
+        ["sprites", "sprites-pixel-t2v", "(first", "use)"],
+    ]
+    assert lines[2].strip().startswith("tiny random components") and lines[-1] == "no default base"
+    code, out, _ = cli("--home", home, "base", "show", "sprites", "--json")
+    assert code == 0 and json.loads(out)["architecture"] == "sprites-pixel-t2v"
     with Catalog.open(home) as catalog:
         catalog.add_base(
             BaseModelRecord(

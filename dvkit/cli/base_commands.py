@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dvkit.cli import render
 from dvkit.cli.catalog_commands import JsonOption
 from dvkit.cli.context import open_catalog
+from dvkit.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from dvkit.catalog import Catalog
 
 app = typer.Typer(no_args_is_help=False)
 
@@ -95,28 +99,15 @@ def list_families(as_json: JsonOption = False) -> None:
 
 @app.command("list")
 def list_bases(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """List base models (built-in ones are registered on first use)."""
-    from dvkit.models.builtin import BUILTINS
-
+    """List base models: registered ones and the built-in ones (registered on first use)."""
     with open_catalog(ctx) as catalog:
-        rows = catalog.base_rows()
+        rows = _base_rows(catalog)
         default = catalog.default_base()
-    known = {row["name"] for row in rows}
-    rows += [
-        {"name": name, "source": f"builtin:{name}", "architecture": builtin.architecture,
-         "fingerprint": "", "description": builtin.description}
-        for name, builtin in BUILTINS.items() if name not in known
-    ]  # fmt: skip
-    for row in rows:
-        row["default"] = row["name"] == default
     if as_json:
         render.print_json(rows)
-    else:
-        for row in rows:
-            name = f"{row['name']} *" if row["default"] else row["name"]
-            fingerprint = row["fingerprint"][:12]
-            print(f"{name:<20} {row['architecture']:<20} {fingerprint:<12}  {row['source']}")
-        print("* default base (dvkit base default NAME)" if default else "no default base")
+        return
+    render.bases_table(rows)
+    print("* default base (dvkit base default NAME)" if default else "no default base")
 
 
 @app.command("show")
@@ -125,10 +116,32 @@ def show_base(
     name: Annotated[str, typer.Argument(help="Base name.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Show one base model."""
+    """Show one base model (a built-in one also before its first use)."""
+    from dvkit.names import validate_name
+
+    validate_name(name, "base name")
     with open_catalog(ctx) as catalog:
-        row = catalog.base_row(name)
+        rows = {row["name"]: row for row in _base_rows(catalog)}
+    if name not in rows:
+        raise NotFoundError(f"no base named {name!r} (see: dvkit base list)")
+    row = rows[name]
     if as_json:
         render.print_json(row)
     else:
         render.details(row["name"], list(row.items()))
+
+
+def _base_rows(catalog: Catalog) -> list[dict[str, Any]]:
+    """The catalog's bases, then the built-in ones not used yet (no fingerprint), each with
+    `default` telling whether it is the default base."""
+    from dvkit.models.builtin import BUILTINS
+
+    rows = catalog.base_rows()
+    known = {row["name"] for row in rows}
+    rows += [
+        {"name": name, "source": f"builtin:{name}", "architecture": builtin.architecture,
+         "fingerprint": "", "builtin": True, "description": builtin.description}
+        for name, builtin in BUILTINS.items() if name not in known
+    ]  # fmt: skip
+    default = catalog.default_base()
+    return [{**row, "default": row["name"] == default} for row in rows]

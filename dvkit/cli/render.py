@@ -68,6 +68,18 @@ def adapters_table(rows: list[dict[str, Any]], all_versions: bool) -> None:
     console().print(table)
 
 
+def bases_table(rows: list[dict[str, Any]]) -> None:
+    """Bases with their family, fingerprint and source, each with its description on the next
+    line (so that narrow terminals do not squeeze it); the default one marked `*`."""
+    print(f"{'NAME':<20} {'FAMILY':<18} {'FINGERPRINT':<12}  SOURCE")
+    for row in rows:
+        name = f"{row['name']} *" if row.get("default") else row["name"]
+        fingerprint = row["fingerprint"][:12] or "(first use)"
+        print(f"{name:<20} {row['architecture']:<18} {fingerprint:<12}  {row['source']}")
+        if row.get("description"):
+            print(f"    {row['description']}")
+
+
 def details(title: str, fields: list[tuple[str, Any]]) -> None:
     """A two-column key/value view; empty values are left out."""
     from rich.table import Table
