@@ -122,6 +122,17 @@ def test_library_writes_refuse_too(filled, read_only, make_adapter) -> None:
         assert [row["name"] for row in catalog.adapter_rows()] == ["cat", "surf"]
 
 
+def test_library_training_refuses_before_reading_anything(filled, read_only, tmp_path) -> None:
+    from dvkit.errors import CatalogNotWritableError
+    from dvkit.train.api import add_motion, add_subject
+
+    missing = tmp_path / "nowhere"  # read first, this would be a different error
+    with Catalog.open(filled) as catalog:
+        for train, kind in ((add_subject, "subject"), (add_motion, "motion")):
+            with pytest.raises(CatalogNotWritableError, match=f"cannot register the {kind} dog$"):
+                train("dog", [missing], catalog=catalog, preset="quick")
+
+
 def test_an_older_schema_cannot_be_upgraded_read_only(cli, filled, monkeypatch) -> None:
     conn = sqlite3.connect(filled / "catalog.db")
     conn.execute("PRAGMA user_version = 2")
