@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from dvkit import ranges
 from dvkit.cli import render
-from dvkit.cli.context import home_option, open_catalog
+from dvkit.cli.context import home_option, open_catalog, whole
 
 if TYPE_CHECKING:
     from dvkit.catalog import Catalog
@@ -57,7 +58,12 @@ def list_adapters(
         bool, typer.Option("--all", help="Every version, not only the newest per name.")
     ] = False,
     limit: Annotated[
-        int | None, typer.Option("--limit", help="At most this many (default: 100 in a table).")
+        int | None,
+        typer.Option(
+            "--limit",
+            parser=whole(ranges.AT_LEAST_ZERO),
+            help="At most this many (default: 100 in a table).",
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import DDIMScheduler
 
+from dvkit.errors import DvkitError
 from dvkit.models.builtin import check_motion_until, check_offset_noise
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
-from dvkit.ranges import GUIDANCE_SCALE
+from dvkit.ranges import FRAMES, GUIDANCE_SCALE, SAMPLING_STEPS, SIZE
 from dvkit.train.encode import encode_text
 
 
@@ -55,7 +56,12 @@ class SamplerSettings:
     base's default)."""
 
     def __post_init__(self) -> None:
-        """Raises `DvkitError` for a guidance scale or `motion_until` out of range (or NaN)."""
+        """Raises `DvkitError` for steps, frames, a size, a guidance scale or `motion_until` out
+        of range (or NaN)."""
+        SAMPLING_STEPS.check("steps", self.steps)
+        FRAMES.check("frames", self.frames)
+        SIZE.check("height", self.height)
+        SIZE.check("width", self.width)
         GUIDANCE_SCALE.check("guidance scale", self.guidance_scale)
         check_motion_until(self.motion_until)
         check_offset_noise(self.offset_noise)
@@ -112,6 +118,20 @@ def sample(
 
 def vae_scale_factor(base: BaseComponents) -> int:
     return 2 ** (len(base.vae.config.block_out_channels) - 1)
+
+
+def check_size(base: BaseComponents, size: int) -> int:
+    """`size` if `base` can sample videos of it (a multiple of its VAE's scale factor), else a
+    `DvkitError` naming the nearest sizes it can."""
+    unit = vae_scale_factor(base)
+    if size % unit:
+        low = size // unit * unit
+        nearest = " or ".join(str(n) for n in (low, low + unit) if n >= unit)
+        raise DvkitError(
+            f"size {size} is not a multiple of {unit}, the latent factor of base {base.name}: "
+            f"use {nearest}"
+        )
+    return size
 
 
 def native_size(base: BaseComponents) -> int:

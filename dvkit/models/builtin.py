@@ -71,7 +71,7 @@ def sampler_choices(
     """The sampler's steps, guidance scale, `motion_until` and `offset_noise`: the given ones,
     else `base`'s defaults."""
     return (
-        int(steps or sampling_default(base, "steps")),
+        int(sampling_default(base, "steps") if steps is None else steps),
         sampling_default(base, "guidance") if guidance is None else guidance,
         sampling_default(base, "motion_until") if motion_until is None else motion_until,
         sampling_default(base, "offset_noise") if offset_noise is None else offset_noise,
