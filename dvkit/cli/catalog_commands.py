@@ -188,7 +188,12 @@ def import_files(
         ),
     ] = None,
     token: Annotated[
-        str | None, typer.Option("--token", help="Placeholder of an imported subject (<NAME>).")
+        str | None,
+        typer.Option(
+            "--token",
+            help="Token of an imported subject (one file; default: the file's own, <NAME> when "
+            "renamed from its default).",
+        ),
     ] = None,
     references: Annotated[
         list[Path] | None,
@@ -211,16 +216,18 @@ def import_files(
         validate_name(name)
     official = [file for file in files if file.suffix.lower() == ".pth"]
     own = [file for file in files if file not in official]
+    if token is not None and own and len(files) > 1:
+        raise DvkitError("--token can only be used when importing one dvkit file")
     for file in own:
         if file.suffix.lower() != ".safetensors":
             raise DvkitError(
                 f"{file}: unsupported file type {file.suffix or '(no extension)'!r}: dvkit imports "
                 "its own .safetensors adapter files and official DreamVideo .pth checkpoints"
             )
-    if not official and (base or embedding or token or references):
+    if not official and (base or embedding or references):
         raise DvkitError(
-            "--base, --embedding, --token and --references apply to official .pth checkpoints; "
-            "dvkit files name their own base and token and carry their own images"
+            "--base, --embedding and --references apply to official .pth checkpoints; "
+            "dvkit files name their own base and carry their own images"
         )
     if official and base is None:
         raise DvkitError(
@@ -250,13 +257,17 @@ def import_files(
 
                 result = register_prepared(catalog, prepared[file], tags)
             else:
-                result = catalog.import_file(file, name=name, tags=tags, description=description)
+                result = catalog.import_file(
+                    file, name=name, tags=tags, description=description, token=token
+                )
             ref = result.adapter.ref
             if result.duplicate:
                 print(f"{file}: already in the catalog as {ref} (same weights)")
             else:
+                token_note = f", token {result.adapter.token}" if result.adapter.token else ""
                 print(
-                    f"{file}: imported as {ref} ({result.adapter.kind}, base {result.adapter.base})"
+                    f"{file}: imported as {ref} ({result.adapter.kind}, base "
+                    f"{result.adapter.base}{token_note})"
                 )
 
 

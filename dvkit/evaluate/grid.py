@@ -23,6 +23,7 @@ from dvkit.catalog import Catalog
 from dvkit.catalog.records import EvaluationRecord
 from dvkit.errors import DvkitError
 from dvkit.evaluate import metrics
+from dvkit.evaluate.encoders import DEFAULT_CLIP, DEFAULT_DINO
 from dvkit.evaluate.score import Scorer
 from dvkit.generate.compose import (
     LoadedAdapter,
@@ -45,8 +46,6 @@ from dvkit.train.encode import check_prompts
 
 ROLES = ("joint", "subject", "motion", "base")
 DEFAULT_TEMPLATE = "a {subject} {motion}"
-DEFAULT_CLIP = "ViT-B-32:openai"
-DEFAULT_DINO = "vit_small_patch16_224.dino"
 _OPTIONS = {
     "steps": "--steps", "guidance_scale": "--guidance", "frames": "--frames", "height": "--size",
     "motion_until": "--motion-until", "offset_noise": "--offset-noise", "clip": "--clip",
