@@ -49,6 +49,13 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
+def validate_token(token: str) -> str:
+    """Return `token` if it can be a subject's learned token (non-empty, without spaces)."""
+    if not token or any(c.isspace() for c in token):
+        raise InvalidNameError(f"invalid token {token!r}: it must be non-empty, without spaces")
+    return token
+
+
 @dataclass(frozen=True)
 class Ref:
     """A reference to an adapter: a name and an optional version (None means the newest)."""

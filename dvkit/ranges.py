@@ -8,6 +8,10 @@ numbers between its bounds. The library checks values with `Range.check` (compos
 the option. Training settings are pydantic models with `allow_inf_nan=False` and their own field
 bounds (`dvkit/train/settings.py`); their CLI options use the ranges below that equal them.
 
+Whole-number options (steps, seeds, frames, sizes, counts) have a `Whole` range the same way:
+the CLI parses them with `dvkit.cli.context.whole(RANGE)`, the library checks them with
+`Whole.check` (`tests/test_int_options.py` walks every command for them).
+
 Light: standard library only (the CLI builds its option types from these before any command
 runs).
 """
@@ -80,3 +84,54 @@ OFFSET_NOISE = Range(0, 1)
 0.1); beyond 1 it outweighs the noise itself."""
 FRAME_RATE = Range(0.1, 240)
 """Frames per second of a written video (a GIF frame lasts at most 655 s)."""
+
+
+@dataclass(frozen=True)
+class Whole:
+    """Whole numbers from `low` to `high` (None: unbounded above)."""
+
+    low: int
+    high: int | None = None
+
+    def __contains__(self, value: int) -> bool:
+        return self.low <= value and (self.high is None or value <= self.high)
+
+    def describe(self) -> str:
+        """'a whole number from 1 to 256', 'a whole number of at least 0'."""
+        if self.high is None:
+            return f"a whole number of at least {self.low}"
+        return f"a whole number from {self.low} to {self.high}"
+
+    def notation(self) -> str:
+        """'1<=n<=256', '0<=n' (as --help shows it)."""
+        return f"{self.low}<=n" + ("" if self.high is None else f"<={self.high}")
+
+    def check(self, what: str, value: object) -> int:
+        """`value` if it is an int in this range, else a `DvkitError` naming `what`."""
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value not in self:
+            raise DvkitError(f"{what} must be {self.describe()}, not {value!r}")
+        return int(value)
+
+
+MAX_FRAMES = 256
+"""Longest video dvkit samples or trains on (the official bases make 16 or 32 frames; longer
+videos exhaust memory long before they mean anything to a model trained on short clips)."""
+SEED = Whole(0, 2**32 - 1)
+"""Random seeds (numpy's and most tools' range)."""
+SAMPLING_STEPS = Whole(1, 1000)
+"""DDIM steps (at most the 1000 training timesteps of the schedules dvkit's bases use)."""
+FRAMES = Whole(1, MAX_FRAMES)
+"""Frames of a sampled video."""
+TRAINING_FRAMES = Whole(2, MAX_FRAMES)
+"""Frames per training clip (motion learning needs at least two)."""
+SIZE = Whole(8, 2048)
+"""Height and width in pixels, of sampling and training; the base's own multiple is checked
+once it is open (`dvkit.generate.sampler.check_size`)."""
+AT_LEAST_ONE = Whole(1)
+"""Batch sizes, counts, steps between checkpoints, training steps of a motion."""
+AT_LEAST_ZERO = Whole(0)
+"""Training steps of a stage that may be skipped, checkpoint steps, `--limit` (0: all)."""
+VECTORS = Whole(1, 16)
+"""Vectors per learned token."""
+CLIP_WINDOWS = Whole(1, 256)
+"""Windows kept per training clip."""

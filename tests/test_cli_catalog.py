@@ -37,7 +37,7 @@ def test_init_default_path_and_discovery(cli, tmp_path, monkeypatch) -> None:
 def test_round_trip_import_show_verify_rm_gc(cli, home, make_adapter) -> None:
     path = make_adapter("cat", "subject", description="a grey cat")
     code, out, _ = cli("--home", home, "import", path, "--tag", "pet")
-    assert code == 0 and "imported as cat@1 (subject, base tiny)" in out
+    assert code == 0 and "imported as cat@1 (subject, base tiny, token <cat>)" in out
     code, out, _ = cli("--home", home, "import", path)
     assert code == 0 and "already in the catalog as cat@1" in out
     code, out, _ = cli("--home", home, "show", "cat", "--json")

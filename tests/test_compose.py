@@ -196,7 +196,7 @@ def test_cli_compose(cli, trained, tmp_path) -> None:
         (("--subject", "cat", "--out", "/nonexistent/folder/x.mp4"), "does not exist"),
         (("--subject", "cat", "--out", "video.avi"), "unsupported video extension .avi"),
         (("--subject", "cat", "--format", "webm"), "unknown video format webm"),
-        (("--subject", "cat", "--steps", "0"), "at least 1"),
+        (("--subject", "cat", "--steps", "0"), "'0' is not a whole number from 1 to"),
         (("--motion", "surfing", "--motion-until", "1.2"), "'--motion-until': '1.2' is not a"),
         (("--subject", "cat", "--device", "tpu"), "unknown device"),
     ],

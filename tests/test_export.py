@@ -184,7 +184,7 @@ def test_export_errors_are_one_line(cli, home, pair, tmp_path) -> None:
         (("--merged", "--subject", "cat", "--out", good), "needs both --subject REF"),
         (("--merged", "--subject", "surfing", "--motion", "cat", "--out", good),
          "surfing@1 is a motion adapter, not a subject adapter"),
-        ((*merged, "--out", good, "--steps", "0"), "expected 1 to 1000"),
+        ((*merged, "--out", good, "--steps", "0"), "'0' is not a whole number from 1 to 1000"),
         ((*merged, "--out", good, "--guidance", "-1"), "finite number from 0 to 100"),
         ((*merged, "--out", good, "--motion-scale", "nan"), "'nan' is not a finite number"),
         ((*merged, "--out", good, "--motion-until", "1.5"), "'1.5' is not a finite number"),

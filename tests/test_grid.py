@@ -145,3 +145,64 @@ def test_report_files_and_rebuild(cli, catalog, tmp_path) -> None:
     code, out, _ = cli(*args, "--report")
     assert code == 0 and "4 cells: 0 generated, 4 already scored" in out
     assert (folder / "index.html").read_text().count("<figure>") == 4
+
+
+def test_encoders_are_part_of_each_cell_and_named_in_the_report(catalog, monkeypatch) -> None:
+    from dvkit.evaluate import grid
+    from dvkit.evaluate.report import encoders
+
+    first = bench(catalog, ["cat"], seeds=[0], settings=SMALL, **ENCODERS)
+    real = grid.Scorer
+    monkeypatch.setattr(grid, "Scorer", lambda clip, dino, device: real("tiny", "tiny", device))
+    other = bench(catalog, ["cat"], seeds=[0], settings=SMALL, clip="other", dino="tiny",
+                  device="cpu")  # fmt: skip
+    assert (first.generated, other.generated, other.skipped) == (4, 4, 0)  # scored anew
+    assert encoders(other.rows) == ["CLIP other, DINO tiny"]
+    assert encoders(first.rows) == ["CLIP tiny, DINO tiny"]
+
+
+def test_report_uses_the_stored_cells_that_match(catalog) -> None:
+    from dvkit.errors import DvkitError
+
+    with pytest.raises(DvkitError, match="no stored cells of this grid: run dvkit bench"):
+        bench(catalog, ["cat"], generate=False)
+    made = bench(catalog, ["cat"], seeds=[0, 1], settings=SMALL, **ENCODERS)
+    stored = bench(catalog, ["cat"], generate=False)  # no sampler options: any
+    assert sorted(r["cell"] for r in stored.rows) == sorted(r["cell"] for r in made.rows)
+    assert (stored.cells, stored.generated) == (8, 0)
+    assert len(bench(catalog, ["cat"], seeds=[1], steps=2, clip="tiny", generate=False).rows) == 4
+    with pytest.raises(DvkitError, match=r"match these settings \(stored: --steps 2 --guidance 9 "
+                       r"--frames 3 --size 16 .* --clip tiny --dino tiny\)$"):  # fmt: skip
+        bench(catalog, ["cat"], steps=7, generate=False)
+    bench(catalog, ["cat"], seeds=[0], settings=SamplerSettings(steps=3, frames=3, height=16,
+                                                                width=16), **ENCODERS)  # fmt: skip
+    with pytest.raises(DvkitError, match="several settings: --steps 2 .*; --steps 3 .*; give"):
+        bench(catalog, ["cat"], generate=False)
+
+
+def test_cli_report_without_the_grid_options(cli, catalog, tmp_path) -> None:
+    sizes = ("--steps", "2", "--frames", "3", "--size", "16", "--clip", "tiny", "--dino", "tiny")
+    code, out, err = cli("--home", catalog.home, "bench", "--subject", "cat", *sizes)
+    assert code == 0 and "scored with CLIP tiny, DINO tiny" in out, err
+    report = tmp_path / "rep"
+    code, out, err = cli("--home", catalog.home, "bench", "--report", "--out", report)
+    assert code == 0 and "4 cells: 0 generated, 4 already scored" in out, err
+    assert "scored with CLIP tiny, DINO tiny" in (report / "index.html").read_text()
+    code, out, err = cli("--home", catalog.home, "bench", "--report", "--frames", "5")
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: no stored cells of this grid match") and "--frames 3" in err
+
+
+def test_subjects_sharing_a_token_each_get_their_own(catalog, tmp_path) -> None:
+    from dvkit.evaluate.grid import _generation_tokens, load_adapter
+
+    exported = tmp_path / "cat.safetensors"
+    exported.write_bytes(catalog.read_blob(catalog.show("dog").blob))
+    catalog.import_file(exported, name="hound", token="<cat>")
+    result = bench(catalog, ["cat", "hound"], seeds=[0], baselines=False, settings=SMALL,
+                   **ENCODERS)  # fmt: skip
+    assert result.generated == 2
+    assert sorted(r["prompt"] for r in result.rows) == ["a <cat> surfing"] * 2
+    loaded = {ref: load_adapter(catalog, ref, None, "subject") for ref in ("cat@1", "hound@1")}
+    assert _generation_tokens(loaded) == {"cat@1": "<cat>", "hound@1": "<hound-2>"}
+    assert len(bench(catalog, ["cat", "hound"], generate=False).rows) == 2

@@ -27,7 +27,8 @@ def test_dvkit_file_under_another_name_gets_its_own_record(cli, home, make_adapt
     path = make_adapter("cat", seed=3)
     assert "imported as cat@1" in cli("--home", home, "import", path)[1]
     code, out, err = cli("--home", home, "import", path, "--name", "dog")
-    assert code == 0 and out.strip() == f"{path}: imported as dog@1 (subject, base tiny)", err
+    assert code == 0, err
+    assert out.strip() == f"{path}: imported as dog@1 (subject, base tiny, token <dog>)"
     code, out, _ = cli("--home", home, "import", path)
     assert code == 0 and out.strip() == f"{path}: already in the catalog as cat@1 (same weights)"
     code, out, _ = cli("--home", home, "import", path, "--name", "dog")
@@ -37,9 +38,32 @@ def test_dvkit_file_under_another_name_gets_its_own_record(cli, home, make_adapt
         cat, dog = catalog.show("cat"), catalog.show("dog")
         assert cat.blob == dog.blob and cat.weights_hash == dog.weights_hash  # one file, shared
         assert len(list(catalog.blobs.stored())) == 1
+        assert (cat.token, dog.token) == ("<cat>", "<dog>")  # renamed: its default token too
         catalog.rm("cat")
         assert catalog.blobs.path(dog.blob).is_file()  # still used by dog
         assert catalog.verify().ok
+
+
+def test_dvkit_file_takes_a_new_token(cli, home, make_adapter) -> None:
+    path = make_adapter("cat", seed=3)
+    code, out, err = cli("--home", home, "import", path, "--name", "kitty", "--token", "<kit>")
+    assert code == 0 and out.strip().endswith("(subject, base tiny, token <kit>)"), err
+    code, out, _ = cli("--home", home, "import", path, "--name", "kitty", "--token", "<kit>")
+    assert code == 0 and "already in the catalog as kitty@1" in out
+    code, out, _ = cli("--home", home, "import", path, "--name", "tom", "--token", "<kit>")
+    assert code == 0 and "imported as tom@1 (subject, base tiny, token <kit>)" in out
+    for args, message in [
+        (("--token", "a b"), "invalid token 'a b'"),
+        ((make_adapter("surf", "motion"), "--token", "<x>"), "--token applies to subjects"),
+        ((make_adapter("dog"), make_adapter("cow"), "--token", "<x>"), "importing one dvkit"),
+        (("--name", "kitty", "--token", "<kat>"), "kitty@1 holds these weights with token <kit>"),
+    ]:
+        files = [] if str(args[0]).endswith(".safetensors") else [path]
+        code, out, err = cli("--home", home, "import", *files, *args)
+        lines = err.strip().splitlines()
+        assert code == 1 and out == "" and len(lines) == 1 and lines[0].startswith("error: ")
+        assert message in lines[0], err
+    assert _names(home) == [("kitty", 1), ("tom", 1)]
 
 
 def test_file_named_otherwise_in_its_header_is_a_new_adapter(catalog, make_adapter) -> None:
@@ -77,7 +101,7 @@ def test_official_checkpoint_under_another_name(cli, home, tmp_path) -> None:
     for name in ("dog2", "rex"):
         code, out, err = cli("--home", home, "import", identity, "--base", "tiny",
                              "--embedding", embedding, "--name", name)  # fmt: skip
-        assert code == 0 and f"imported as {name}@1 (subject, base tiny)" in out, err
+        assert code == 0 and f"imported as {name}@1 (subject, base tiny, token <{name}>)" in out
     assert _names(home) == [("car-turn", 1), ("carturn", 1), ("dog2", 1), ("rex", 1)]
     with Catalog.open(home) as catalog:
         assert catalog.show("rex").token == "<rex>" and catalog.show("dog2").token == "<dog2>"

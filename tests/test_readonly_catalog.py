@@ -82,8 +82,11 @@ def test_reading_commands_work(cli, filled, read_only, tmp_path) -> None:
     code, out, err = cli("--home", filled, "export", "cat", "--out", exported)
     assert code == 0 and exported.read_bytes() == blob, err
     code, out, err = cli("--home", filled, "bench", "--report", "--out", tmp_path / "report")
-    assert code == 0 and "4 cells: 0 generated, 0 already scored" in out, err
-    assert (tmp_path / "report" / "index.html").is_file()
+    assert (
+        code == 1
+        and out == ""
+        and err == ("error: no stored cells of this grid: run dvkit bench without --report first\n")
+    )
     code, out, _ = cli("init", filled)
     assert code == 0 and out.strip() == f"catalog ready at {filled} (read-only here: {REASON})"
     assert _snapshot(filled) == before
@@ -124,6 +127,17 @@ def test_library_writes_refuse_too(filled, read_only, make_adapter) -> None:
             catalog.rm("cat")
         assert catalog.import_file(make_adapter("cat", "subject", seed=0)).duplicate  # reads only
         assert [row["name"] for row in catalog.adapter_rows()] == ["cat", "surf"]
+
+
+def test_library_training_refuses_before_reading_anything(filled, read_only, tmp_path) -> None:
+    from dvkit.errors import CatalogNotWritableError
+    from dvkit.train.api import add_motion, add_subject
+
+    missing = tmp_path / "nowhere"  # read first, this would be a different error
+    with Catalog.open(filled) as catalog:
+        for train, kind in ((add_subject, "subject"), (add_motion, "motion")):
+            with pytest.raises(CatalogNotWritableError, match=f"cannot register the {kind} dog$"):
+                train("dog", [missing], catalog=catalog, preset="quick")
 
 
 def test_an_older_schema_cannot_be_upgraded_read_only(cli, filled, monkeypatch) -> None:

@@ -243,9 +243,9 @@ def test_references_errors_are_one_line_and_register_nothing(
         assert expected in lines[0]
     code, _, err = cli("--home", home, "import", make_adapter("kit"), "--references", tmp_path)
     assert code == 1 and err.strip().splitlines() == [
-        "error: --base, --embedding, --token and --references apply to official .pth "
-        "checkpoints and textual-inversion embeddings; dvkit files name their own base and "
-        "token and carry their own images"
+        "error: --base, --embedding and --references apply to official .pth checkpoints and "
+        "textual-inversion embeddings; dvkit files name their own base and carry their own "
+        "images"
     ]
     with Catalog.open(home) as catalog:
         assert catalog.adapter_rows(all_versions=True) == before

@@ -240,7 +240,7 @@ def test_cli_training_errors_leave_catalog_unchanged(cli, home, images, videos, 
         ),
         (("add-subject", "cat", "--images", images, "--base", "nope"), "unknown base 'nope'"),
         (("add-subject", "cat", "--images", images, "--device", "tpu"), "unknown device 'tpu'"),
-        (("add-subject", "cat", "--images", images, "--batch-size", "0"), "batch_size"),
+        (("add-subject", "cat", "--images", images, "--batch-size", "0"), "'0' is not a whole"),
         (("add-subject", "Cat", "--images", images), "invalid name"),
         (("add-subject", "cat", "--images", images, "--preset", "slow"), "unknown preset"),
         (

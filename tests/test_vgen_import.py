@@ -240,7 +240,7 @@ def test_cli_imports_identity_and_motion(cli, home, official, tiny_unet) -> None
     options = ("--base", "tiny", "--embedding", official["embedding"], "--tag", "vgen")
     code, out, err = cli("--home", home, "import", *files, *options)
     assert code == 0, err
-    assert "imported as dog2@1 (subject, base tiny)" in out
+    assert "imported as dog2@1 (subject, base tiny, token <dog2>)" in out
     assert "imported as carturn@1 (motion, base tiny)" in out
     with Catalog.open(home) as catalog:
         subject, motion = catalog.show("dog2"), catalog.show("carturn")

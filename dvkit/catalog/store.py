@@ -28,7 +28,7 @@ from dvkit.errors import (
     DvkitError,
     NotFoundError,
 )
-from dvkit.names import Ref, parse_ref, validate_name, validate_tag
+from dvkit.names import Ref, parse_ref, validate_name, validate_tag, validate_token
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -273,11 +273,14 @@ class Catalog:
         name: str | None = None,
         tags: Sequence[str] = (),
         description: str | None = None,
+        token: str | None = None,
     ) -> ImportResult:
         """Register a dvkit adapter file under `name` (default: the file's own).
 
-        The same weights again under the same name are reported (`duplicate`), not registered
-        twice; under another name they become that name's adapter, sharing the weights file.
+        A subject keeps the file's token, or takes `token`; renamed, a subject whose token is
+        the default `<OLD NAME>` gets `<NAME>`. The same weights again under the same name are
+        reported (`duplicate`), not registered twice (a `ConflictError` if `token` differs from
+        theirs); under another name they become that name's adapter, sharing the weights file.
         """
         from dvkit.io.adapter_file import read_adapter_info
 
@@ -285,12 +288,22 @@ class Catalog:
         info = read_adapter_info(path, verify_hash=False)
         name = validate_name(name or info.name)
         tags = [validate_tag(tag) for tag in tags]
+        if token is not None and info.kind != "subject":
+            raise DvkitError(f"{path}: --token applies to subjects, not to a {info.kind}")
         self._check_token_width(path, info)
         existing = self._same_weights(name, info.kind, info.base_fingerprint, info.weights_hash)
         if existing is not None:
-            return ImportResult(self.show(existing), duplicate=True)
+            record = self.show(existing)
+            if token is not None and validate_token(token) != record.token:
+                raise ConflictError(
+                    f"{record.ref} holds these weights with token {record.token}; import them "
+                    f"under another name for token {token}"
+                )
+            return ImportResult(record, duplicate=True)
         staged, info = self.stage_adapter_file(path)
-        extra = {} if description is None else {"description": description}
+        extra = {"token": _imported_token(info, name, token)}
+        if description is not None:
+            extra["description"] = description
         return self.register(adapter_record(info, staged, name=name, **extra), staged, tags)
 
     def _check_token_width(self, path: Path, info: AdapterFileInfo) -> None:
@@ -710,6 +723,15 @@ def adapter_record(info: AdapterFileInfo, staged: StagedBlob, **fields: Any) -> 
         "description": info.description,
     }
     return AdapterRecord(**{**values, **fields})
+
+
+def _imported_token(info: AdapterFileInfo, name: str, token: str | None) -> str | None:
+    """The token an imported subject is registered with (see `Catalog.import_file`)."""
+    if token is not None:
+        return validate_token(token)
+    if info.token == f"<{info.name}>":
+        return f"<{name}>"
+    return info.token
 
 
 def _unreadable(db_path: Path, exc: sqlite3.DatabaseError) -> DvkitError:

@@ -9,7 +9,7 @@ import typer
 
 from dvkit import ranges
 from dvkit.cli import render
-from dvkit.cli.context import MotionUntilOption, OffsetNoiseOption, number, open_catalog
+from dvkit.cli.context import MotionUntilOption, OffsetNoiseOption, number, open_catalog, whole
 from dvkit.errors import DvkitError
 from dvkit.evaluate.labels import present, shown
 
@@ -28,13 +28,26 @@ def bench(
             "--prompts", help="File of templates with {subject} and {motion}, one a line."
         ),
     ] = None,
-    seed: Annotated[list[int] | None, typer.Option("--seed", help="Repeat for more seeds.")] = None,
+    seed: Annotated[
+        list[int] | None,
+        typer.Option("--seed", parser=whole(ranges.SEED), help="Repeat for more seeds."),
+    ] = None,
     baselines: Annotated[
         bool, typer.Option("--baselines/--no-baselines", help="Subject only, motion only, base.")
     ] = True,
     shard: Annotated[str, typer.Option("--shard", help="i/n: this process's part.")] = "0/1",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Videos per UNet batch.")] = 4,
-    steps: Annotated[int | None, typer.Option("--steps", help="Default 50 (sprites: 25).")] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size", parser=whole(ranges.AT_LEAST_ONE), help="Videos per UNet batch."
+        ),
+    ] = 4,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps", parser=whole(ranges.SAMPLING_STEPS), help="Default 50 (sprites: 25)."
+        ),
+    ] = None,
     guidance: Annotated[
         float | None,
         typer.Option(
@@ -43,8 +56,8 @@ def bench(
             help="Default 9.0 (sprites: 2.0).",
         ),
     ] = None,
-    frames: Annotated[int | None, typer.Option("--frames")] = None,
-    size: Annotated[int | None, typer.Option("--size")] = None,
+    frames: Annotated[int | None, typer.Option("--frames", parser=whole(ranges.FRAMES))] = None,
+    size: Annotated[int | None, typer.Option("--size", parser=whole(ranges.SIZE))] = None,
     motion_until: MotionUntilOption = None,
     offset_noise: OffsetNoiseOption = None,
     image_strength_uncond: Annotated[
@@ -55,8 +68,14 @@ def bench(
             help="Appearance-guidance λ of the unconditional branch (default: each motion's own).",
         ),
     ] = None,
-    clip: Annotated[str, typer.Option("--clip")] = "ViT-B-32:openai",
-    dino: Annotated[str, typer.Option("--dino")] = "vit_small_patch16_224.dino",
+    clip: Annotated[
+        str | None,
+        typer.Option("--clip", help="open_clip MODEL:PRETRAINED (ViT-B-32:openai) or tiny."),
+    ] = None,
+    dino: Annotated[
+        str | None,
+        typer.Option("--dino", help="timm model (vit_small_patch16_224.dino) or tiny."),
+    ] = None,
     device: Annotated[str, typer.Option("--device")] = "auto",
     dtype: Annotated[str, typer.Option("--dtype")] = "auto",
     report_only: Annotated[
@@ -68,13 +87,13 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print every cell as JSON.")] = False,
 ) -> None:
     """Generate, score and store the subject × motion grid; re-runs skip scored cells.
-    Writes a report: CSV, JSON, heatmap PNGs and an HTML page with every cell's GIF."""
+    Writes a report: CSV, JSON, heatmap PNGs and an HTML page with every cell's GIF. With
+    --report, reports the stored cells; options not given match any."""
     from dvkit.cli.progress import RichReporter
-    from dvkit.evaluate.grid import DEFAULT_TEMPLATE
     from dvkit.evaluate.grid import bench as run_bench
     from dvkit.train.loop import count_progress
 
-    templates = _templates(prompts) if prompts else [DEFAULT_TEMPLATE]
+    templates = _templates(prompts) if prompts else None
     on_cell = count_progress(RichReporter(), "cells")
 
     writing = None  # --report --out FOLDER only reads the catalog
@@ -84,13 +103,13 @@ def bench(
         writing = "write the report into it (--out FOLDER writes it elsewhere)"
     with open_catalog(ctx, writing) as catalog:
         result = run_bench(
-            catalog, subject, motion, templates, seed or [0], baselines=baselines,
+            catalog, subject, motion, templates, seed, baselines=baselines,
             shard=_shard(shard), batch_size=batch_size, steps=steps, guidance=guidance,
             frames=frames, size=size, motion_until=motion_until, offset_noise=offset_noise,
             image_strength_uncond=image_strength_uncond, clip=clip, dino=dino,
             device=device, dtype=dtype, generate=not report_only, on_cell=on_cell,
         )  # fmt: skip
-        from dvkit.evaluate.report import write_report
+        from dvkit.evaluate.report import encoders, write_report
 
         report = write_report(result.rows, out or catalog.home / "reports" / "grid")
     if as_json:
@@ -99,6 +118,8 @@ def bench(
     _table(result.rows)
     _extremes(result.rows)
     print(f"{result.cells} cells: {result.generated} generated, {result.skipped} already scored")
+    if result.rows:
+        print(f"scored with {', '.join(encoders(result.rows))}")
     print(f"report: {report.html}")
 
 

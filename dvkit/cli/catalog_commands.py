@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from dvkit import ranges
 from dvkit.cli import render
-from dvkit.cli.context import home_option, open_catalog
+from dvkit.cli.context import home_option, open_catalog, whole
 
 if TYPE_CHECKING:
     from dvkit.catalog import Catalog
@@ -57,7 +58,12 @@ def list_adapters(
         bool, typer.Option("--all", help="Every version, not only the newest per name.")
     ] = False,
     limit: Annotated[
-        int | None, typer.Option("--limit", help="At most this many (default: 100 in a table).")
+        int | None,
+        typer.Option(
+            "--limit",
+            parser=whole(ranges.AT_LEAST_ZERO),
+            help="At most this many (default: 100 in a table).",
+        ),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -196,7 +202,8 @@ def import_files(
         str | None,
         typer.Option(
             "--token",
-            help="Placeholder of an imported subject (<NAME>; embeddings: <their own name>).",
+            help="Token of an imported subject (one file; dvkit files: their own, <NAME> when "
+            "renamed from their default; embeddings: <their own name>).",
         ),
     ] = None,
     references: Annotated[
@@ -225,7 +232,7 @@ def import_files(
         official = [file for file in files if kinds[file][0] == "official"]
         learned = [found for _, found in kinds.values() if found is not None]
         own = [file for file in files if kinds[file][0] == "dvkit"]
-        _check_import_options(official, learned, base, embedding, token, references)
+        _check_import_options(official, learned, own, base, embedding, token, references)
         prepared = {}
         if official:
             from dvkit.io.vgen import prepare_vgen_files
@@ -256,20 +263,25 @@ def import_files(
 
                 result = register_prepared(catalog, prepared[file], tags)
             else:
-                result = catalog.import_file(file, name=name, tags=tags, description=description)
+                result = catalog.import_file(
+                    file, name=name, tags=tags, description=description, token=token
+                )
             ref = result.adapter.ref
             if result.duplicate:
                 print(f"{file}: already in the catalog as {ref} (same weights)")
             else:
-                what = result.adapter.kind
-                if not result.adapter.placement and what == "subject":
-                    what = f"token-only subject {result.adapter.token}"
-                print(f"{file}: imported as {ref} ({what}, base {result.adapter.base})")
+                adapter = result.adapter
+                what = adapter.kind
+                if not adapter.placement and what == "subject":
+                    what = "token-only subject"
+                token_note = f", token {adapter.token}" if adapter.token else ""
+                print(f"{file}: imported as {ref} ({what}, base {adapter.base}{token_note})")
 
 
 def _check_import_options(
     official: list[Path],
     learned: list[Any],
+    own: list[Path],
     base: str | None,
     embedding: list[Path] | None,
     token: str | None,
@@ -279,11 +291,13 @@ def _check_import_options(
     from dvkit.errors import DvkitError
 
     foreign = official or [item.path for item in learned]
-    if not foreign and (base or embedding or token or references):
+    if token is not None and own and len(own) + len(official) + len(learned) > 1:
+        raise DvkitError("--token can only be used when importing one dvkit file")
+    if not foreign and (base or embedding or references):
         raise DvkitError(
-            "--base, --embedding, --token and --references apply to official .pth checkpoints "
-            "and textual-inversion embeddings; dvkit files name their own base and token and "
-            "carry their own images"
+            "--base, --embedding and --references apply to official .pth checkpoints and "
+            "textual-inversion embeddings; dvkit files name their own base and carry their own "
+            "images"
         )
     if foreign and base is None:
         what = (

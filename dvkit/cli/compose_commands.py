@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dvkit import ranges
-from dvkit.cli.context import MotionUntilOption, OffsetNoiseOption, number, open_catalog
+from dvkit.cli.context import MotionUntilOption, OffsetNoiseOption, number, open_catalog, whole
 
 
 def compose(
@@ -29,15 +29,29 @@ def compose(
         float | None, typer.Option("--motion-scale", parser=number(ranges.ADAPTER_SCALE))
     ] = None,
     subject_step: Annotated[
-        int | None, typer.Option("--subject-step", help="Use a kept training checkpoint.")
+        int | None,
+        typer.Option(
+            "--subject-step",
+            parser=whole(ranges.AT_LEAST_ZERO),
+            help="Use a kept training checkpoint.",
+        ),
     ] = None,
     motion_step: Annotated[
-        int | None, typer.Option("--motion-step", help="Use a kept training checkpoint.")
+        int | None,
+        typer.Option(
+            "--motion-step",
+            parser=whole(ranges.AT_LEAST_ZERO),
+            help="Use a kept training checkpoint.",
+        ),
     ] = None,
     seed: Annotated[
-        list[int] | None, typer.Option("--seed", help="Repeat for more videos.")
+        list[int] | None,
+        typer.Option("--seed", parser=whole(ranges.SEED), help="Repeat for more videos."),
     ] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="DDIM steps (50).")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", parser=whole(ranges.SAMPLING_STEPS), help="DDIM steps (50)."),
+    ] = None,
     guidance: Annotated[
         float | None,
         typer.Option(
@@ -47,9 +61,15 @@ def compose(
         ),
     ] = None,
     frames: Annotated[
-        int | None, typer.Option("--frames", help="Default: the motion's training frames.")
+        int | None,
+        typer.Option(
+            "--frames", parser=whole(ranges.FRAMES), help="Default: the motion's training frames."
+        ),
     ] = None,
-    size: Annotated[int | None, typer.Option("--size", help="Height and width in pixels.")] = None,
+    size: Annotated[
+        int | None,
+        typer.Option("--size", parser=whole(ranges.SIZE), help="Height and width in pixels."),
+    ] = None,
     fps: Annotated[float, typer.Option("--fps", parser=number(ranges.FRAME_RATE))] = 8.0,
     image_strength: Annotated[
         float | None,

@@ -18,6 +18,10 @@ any catalog or model is opened, as one line naming the option (`error: Invalid v
 option's metavar.
 `tests/test_float_options.py` walks every command and fails for a float option declared any
 other way.
+
+Every int option is parsed by `whole(RANGE)` the same way, with a `Whole` range from
+`dvkit.ranges` (`--frames 0`, `--seed -1` and `--size 1.5` are refused while parsing);
+`tests/test_int_options.py` walks every command for them.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Annotated
 import typer
 
 from dvkit.catalog import Catalog
-from dvkit.ranges import FRACTION, OFFSET_NOISE, Range
+from dvkit.ranges import FRACTION, OFFSET_NOISE, Range, Whole
 
 
 def home_option(ctx: typer.Context) -> Path | None:
@@ -74,6 +78,29 @@ class FiniteFloat:
 def number(bounds: Range) -> FiniteFloat:
     """The parser of a float option whose values lie in `bounds`."""
     return FiniteFloat(bounds)
+
+
+class WholeNumber:
+    """Parser of an int option: the number, or `typer.BadParameter` for text that is not a
+    whole number in `bounds`."""
+
+    def __init__(self, bounds: Whole) -> None:
+        self.bounds = bounds
+        self.__name__ = bounds.notation()  # the metavar shown by --help
+
+    def __call__(self, text: str | int) -> int:
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            raise typer.BadParameter(f"{text!r} is not a whole number") from None
+        if value not in self.bounds:
+            raise typer.BadParameter(f"{text!r} is not {self.bounds.describe()}")
+        return value
+
+
+def whole(bounds: Whole) -> WholeNumber:
+    """The parser of an int option whose values lie in `bounds`."""
+    return WholeNumber(bounds)
 
 
 MotionUntilOption = Annotated[

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from dvkit import ranges
+from dvkit.cli.context import whole
 from dvkit.errors import DvkitError
 
 app = typer.Typer(no_args_is_help=True)
@@ -22,8 +24,13 @@ def demo(
     motion: Annotated[
         str, typer.Option("--motion", help="Held-out motion: zigzag, orbit or bounce.")
     ] = "zigzag",
-    seeds: Annotated[int, typer.Option("--seeds", help="Seeds per grid cell.")] = 4,
-    steps: Annotated[int | None, typer.Option("--steps", help="Sampling steps (25).")] = None,
+    seeds: Annotated[
+        int, typer.Option("--seeds", parser=whole(ranges.AT_LEAST_ONE), help="Seeds per grid cell.")
+    ] = 4,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", parser=whole(ranges.SAMPLING_STEPS), help="Sampling steps (25)."),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Train a held-out subject and motion on the built-in sprites base, compose them and
@@ -73,8 +80,8 @@ def list_world() -> None:
 def images(
     subject: Annotated[str, typer.Argument(help="Object, 'COLOUR [TEXTURE] SHAPE'.")],
     out: Annotated[Path, typer.Argument(help="Folder to write PNG stills into.")],
-    count: Annotated[int, typer.Option("--count", min=1)] = 5,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    count: Annotated[int, typer.Option("--count", parser=whole(ranges.AT_LEAST_ONE))] = 5,
+    seed: Annotated[int, typer.Option("--seed", parser=whole(ranges.SEED))] = 0,
 ) -> None:
     """Write stills of one object at random places (training data for add-subject)."""
     from dvkit.sprites.files import write_images
@@ -87,8 +94,8 @@ def images(
 def clips(
     motion: Annotated[str, typer.Argument(help="Motion name (see: dvkit sprites list).")],
     out: Annotated[Path, typer.Argument(help="Folder to write GIF clips into.")],
-    count: Annotated[int, typer.Option("--count", min=1)] = 6,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    count: Annotated[int, typer.Option("--count", parser=whole(ranges.AT_LEAST_ONE))] = 6,
+    seed: Annotated[int, typer.Option("--seed", parser=whole(ranges.SEED))] = 0,
     subject: Annotated[
         str | None, typer.Option("--object", help="One object for every clip (default: varied).")
     ] = None,

@@ -9,7 +9,7 @@ import typer
 
 from dvkit import ranges
 from dvkit.cli import render
-from dvkit.cli.context import number, open_catalog
+from dvkit.cli.context import number, open_catalog, whole
 from dvkit.errors import DvkitError
 
 # Defaults of the merged recipe (DreamVideo's official inference settings); kept here as literals
@@ -30,7 +30,12 @@ def export(
         str | None, typer.Argument(help="NAME or NAME@VERSION (not with --merged).")
     ] = None,
     step: Annotated[
-        int | None, typer.Option("--step", help="A kept checkpoint instead of the final weights.")
+        int | None,
+        typer.Option(
+            "--step",
+            parser=whole(ranges.AT_LEAST_ZERO),
+            help="A kept checkpoint instead of the final weights.",
+        ),
     ] = None,
     merged: Annotated[
         bool,
@@ -39,10 +44,20 @@ def export(
     subject: Annotated[str | None, typer.Option("--subject", help="Subject REF.")] = None,
     motion: Annotated[str | None, typer.Option("--motion", help="Motion REF.")] = None,
     subject_step: Annotated[
-        int | None, typer.Option("--subject-step", help="Kept checkpoint of the subject.")
+        int | None,
+        typer.Option(
+            "--subject-step",
+            parser=whole(ranges.AT_LEAST_ZERO),
+            help="Kept checkpoint of the subject.",
+        ),
     ] = None,
     motion_step: Annotated[
-        int | None, typer.Option("--motion-step", help="Kept checkpoint of the motion.")
+        int | None,
+        typer.Option(
+            "--motion-step",
+            parser=whole(ranges.AT_LEAST_ZERO),
+            help="Kept checkpoint of the motion.",
+        ),
     ] = None,
     subject_scale: Annotated[
         float | None,
@@ -85,7 +100,12 @@ def export(
             f"else {IMAGE_STRENGTH_UNCOND}].",
         ),
     ] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help=f"Sampling steps [{STEPS}].")] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps", parser=whole(ranges.SAMPLING_STEPS), help=f"Sampling steps [{STEPS}]."
+        ),
+    ] = None,
     motion_until: Annotated[
         float | None,
         typer.Option(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from dvkit import ranges
-from dvkit.cli.context import number, open_catalog
+from dvkit.cli.context import number, open_catalog, whole
 from dvkit.errors import DvkitError
 
 Base = Annotated[
@@ -38,14 +38,19 @@ Resume = Annotated[
 ]
 Tags = Annotated[list[str] | None, typer.Option("--tag", help="Tag to add (repeatable).")]
 Description = Annotated[str, typer.Option("--description", help="Free text shown by dvkit show.")]
-BatchSize = Annotated[int | None, typer.Option("--batch-size")]
-Resolution = Annotated[int | None, typer.Option("--resolution", help="Square size in pixels.")]
-Seed = Annotated[int | None, typer.Option("--seed")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size", parser=whole(ranges.AT_LEAST_ONE))]
+Resolution = Annotated[
+    int | None,
+    typer.Option("--resolution", parser=whole(ranges.SIZE), help="Square size in pixels."),
+]
+Seed = Annotated[int | None, typer.Option("--seed", parser=whole(ranges.SEED))]
 HiddenRatio = Annotated[
     float | None,
     typer.Option("--hidden-ratio", parser=number(ranges.HIDDEN_RATIO), help="Adapter width / C."),
 ]
-CheckpointEvery = Annotated[int | None, typer.Option("--checkpoint-every")]
+CheckpointEvery = Annotated[
+    int | None, typer.Option("--checkpoint-every", parser=whole(ranges.AT_LEAST_ONE))
+]
 GradientCheckpointing = Annotated[
     bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
 ]
@@ -93,7 +98,10 @@ def add_subject(
             help="One-token word to start from (default NAME, else the mean of its sub-tokens).",
         ),
     ] = None,
-    vectors: Annotated[int | None, typer.Option("--vectors", help="Vectors per token.")] = None,
+    vectors: Annotated[
+        int | None,
+        typer.Option("--vectors", parser=whole(ranges.VECTORS), help="Vectors per token."),
+    ] = None,
     from_embedding: Annotated[
         str | None,
         typer.Option(
@@ -106,11 +114,15 @@ def add_subject(
     prompt: Annotated[
         str | None, typer.Option("--prompt", help="Template, e.g. 'a {token}'.")
     ] = None,
-    inversion_steps: Annotated[int | None, typer.Option("--inversion-steps")] = None,
+    inversion_steps: Annotated[
+        int | None, typer.Option("--inversion-steps", parser=whole(ranges.AT_LEAST_ZERO))
+    ] = None,
     inversion_lr: Annotated[
         float | None, typer.Option("--inversion-lr", parser=number(ranges.POSITIVE))
     ] = None,
-    identity_steps: Annotated[int | None, typer.Option("--identity-steps")] = None,
+    identity_steps: Annotated[
+        int | None, typer.Option("--identity-steps", parser=whole(ranges.AT_LEAST_ZERO))
+    ] = None,
     identity_lr: Annotated[
         float | None, typer.Option("--identity-lr", parser=number(ranges.POSITIVE))
     ] = None,
@@ -165,7 +177,10 @@ def add_motion(
         typer.Option("--videos", help="Folder or videos (mp4, webm, mov, gif, folders of frames)."),
     ],
     more_videos: Annotated[list[Path] | None, typer.Argument(hidden=True)] = None,
-    frames: Annotated[int | None, typer.Option("--frames", help="Frames per clip.")] = None,
+    frames: Annotated[
+        int | None,
+        typer.Option("--frames", parser=whole(ranges.TRAINING_FRAMES), help="Frames per clip."),
+    ] = None,
     fps: Annotated[
         float | None,
         typer.Option("--fps", parser=number(ranges.POSITIVE), help="Sampling rate of the frames."),
@@ -174,13 +189,14 @@ def add_motion(
         int | None,
         typer.Option(
             "--clip-windows",
+            parser=whole(ranges.CLIP_WINDOWS),
             help="Windows kept per clip, starts spread over it; each step draws one.",
         ),
     ] = None,
     caption: Annotated[
         str | None, typer.Option("--caption", help="Training caption (default: the name).")
     ] = None,
-    steps: Annotated[int | None, typer.Option("--steps")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", parser=whole(ranges.AT_LEAST_ONE))] = None,
     lr: Annotated[float | None, typer.Option("--lr", parser=number(ranges.POSITIVE))] = None,
     batch_size: BatchSize = None,
     resolution: Resolution = None,

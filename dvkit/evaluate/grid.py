@@ -11,6 +11,7 @@ splits one grid over processes or machines that share the catalog.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,17 +23,19 @@ from dvkit.catalog import Catalog
 from dvkit.catalog.records import EvaluationRecord
 from dvkit.errors import DvkitError
 from dvkit.evaluate import metrics
+from dvkit.evaluate.encoders import DEFAULT_CLIP, DEFAULT_DINO
 from dvkit.evaluate.score import Scorer
 from dvkit.families import FAMILIES
 from dvkit.generate.compose import (
     LoadedAdapter,
+    check_counts,
     guidance_embedding,
     install_subject,
     load_adapter,
     open_matching_base,
     warn_zero_embedding,
 )
-from dvkit.generate.sampler import Row, SamplerSettings, sample
+from dvkit.generate.sampler import Row, SamplerSettings, check_size, sample
 from dvkit.io.video import to_uint8, write_video
 from dvkit.models.builtin import motion_uncond_strength, sampler_choices, sampling_default
 from dvkit.models.injection import AdapterInjector
@@ -40,9 +43,16 @@ from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.text import check_prompts
 from dvkit.models.textual_inversion import expand_placeholder, initializer_word
 from dvkit.sprites.base import SPRITES_NAME
+from dvkit.templates import check_template
 
 ROLES = ("joint", "subject", "motion", "base")
 DEFAULT_TEMPLATE = "a {subject} {motion}"
+_OPTIONS = {
+    "steps": "--steps", "guidance_scale": "--guidance", "frames": "--frames", "height": "--size",
+    "motion_until": "--motion-until", "offset_noise": "--offset-noise", "clip": "--clip",
+    "dino": "--dino",
+}  # fmt: skip
+"""The `bench` option of each setting a report can be chosen by."""
 
 
 @dataclass(frozen=True)
@@ -81,8 +91,8 @@ def bench(
     catalog: Catalog,
     subjects: Sequence[str] | None = None,
     motions: Sequence[str] | None = None,
-    templates: Sequence[str] = (DEFAULT_TEMPLATE,),
-    seeds: Sequence[int] = (0,),
+    templates: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
     *,
     baselines: bool = True,
     shard: tuple[int, int] = (0, 1),
@@ -96,8 +106,8 @@ def bench(
     offset_noise: float | None = None,
     image_strength_uncond: float | None = None,
     fps: float = 8.0,
-    clip: str = "ViT-B-32:openai",
-    dino: str = "vit_small_patch16_224.dino",
+    clip: str | None = None,
+    dino: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
     generate: bool = True,
@@ -105,14 +115,21 @@ def bench(
 ) -> GridResult:
     """Generate, score and store every missing cell of the grid; return all its evaluations.
 
-    `settings` fixes the whole sampler; otherwise `steps`, `guidance`, `frames`, `size`,
-    `motion_until` and `offset_noise` override the defaults (the adapters' training frames and
-    resolution, the base's own sampling defaults). Cells with a motion use its own
-    `image_strength_uncond` (see `compose`) unless one is given here. Joint cells of a subject
-    without reference images get a zero appearance embedding, with a `DvkitWarning`. With
-    `generate=False` nothing is generated: the result holds the cells already stored. Before the
-    first cell, every prompt of the grid is checked: a learned token past the text encoder's
-    length raises PromptTooLongError, a cut prompt warns.
+    `templates` default to `DEFAULT_TEMPLATE`, `seeds` to 0, the encoders `clip` and `dino`
+    (part of each cell's key: cells scored with other encoders are scored anew) to
+    `DEFAULT_CLIP` and `DEFAULT_DINO`. `settings` fixes the whole sampler; otherwise `steps`,
+    `guidance`, `frames`, `size`, `motion_until` and `offset_noise` override the defaults (the
+    adapters' training frames and resolution, the base's own sampling defaults). Cells with a
+    motion use its own `image_strength_uncond` (see `compose`) unless one is given here. Joint
+    cells of a subject without reference images get a zero appearance embedding, with a
+    `DvkitWarning`. Subjects that share a token are each given their own while the grid runs
+    (one subject acts per cell). Before the first cell, every prompt of the grid is checked: a
+    learned token past the text encoder's length raises PromptTooLongError, a cut prompt warns.
+
+    With `generate=False` nothing is generated: the result holds the stored cells of the chosen
+    adapters, roles, and of the templates, seeds and settings given (any where not given), as
+    long as they were made with one set of settings; a `DvkitError` names the stored settings
+    when none match or several do.
     """
     quiet_libraries()
     index, count = shard
@@ -120,12 +137,23 @@ def bench(
         raise DvkitError(f"shard {index}/{count}: the index must be between 0 and {count - 1}")
     if batch_size < 1:
         raise DvkitError("the batch size must be at least 1")
-    for template in templates:
-        if "{subject}" not in template or "{motion}" not in template:
-            raise DvkitError(f"prompt template {template!r} needs {{subject}} and {{motion}}")
+    templates = [DEFAULT_TEMPLATE] if templates is None and generate else templates
+    seeds = [0] if seeds is None and generate else seeds
+    for template in templates or ():
+        check_template(template, ["subject", "motion"])
+    check_counts([0] if seeds is None else seeds, steps, frames, size)
     subject_adapters = _adapters(catalog, subjects, "subject")
     motion_adapters = _adapters(catalog, motions, "motion")
-    _check_tokens(subject_adapters)
+    roles = ROLES if baselines else ("joint",)
+    if not generate:
+        given = asdict(settings) if settings is not None else {
+            "steps": steps, "guidance_scale": guidance, "frames": frames, "height": size,
+            "motion_until": motion_until, "offset_noise": offset_noise,
+        }  # fmt: skip
+        given.update(clip=clip, dino=dino, image_strength_uncond=image_strength_uncond)
+        rows = _stored(catalog, subject_adapters, motion_adapters, roles, templates, seeds, given)
+        return GridResult(cells=len(rows), skipped=len(rows), rows=rows)
+    clip, dino = clip or DEFAULT_CLIP, dino or DEFAULT_DINO
     chosen = [*subject_adapters.values(), *motion_adapters.values()]
     base = chosen[0].record.base
     # Defaults come from the adapters' family; one this dvkit does not know (a file from a newer
@@ -133,29 +161,33 @@ def bench(
     architecture = chosen[0].record.architecture
     architecture = architecture if architecture in FAMILIES else None
     if settings is None:
-        default_frames = int(sampling_default(base, "frames", architecture))
         # Subjects without a training size (imported ones) go by the motions' size.
-        default_size = int(sampling_default(base, "size", architecture))
-        resolution = size or _trained(
-            subject_adapters, "resolution", _trained(motion_adapters, "resolution", default_size)
-        )
+        if size is None:
+            default_size = int(sampling_default(base, "size", architecture))
+            motion_size = _trained(motion_adapters, "resolution", default_size)
+            size = _trained(subject_adapters, "resolution", motion_size)
+        if frames is None:
+            default_frames = int(sampling_default(base, "frames", architecture))
+            frames = _trained(motion_adapters, "frames", default_frames)
         steps, guidance, motion_until, offset_noise = sampler_choices(
             base, steps, guidance, motion_until, offset_noise, architecture
         )
         settings = SamplerSettings(
             steps=steps,
             guidance_scale=guidance,
-            frames=frames or _trained(motion_adapters, "frames", default_frames),
-            height=resolution,
-            width=resolution,
+            frames=frames,
+            height=size,
+            width=size,
             motion_until=motion_until,
             offset_noise=offset_noise,
         )
-    sampler = {**asdict(settings), "base": base, "image_strength_uncond": image_strength_uncond}
+    sampler = {
+        **asdict(settings), "base": base, "image_strength_uncond": image_strength_uncond,
+        "clip": clip, "dino": dino,
+    }  # fmt: skip
     uncond = {ref: motion_uncond_strength(a.record.training) for ref, a in motion_adapters.items()}
     if image_strength_uncond is not None:
         uncond = dict.fromkeys(uncond, image_strength_uncond)
-    roles = ROLES if baselines else ("joint",)
     cells = sorted(
         (Cell(s, m, role, t, seed) for s in subject_adapters for m in motion_adapters
          for role in roles for t in templates for seed in seeds),
@@ -166,17 +198,24 @@ def bench(
     done = {row["cell"] for row in catalog.evaluation_rows(list(keys))}
     todo = [cell for key, cell in keys.items() if key not in done]
     result = GridResult(cells=len(mine), skipped=len(mine) - len(todo))
-    if todo and generate:
+    if todo:
         components, _ = open_matching_base(catalog, chosen, base)
+        check_size(components, settings.height)
+        tokens = _generation_tokens(subject_adapters)
         run_device = resolve_device(device)
         run_dtype = resolve_dtype(dtype, run_device)
         components.freeze(run_device, run_dtype)
         injector = AdapterInjector(components.unet)
         for ref, adapter in subject_adapters.items():
-            install_subject(components, injector, adapter, name=f"subject:{ref}")
+            install_subject(components, injector, adapter, f"subject:{ref}", tokens[ref])
         check_prompts(  # every cell of the grid, so each shard refuses the same templates
             components.tokenizer,
-            sorted({_generation_prompt(cell, subject_adapters, motion_adapters) for cell in cells}),
+            sorted(
+                {
+                    _generation_prompt(cell, subject_adapters, motion_adapters, tokens)
+                    for cell in cells
+                }
+            ),  # fmt: skip
         )
         for ref, adapter in motion_adapters.items():
             injector.load(f"motion:{ref}", "motion", adapter.tensors.adapters,
@@ -201,7 +240,7 @@ def bench(
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
                 rows = [
-                    _row(cell, subject_adapters, motion_adapters, guidance, uncond)
+                    _row(cell, subject_adapters, motion_adapters, tokens, guidance, uncond)
                     for cell in batch
                 ]
                 frames = sample(components, rows, settings, injector)
@@ -230,6 +269,11 @@ def prompt_text(cell: Cell, subjects: dict, motions: dict, for_scoring: bool) ->
     word = initializer_word(subject.initializer, subject.name)
     if cell.subject is not None and not for_scoring:
         word = subject.token or word
+    return _filled(cell, word, motions)
+
+
+def _filled(cell: Cell, word: str, motions: dict) -> str:
+    """The cell's template with `word` for the subject and the motion's caption (or name)."""
     caption = motions[cell.pair_motion].record.training.get("caption") or cell.pair_motion
     return cell.template.format(subject=word, motion=caption.replace("_", " ").replace("-", " "))
 
@@ -303,17 +347,35 @@ def _sprites_targets(
     return subject_targets, motion_targets
 
 
-def _generation_prompt(cell: Cell, subjects: dict, motions: dict) -> str:
-    """The cell's prompt as the text encoder gets it (the subject's token expanded)."""
-    text = prompt_text(cell, subjects, motions, for_scoring=False)
+def _generation_prompt(cell: Cell, subjects: dict, motions: dict, tokens: dict) -> str:
+    """The cell's prompt as the text encoder gets it (the subject's token from `tokens`, see
+    `_generation_tokens`, expanded)."""
     if cell.subject is None:
-        return text
-    record = subjects[cell.subject].record
-    return expand_placeholder(text, record.token or "", record.num_vectors or 1)
+        return prompt_text(cell, subjects, motions, for_scoring=False)
+    token = tokens[cell.subject]
+    num_vectors = subjects[cell.subject].record.num_vectors or 1
+    return expand_placeholder(_filled(cell, token, motions), token, num_vectors)
 
 
-def _row(cell: Cell, subjects: dict, motions: dict, guidance: dict, uncond: dict) -> Row:
-    text = _generation_prompt(cell, subjects, motions)
+def _generation_tokens(subjects: dict[str, LoadedAdapter]) -> dict[str, str]:
+    """The token each subject is installed under: its own, but for a later subject with the
+    token of an earlier one a stand-in `<NAME-N>` (one subject acts per cell, so stored prompts
+    keep each subject's own token)."""
+    taken = {adapter.record.token for adapter in subjects.values()}
+    tokens: dict[str, str] = {}
+    for ref, adapter in subjects.items():
+        token = adapter.record.token or ""
+        if token in tokens.values():
+            stand_ins = (f"<{adapter.record.name}-{n}>" for n in itertools.count(2))
+            token = next(t for t in stand_ins if t not in taken and t not in tokens.values())
+        tokens[ref] = token
+    return tokens
+
+
+def _row(
+    cell: Cell, subjects: dict, motions: dict, tokens: dict, guidance: dict, uncond: dict
+) -> Row:
+    text = _generation_prompt(cell, subjects, motions, tokens)
     adapters: dict[str, float] = {}
     if cell.subject is not None:
         adapters[f"subject:{cell.subject}"] = 1.0
@@ -358,15 +420,48 @@ def _adapters(catalog: Catalog, refs: Sequence[str] | None, kind: str) -> dict[s
     return {adapter.record.ref: adapter for adapter in loaded}
 
 
-def _check_tokens(subjects: dict[str, LoadedAdapter]) -> None:
-    seen: dict[str, str] = {}
-    for ref, adapter in subjects.items():
-        token = adapter.record.token or ""
-        if token in seen:
-            raise DvkitError(
-                f"{seen[token]} and {ref} share the token {token}; evaluate one of them"
-            )
-        seen[token] = ref
+def _stored(
+    catalog: Catalog,
+    subjects: dict[str, LoadedAdapter],
+    motions: dict[str, LoadedAdapter],
+    roles: Sequence[str],
+    templates: Sequence[str] | None,
+    seeds: Sequence[int] | None,
+    given: dict[str, object],
+) -> list[dict]:
+    """The stored cells of these adapters and roles (and templates and seeds, where given)
+    whose settings are the `given` ones not None; a `DvkitError` naming the stored settings
+    when none match or they span several."""
+    grid = [
+        row for row in catalog.evaluation_rows()
+        if row.get("cell") and (pair := row["sampler"].get("pair")) and pair[0] in subjects
+        and pair[1] in motions and row["sampler"].get("role") in roles
+        and (templates is None or row["sampler"].get("template") in templates)
+        and (seeds is None or row["seed"] in seeds)
+    ]  # fmt: skip
+    wanted = {key: value for key, value in given.items() if value is not None}
+    rows = [row for row in grid if all(row["sampler"].get(k) == v for k, v in wanted.items())]
+    chosen = {_described(row["sampler"]) for row in rows}
+    if len(chosen) == 1:
+        return rows
+    if not grid:
+        raise DvkitError("no stored cells of this grid: run dvkit bench without --report first")
+    if not rows:
+        stored = "; ".join(sorted({_described(row["sampler"]) for row in grid}))
+        raise DvkitError(f"no stored cells of this grid match these settings (stored: {stored})")
+    raise DvkitError(
+        f"the stored cells of this grid have several settings: {'; '.join(sorted(chosen))}; "
+        "give the options of one"
+    )
+
+
+def _described(sampler: dict) -> str:
+    """A stored cell's settings as the `bench` options that choose them."""
+    return " ".join(f"{option} {_shown(sampler.get(key))}" for key, option in _OPTIONS.items())
+
+
+def _shown(value: object) -> str:
+    return "?" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _trained(adapters: dict[str, LoadedAdapter], key: str, default: int) -> int:

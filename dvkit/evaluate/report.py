@@ -47,6 +47,14 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def encoders(rows: list[dict[str, Any]]) -> list[str]:
+    """The evaluation encoders the cells were scored with, 'CLIP X, DINO Y' each ('unknown'
+    for cells stored before dvkit recorded them)."""
+    samplers = [row["sampler"] for row in rows]
+    return sorted({f"CLIP {s.get('clip', 'unknown')}, DINO {s.get('dino', 'unknown')}"
+                   for s in samplers})  # fmt: skip
+
+
 def write_report(rows: list[dict[str, Any]], folder: Path) -> Report:
     """Write CSV, JSON, heatmaps and HTML for the grid's evaluations into `folder`; a file that
     cannot be written is a `DvkitError` and is left as it was."""
@@ -55,7 +63,7 @@ def write_report(rows: list[dict[str, Any]], folder: Path) -> Report:
     summary = summarise(rows)
     columns = present([row["metrics"] for row in rows])
     _write_csv(rows, report.csv, columns)
-    document = {"summary": summary, "cells": rows}
+    document = {"summary": {**summary, "encoders": encoders(rows)}, "cells": rows}
     write_atomically(report.json, json.dumps(document, indent=2, default=str))
     for key, label in columns.items():
         path = folder / f"heatmap-{key}.png"
@@ -154,8 +162,9 @@ td,th{{padding:4px 10px;border-bottom:1px solid #ccc;text-align:right}}
 figure{{display:inline-block;margin:8px;width:220px;vertical-align:top;font-size:12px}}
 figure img{{width:200px;image-rendering:pixelated}} .maps img{{margin:8px}}</style></head>
 <body><h1>dvkit grid report</h1>
-<p>{len(rows)} cells. CLIP-T, CLIP-I, DINO-I and T. Cons. are raw cosines; on the sprites
-base, subject fidelity, motion fidelity and GT T. Cons. are measured from pixels (0 to 1).</p>
+<p>{len(rows)} cells, scored with {esc("; ".join(encoders(rows)))}. CLIP-T, CLIP-I, DINO-I
+and T. Cons. are raw cosines; on the sprites base, subject fidelity, motion fidelity and GT
+T. Cons. are measured from pixels (0 to 1).</p>
 <h2>Means by role</h2><table><tr><th>role</th>{head}</tr>{role_rows}</table>
 <h2>Heatmaps</h2><div class="maps">{heatmaps}</div>
 <h2>Every cell</h2>{"".join(cells)}

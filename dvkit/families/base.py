@@ -165,12 +165,13 @@ class Family:
     ) -> tuple[int, int, int, int]:
         """(C, f, h, w) of a video's latents; `SizeError` for sizes the VAE cannot take."""
         factor = self.scale_factor(components)
-        for label, value in (("height", height), ("width", width)):
+        for value in (height, width):
             if value % factor:
-                low = max(factor, value - value % factor)
+                low = value // factor * factor
+                nearest = " or ".join(str(n) for n in (low, low + factor) if n >= factor)
                 raise SizeError(
-                    f"{label} {value} does not fit base {components.name!r}: sizes must be "
-                    f"multiples of {factor} (nearest: {low} or {low + factor})"
+                    f"size {value} is not a multiple of {factor}, the latent factor of base "
+                    f"{components.name}: use {nearest}"
                 )
         channels = components.unet.config.in_channels
         return channels, frames, height // factor, width // factor

@@ -15,7 +15,7 @@ from dvkit.bases import choose_base, open_base
 from dvkit.catalog import Catalog
 from dvkit.catalog.records import AdapterRecord, EvaluationRecord
 from dvkit.errors import DvkitError, DvkitWarning, NotFoundError
-from dvkit.generate.sampler import Row, SamplerSettings, sample
+from dvkit.generate.sampler import Row, SamplerSettings, check_size, sample
 from dvkit.io.adapter_file import AdapterTensors, load_adapter_tensors
 from dvkit.io.video import VIDEO_FORMATS, check_writable_folder, to_uint8, write_video
 from dvkit.models.builtin import motion_uncond_strength, sampler_choices, sampling_default
@@ -24,7 +24,16 @@ from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.text import check_prompts
 from dvkit.models.textual_inversion import apply_token_embedding, expand_placeholder
-from dvkit.ranges import ADAPTER_SCALE, FRAME_RATE, GUIDANCE_SCALE, IMAGE_STRENGTH
+from dvkit.ranges import (
+    ADAPTER_SCALE,
+    FRAME_RATE,
+    FRAMES,
+    GUIDANCE_SCALE,
+    IMAGE_STRENGTH,
+    SAMPLING_STEPS,
+    SEED,
+    SIZE,
+)
 
 
 class BaseMismatchError(DvkitError):
@@ -120,8 +129,9 @@ def compose(
     image_strength_uncond = _pick(image_strength_uncond, recipe.get("image_strength_uncond"), None)
     motion_until = _pick(motion_until, recipe.get("motion_until"), None)
     offset_noise = _pick(offset_noise, recipe.get("offset_noise"), None)
+    check_counts(seeds, steps, frames, size)
     _check_options(
-        seeds, steps, formats, subject_scale=subject_scale, motion_scale=motion_scale,
+        formats, subject_scale=subject_scale, motion_scale=motion_scale,
         guidance=guidance, image_strength=image_strength,
         image_strength_uncond=image_strength_uncond, fps=fps,
     )  # fmt: skip
@@ -148,15 +158,18 @@ def compose(
     if image_strength_uncond is None:
         training = motion_adapter.record.training if motion_adapter else {}
         image_strength_uncond = motion_uncond_strength(training)
-    trained = subject_adapter or motion_adapter
-    default_frames = sampling_default(components.name, "frames", components.architecture)
-    default_size = components.family.native_size(components)
+    if frames is None:
+        default_frames = sampling_default(components.name, "frames", components.architecture)
+        frames = _trained(motion_adapter, "frames", int(default_frames))
+    if size is None:
+        default_size = components.family.native_size(components)
+        size = _trained(subject_adapter or motion_adapter, "resolution", default_size)
     settings = SamplerSettings(
         steps=steps,
         guidance_scale=guidance,
-        frames=frames or _trained(motion_adapter, "frames", int(default_frames)),
-        height=size or _trained(trained, "resolution", default_size),
-        width=size or _trained(trained, "resolution", default_size),
+        frames=frames,
+        height=check_size(components, size),
+        width=size,
         motion_until=motion_until,
         offset_noise=offset_noise,
     )
@@ -270,18 +283,29 @@ _RANGES = {
 }
 
 
-def _check_options(
-    seeds: Sequence[int], steps: float | None, formats: Sequence[str], **numbers: float | None
+def check_counts(
+    seeds: Sequence[int], steps: int | None, frames: int | None, size: int | None
 ) -> None:
-    """Refuse, before any model is loaded, what cannot be sampled: no seeds, unknown formats,
-    and `numbers` (keys of `_RANGES`, given or from a merged recipe) outside their range."""
+    """Refuse, before any model is loaded, whole numbers that cannot be sampled: no seeds or a
+    seed out of range, and `steps`, `frames` or `size` (where given) out of range (`compose`
+    and `bench`; the base's own multiple of `size` is checked once it is open)."""
+    if not seeds:
+        raise DvkitError("give at least one seed")
+    for seed in seeds:
+        SEED.check("seed", seed)
+    for what, value, bounds in (
+        ("steps", steps, SAMPLING_STEPS), ("frames", frames, FRAMES), ("size", size, SIZE)
+    ):  # fmt: skip
+        if value is not None:
+            bounds.check(what, value)
+
+
+def _check_options(formats: Sequence[str], **numbers: float | None) -> None:
+    """Refuse, before any model is loaded, unknown formats and `numbers` (keys of `_RANGES`,
+    given or from a merged recipe) outside their range."""
     for key, value in numbers.items():
         if value is not None:
             _RANGES[key].check(key.replace("_", " "), value)
-    if not seeds:
-        raise DvkitError("give at least one seed")
-    if steps is not None and steps < 1:
-        raise DvkitError(f"--steps must be at least 1, not {steps}")
     unknown = [f for f in formats if f not in VIDEO_FORMATS]
     if unknown or not formats:
         raise DvkitError(f"unknown video format {', '.join(unknown) or '(none)'} (use mp4 or gif)")
@@ -363,14 +387,16 @@ def install_subject(
     injector: AdapterInjector,
     subject: LoadedAdapter,
     name: str = "subject",
+    token: str | None = None,
 ) -> None:
-    """Teach the text encoder the subject's token and load its identity adapter as `name`
-    (a token-only subject, an imported textual inversion, loads as an empty adapter)."""
+    """Teach the text encoder the subject's embedding under `token` (default: its own token)
+    and load its identity adapter as `name` (a token-only subject, an imported textual
+    inversion, loads as an empty adapter)."""
     embedding = subject.tensors.token_embedding
     if embedding is None or not subject.record.token:
         raise DvkitError(f"{subject.record.ref} has no token embedding")
     apply_token_embedding(
-        components.tokenizer, components.text_encoder, subject.record.token, embedding
+        components.tokenizer, components.text_encoder, token or subject.record.token, embedding
     )
     if not subject.tensors.adapters:
         injector.load_empty(name, "subject")

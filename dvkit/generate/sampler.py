@@ -22,7 +22,7 @@ import torch
 from dvkit.models.builtin import check_motion_until, check_offset_noise
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
-from dvkit.ranges import GUIDANCE_SCALE
+from dvkit.ranges import FRAMES, GUIDANCE_SCALE, SAMPLING_STEPS, SIZE
 
 
 @dataclass
@@ -55,7 +55,12 @@ class SamplerSettings:
     base's default)."""
 
     def __post_init__(self) -> None:
-        """Raises `DvkitError` for a guidance scale or `motion_until` out of range (or NaN)."""
+        """Raises `DvkitError` for steps, frames, a size, a guidance scale or `motion_until` out
+        of range (or NaN)."""
+        SAMPLING_STEPS.check("steps", self.steps)
+        FRAMES.check("frames", self.frames)
+        SIZE.check("height", self.height)
+        SIZE.check("width", self.width)
         GUIDANCE_SCALE.check("guidance scale", self.guidance_scale)
         check_motion_until(self.motion_until)
         check_offset_noise(self.offset_noise)
@@ -105,6 +110,13 @@ def sample(
     if injector is not None:
         injector.clear()
     return family.decode(base, latents, settings.decode_batch)
+
+
+def check_size(base: BaseComponents, size: int) -> int:
+    """`size` if `base` can sample videos of it, else a `SizeError` naming the nearest sizes it
+    can (see `Family.latent_shape`)."""
+    base.family.latent_shape(base, 1, size, size)
+    return size
 
 
 def initial_latents(

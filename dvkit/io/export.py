@@ -37,7 +37,7 @@ from dvkit.io.adapter_file import (
 from dvkit.io.adapter_layout import check_tensors
 from dvkit.io.files import write_atomically
 from dvkit.models.builtin import check_motion_until, check_offset_noise, motion_uncond_strength
-from dvkit.ranges import ADAPTER_SCALE, GUIDANCE_SCALE, IMAGE_STRENGTH, Range
+from dvkit.ranges import ADAPTER_SCALE, GUIDANCE_SCALE, IMAGE_STRENGTH, SAMPLING_STEPS, Range
 
 if TYPE_CHECKING:
     import torch
@@ -237,7 +237,7 @@ def export_merged(
     settings = {
         "guidance_scale": GUIDANCE_SCALE.check("guidance scale", guidance_scale),
         "image_strength": IMAGE_STRENGTH.check("image strength", image_strength),
-        "steps": _steps(steps),
+        "steps": SAMPLING_STEPS.check("sampling steps", steps),
     }
     if image_strength_uncond is not None:
         settings["image_strength_uncond"] = IMAGE_STRENGTH.check(
@@ -305,12 +305,6 @@ def export_merged(
 
 def _label(part: _Part) -> str:
     return part.record.ref if part.step is None else f"{part.record.ref} step {part.step}"
-
-
-def _steps(value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
-        raise DvkitError(f"invalid number of sampling steps {value!r}: expected 1 to 1000")
-    return value
 
 
 def _load_part(catalog: Catalog, ref: str, kind: str, step: int | None) -> _Part:
@@ -434,7 +428,7 @@ def _read_recipe(path: Path, meta: dict[str, str]) -> dict[str, Any]:
     for key, valid in _RECIPE_RANGES.items():
         _recipe_number(path, key, recipe.get(key), valid)
     try:
-        _steps(recipe.get("steps"))
+        SAMPLING_STEPS.check("sampling steps", recipe.get("steps"))
     except DvkitError as exc:
         raise AdapterFileError(f"{path}: dvkit.recipe's steps: {exc}") from None
     try:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from dvkit.catalog.blobs import hash_file
 from dvkit.errors import AdapterFileError, DvkitError
-from dvkit.names import name_from_text, validate_name, validate_tag
+from dvkit.names import name_from_text, validate_name, validate_tag, validate_token
 
 if TYPE_CHECKING:
     import torch
@@ -533,8 +533,8 @@ def prepare_vgen_files(
     for path in embedding_paths:
         if path.suffix.lower() != VGEN_SUFFIX:
             raise AdapterFileError(f"{path}: not an official DreamVideo textual-inversion .pth")
-    if token is not None and (not token or any(c.isspace() for c in token)):
-        raise DvkitError(f"invalid token {token!r}: it must be non-empty, without spaces")
+    if token is not None:
+        validate_token(token)
 
     # Files first (cheap, and where most mistakes are), then the base, which may be large.
     checkpoints = [_read_checkpoint(path) for path in paths]

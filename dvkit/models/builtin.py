@@ -125,7 +125,7 @@ def sampler_choices(
         return sampling_default(base, key, architecture) if given is None else given
 
     return (
-        int(steps or choice("steps", None)),
+        int(choice("steps", steps)),
         choice("guidance", guidance),
         choice("motion_until", motion_until),
         choice("offset_noise", offset_noise),

@@ -275,8 +275,9 @@ def _reporter(reporter: Reporter | None, world: World) -> Reporter:
 
 
 def _check_request(catalog: Catalog, name: str, kind: str, tags: Sequence[str]) -> list[str]:
-    """Cheap checks before any data is read or model loaded."""
+    """Cheap checks before any data is read or model loaded (a read-only catalog included)."""
     quiet_libraries()
+    catalog.require_writable(f"register the {kind} {name}")
     validate_name(name)
     catalog.check_kind(name, kind)
     return [validate_tag(tag) for tag in tags]

@@ -5,16 +5,19 @@ small bases.
 
 No float field takes NaN or an infinity (`allow_inf_nan=False`); give each its range with
 `Field(ge=/gt=/le=)`, and its CLI option `parser=number(RANGE)` with the equal range from
-`dvkit.ranges` (`tests/test_float_options.py` checks both)."""
+`dvkit.ranges` (`tests/test_float_options.py` checks both); int fields likewise take the
+bounds of their options' `Whole` ranges (`tests/test_int_options.py`)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dvkit.errors import DvkitError
 from dvkit.models.builtin import BUILTINS
+from dvkit.ranges import SEED, TRAINING_FRAMES
+from dvkit.templates import check_template
 
 Preset = Literal["official", "official-carturn", "quick"]
 
@@ -25,7 +28,7 @@ class CommonSettings(BaseModel):
     preset: Preset = "official"
     resolution: int = Field(256, ge=8, le=2048)
     batch_size: int = Field(4, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=SEED.low, le=SEED.high)
     hidden_ratio: float = Field(0.5, gt=0, le=4)
     warmup_steps: int = Field(10, ge=0)
     offset_noise: float = Field(0.1, ge=0, le=1)
@@ -69,10 +72,16 @@ class SubjectSettings(CommonSettings):
         "skipped (add_subject's `from_embedding`)",
     )
 
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, prompt: str) -> str:
+        try:
+            return check_template(prompt, ["token"])
+        except DvkitError as exc:
+            raise ValueError(str(exc)) from None
+
     @model_validator(mode="after")
     def _check(self) -> SubjectSettings:
-        if "{token}" not in self.prompt:
-            raise ValueError("the prompt template must contain {token}")
         if self.inversion_steps + self.identity_steps == 0:
             raise ValueError("nothing to train: both stages have 0 steps")
         return self
@@ -86,7 +95,7 @@ class MotionSettings(CommonSettings):
     """
 
     batch_size: int = Field(2, ge=1)
-    frames: int = Field(32, ge=2)
+    frames: int = Field(32, ge=TRAINING_FRAMES.low, le=TRAINING_FRAMES.high)
     fps: float | None = Field(8.0, gt=0)
     clip_windows: int = Field(
         8, ge=1, le=256, description="windows kept per clip, each step draws one (train.windows)"
