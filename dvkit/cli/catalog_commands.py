@@ -15,6 +15,7 @@ from dvkit.cli.context import home_option, open_catalog, whole
 
 if TYPE_CHECKING:
     from dvkit.catalog import Catalog
+    from dvkit.catalog.records import AdapterRecord
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -270,12 +271,15 @@ def import_files(
             if result.duplicate:
                 print(f"{file}: already in the catalog as {ref} (same weights)")
             else:
-                adapter = result.adapter
-                what = adapter.kind
-                if not adapter.placement and what == "subject":
-                    what = "token-only subject"
-                token_note = f", token {adapter.token}" if adapter.token else ""
-                print(f"{file}: imported as {ref} ({what}, base {adapter.base}{token_note})")
+                print(f"{file}: imported as {ref} ({_imported(result.adapter)})")
+
+
+def _imported(adapter: AdapterRecord) -> str:
+    """What an imported adapter is: kind, base and token (`token-only subject <t>, base b`)."""
+    if adapter.kind == "subject" and not adapter.placement:
+        return f"token-only subject {adapter.token}, base {adapter.base}"
+    token = f", token {adapter.token}" if adapter.token else ""
+    return f"{adapter.kind}, base {adapter.base}{token}"
 
 
 def _check_import_options(
