@@ -7,9 +7,13 @@ import torch
 from PIL import Image
 
 from dvkit.bases import add_base, open_base
-from dvkit.errors import DvkitError
+from dvkit.catalog import Catalog
+from dvkit.errors import DvkitError, DvkitWarning
+from dvkit.evaluate.grid import bench
 from dvkit.generate.compose import compose
 from dvkit.generate.sampler import Row, SamplerSettings, initial_latents, sample
+from dvkit.io.adapter_file import read_adapter_info
+from dvkit.io.export import export_adapter
 from dvkit.models.injection import AdapterInjector, adapter_slots, create_adapter_state
 from dvkit.models.tiny_animatediff import (
     build_tiny_animatediff_base,
@@ -115,7 +119,9 @@ def videos(tmp_path):
     return clips
 
 
-def test_training_on_animatediff_and_composing_across_families(catalog, images, videos) -> None:
+def test_training_bench_export_on_animatediff_and_composing_across_families(
+    catalog, images, videos, tmp_path
+) -> None:
     fast = {"preset": "quick", "resolution": 8, "checkpoint_every": 2}
     cat = add_subject("cat", [images], catalog=catalog, base="tiny-animatediff",
                       inversion_steps=2, identity_steps=2, **fast)  # fmt: skip
@@ -125,6 +131,17 @@ def test_training_on_animatediff_and_composing_across_families(catalog, images, 
     assert surf.placement == ["attn1", "attn2", "ff"]
     video = compose("cat", "surf", catalog=catalog, steps=2, frames=3, size=8)
     assert video.frames.shape == (1, 3, 8, 8, 3)
+    grid = bench(catalog, ["cat"], ["surf"], steps=2, frames=3, clip="tiny", dino="tiny",
+                 baselines=False)  # fmt: skip
+    assert [(row["subject"], row["motion"]) for row in grid.rows] == [("cat@1", "surf@1")]
+    exported = export_adapter(catalog, "surf", tmp_path / "surf.safetensors").path
+    assert read_adapter_info(exported).architecture == "animatediff"
+    Catalog.init(tmp_path / "elsewhere")
+    with Catalog.open(tmp_path / "elsewhere") as fresh:
+        fresh.import_file(exported)
+        with pytest.warns(DvkitWarning, match="no guidance image"):
+            again = compose(None, "surf", "a cat", catalog=fresh, steps=2, frames=3, size=8)
+    assert again.frames.shape == (1, 3, 8, 8, 3)
     other = add_motion("tinysurf", videos, catalog=catalog, base="tiny", steps=2, frames=4, **fast)
     assert other.architecture == "modelscope-t2v"
     with pytest.raises(DvkitError) as caught:
