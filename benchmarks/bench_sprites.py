@@ -33,19 +33,23 @@ def bench_base(clips: int, batch: int, weights: Path | None, seed: int) -> dict:
     import torch
 
     from dvkit.generate.sampler import Row, SamplerSettings, sample
-    from dvkit.models.builtin import BUILTIN_SAMPLING
+    from dvkit.models.builtin import sampling_default
     from dvkit.sprites import metrics
     from dvkit.sprites.base import WEIGHTS_FILE, build_sprites_base
     from dvkit.sprites.world import training_batch
 
     base = build_sprites_base(weights or WEIGHTS_FILE)
-    defaults = BUILTIN_SAMPLING["sprites"]
+
+    def default(key: str) -> float:
+        return sampling_default("sprites", key)
+
+    size = int(default("size"))
     settings = SamplerSettings(
-        steps=int(defaults["steps"]),
-        guidance_scale=defaults["guidance"],
-        frames=int(defaults["frames"]),
-        height=16,
-        width=16,
+        steps=int(default("steps")),
+        guidance_scale=default("guidance"),
+        frames=int(default("frames")),
+        height=size,
+        width=size,
     )
     examples = training_batch(clips, seed=10_000 + seed)
     scores: dict[str, list[float]] = {"colour": [], "shape": [], "motion": [], "t_cons": []}
