@@ -10,15 +10,9 @@ import typer
 from dvkit import ranges
 from dvkit.cli import render
 from dvkit.cli.context import number, open_catalog, whole
+from dvkit.cli.help import BASE_DEFAULT, MOTION_UNCOND_DEFAULT
 from dvkit.errors import DvkitError
-
-# Defaults of the merged recipe (DreamVideo's official inference settings); kept here as literals
-# so that `dvkit export --help` does not import torch. `dvkit.io.export` holds the same values,
-# and `dvkit.models.builtin` the λ_uncond of motions that record none.
-GUIDANCE_SCALE = 9.0
-STEPS = 50
-IMAGE_STRENGTH = 1.0
-IMAGE_STRENGTH_UNCOND = 1.0
+from dvkit.models.builtin import DEFAULT_IMAGE_STRENGTH
 
 
 def export(
@@ -64,7 +58,8 @@ def export(
         typer.Option(
             "--subject-scale",
             parser=number(ranges.ADAPTER_SCALE),
-            help="Subject adapter scale [1.0].",
+            help="Subject adapter scale.",
+            show_default="1.0",
         ),
     ] = None,
     motion_scale: Annotated[
@@ -72,7 +67,8 @@ def export(
         typer.Option(
             "--motion-scale",
             parser=number(ranges.ADAPTER_SCALE),
-            help="Motion adapter scale [1.0].",
+            help="Motion adapter scale.",
+            show_default="1.0",
         ),
     ] = None,
     guidance: Annotated[
@@ -80,7 +76,8 @@ def export(
         typer.Option(
             "--guidance",
             parser=number(ranges.GUIDANCE_SCALE),
-            help=f"Classifier-free guidance scale [{GUIDANCE_SCALE}].",
+            help="Classifier-free guidance scale.",
+            show_default=BASE_DEFAULT,
         ),
     ] = None,
     image_strength: Annotated[
@@ -88,7 +85,8 @@ def export(
         typer.Option(
             "--image-strength",
             parser=number(ranges.IMAGE_STRENGTH),
-            help=f"Appearance-guidance strength λ [{IMAGE_STRENGTH}].",
+            help="Appearance-guidance strength λ.",
+            show_default=str(DEFAULT_IMAGE_STRENGTH),
         ),
     ] = None,
     image_strength_uncond: Annotated[
@@ -96,14 +94,17 @@ def export(
         typer.Option(
             "--image-strength-uncond",
             parser=number(ranges.IMAGE_STRENGTH),
-            help="λ of the unconditional branch (zero embedding) [the motion's own, "
-            f"else {IMAGE_STRENGTH_UNCOND}].",
+            help="λ of the unconditional branch (zero embedding).",
+            show_default=MOTION_UNCOND_DEFAULT,
         ),
     ] = None,
     steps: Annotated[
         int | None,
         typer.Option(
-            "--steps", parser=whole(ranges.SAMPLING_STEPS), help=f"Sampling steps [{STEPS}]."
+            "--steps",
+            parser=whole(ranges.SAMPLING_STEPS),
+            help="Sampling steps.",
+            show_default=BASE_DEFAULT,
         ),
     ] = None,
     motion_until: Annotated[
@@ -111,8 +112,8 @@ def export(
         typer.Option(
             "--motion-until",
             parser=number(ranges.FRACTION),
-            help="Switch the motion adapter off below this fraction of the noise schedule "
-            "[the base's default when composed].",
+            help="Switch the motion adapter off below this fraction of the noise schedule.",
+            show_default=BASE_DEFAULT,
         ),
     ] = None,
     offset_noise: Annotated[
@@ -120,7 +121,8 @@ def export(
         typer.Option(
             "--offset-noise",
             parser=number(ranges.OFFSET_NOISE),
-            help="Per-frame offset added to the starting noise [the base's default when composed].",
+            help="Per-frame offset added to the starting noise.",
+            show_default=BASE_DEFAULT,
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
@@ -173,10 +175,10 @@ def export(
                 motion_step=motion_step,
                 subject_scale=1.0 if subject_scale is None else subject_scale,
                 motion_scale=1.0 if motion_scale is None else motion_scale,
-                guidance_scale=GUIDANCE_SCALE if guidance is None else guidance,
-                image_strength=IMAGE_STRENGTH if image_strength is None else image_strength,
+                guidance_scale=guidance,
+                image_strength=DEFAULT_IMAGE_STRENGTH if image_strength is None else image_strength,
                 image_strength_uncond=image_strength_uncond,
-                steps=STEPS if steps is None else steps,
+                steps=steps,
                 motion_until=motion_until,
                 offset_noise=offset_noise,
                 overwrite=force,

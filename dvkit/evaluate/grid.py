@@ -25,7 +25,6 @@ from dvkit.errors import DvkitError
 from dvkit.evaluate import metrics
 from dvkit.evaluate.encoders import DEFAULT_CLIP, DEFAULT_DINO
 from dvkit.evaluate.score import Scorer
-from dvkit.families import FAMILIES
 from dvkit.generate.compose import (
     LoadedAdapter,
     check_counts,
@@ -156,10 +155,9 @@ def bench(
     clip, dino = clip or DEFAULT_CLIP, dino or DEFAULT_DINO
     chosen = [*subject_adapters.values(), *motion_adapters.values()]
     base = chosen[0].record.base
-    # Defaults come from the adapters' family; one this dvkit does not know (a file from a newer
-    # dvkit) gets the ModelScope ones, and fails only if videos must be generated.
+    # Defaults come from the adapters' family (see `sampling_default`); an unknown one fails
+    # only if videos must be generated.
     architecture = chosen[0].record.architecture
-    architecture = architecture if architecture in FAMILIES else None
     if settings is None:
         # Subjects without a training size (imported ones) go by the motions' size.
         if size is None:
