@@ -9,7 +9,20 @@ import typer
 
 from dvkit import ranges
 from dvkit.cli import render
-from dvkit.cli.context import MotionUntilOption, OffsetNoiseOption, number, open_catalog, whole
+from dvkit.cli.context import (
+    DeviceOption,
+    DtypeOption,
+    FramesOption,
+    GuidanceOption,
+    MotionUntilOption,
+    OffsetNoiseOption,
+    SizeOption,
+    StepsOption,
+    UncondStrengthOption,
+    open_catalog,
+    whole,
+)
+from dvkit.cli.help import described
 from dvkit.errors import DvkitError
 from dvkit.evaluate.labels import present, shown
 
@@ -17,72 +30,79 @@ from dvkit.evaluate.labels import present, shown
 def bench(
     ctx: typer.Context,
     subject: Annotated[
-        list[str] | None, typer.Option("--subject", help="Repeat; default all.")
+        list[str] | None,
+        typer.Option("--subject", help=described("Subject REF (repeatable).", "every subject")),
     ] = None,
     motion: Annotated[
-        list[str] | None, typer.Option("--motion", help="Repeat; default all.")
+        list[str] | None,
+        typer.Option("--motion", help=described("Motion REF (repeatable).", "every motion")),
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base", help=described("Only the adapters of this base.", "every base, grouped")
+        ),
     ] = None,
     prompts: Annotated[
         Path | None,
         typer.Option(
-            "--prompts", help="File of templates with {subject} and {motion}, one a line."
+            "--prompts",
+            help=described(
+                "File of templates with {subject} and {motion}, one a line.",
+                "'a {subject} {motion}'",
+            ),
         ),
     ] = None,
     seed: Annotated[
         list[int] | None,
-        typer.Option("--seed", parser=whole(ranges.SEED), help="Repeat for more seeds."),
+        typer.Option(
+            "--seed", parser=whole(ranges.SEED), help=described("Repeat for more seeds.", "0")
+        ),
     ] = None,
     baselines: Annotated[
-        bool, typer.Option("--baselines/--no-baselines", help="Subject only, motion only, base.")
+        bool,
+        typer.Option(
+            "--baselines/--no-baselines", help="Also subject only, motion only and the bare base."
+        ),
     ] = True,
-    shard: Annotated[str, typer.Option("--shard", help="i/n: this process's part.")] = "0/1",
+    shard: Annotated[
+        str, typer.Option("--shard", help="i/n: this process's part of the grid.")
+    ] = "0/1",
     batch_size: Annotated[
         int,
         typer.Option(
             "--batch-size", parser=whole(ranges.AT_LEAST_ONE), help="Videos per UNet batch."
         ),
     ] = 4,
-    steps: Annotated[
-        int | None,
-        typer.Option(
-            "--steps", parser=whole(ranges.SAMPLING_STEPS), help="Default 50 (sprites: 25)."
-        ),
-    ] = None,
-    guidance: Annotated[
-        float | None,
-        typer.Option(
-            "--guidance",
-            parser=number(ranges.GUIDANCE_SCALE),
-            help="Default 9.0 (sprites: 2.0).",
-        ),
-    ] = None,
-    frames: Annotated[int | None, typer.Option("--frames", parser=whole(ranges.FRAMES))] = None,
-    size: Annotated[int | None, typer.Option("--size", parser=whole(ranges.SIZE))] = None,
+    steps: StepsOption = None,
+    guidance: GuidanceOption = None,
+    frames: FramesOption = None,
+    size: SizeOption = None,
     motion_until: MotionUntilOption = None,
     offset_noise: OffsetNoiseOption = None,
-    image_strength_uncond: Annotated[
-        float | None,
-        typer.Option(
-            "--image-strength-uncond",
-            parser=number(ranges.IMAGE_STRENGTH),
-            help="Appearance-guidance λ of the unconditional branch (default: each motion's own).",
-        ),
-    ] = None,
+    image_strength_uncond: UncondStrengthOption = None,
     clip: Annotated[
         str | None,
-        typer.Option("--clip", help="open_clip MODEL:PRETRAINED (ViT-B-32:openai) or tiny."),
+        typer.Option(
+            "--clip",
+            help=described("open_clip MODEL:PRETRAINED, or tiny (offline).", "ViT-B-32:openai"),
+        ),
     ] = None,
     dino: Annotated[
         str | None,
-        typer.Option("--dino", help="timm model (vit_small_patch16_224.dino) or tiny."),
+        typer.Option(
+            "--dino",
+            help=described("timm model, or tiny (offline).", "vit_small_patch16_224.dino"),
+        ),
     ] = None,
-    device: Annotated[str, typer.Option("--device")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype")] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     report_only: Annotated[
         bool, typer.Option("--report", help="Only rebuild the report from stored results.")
     ] = False,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Report folder (default: reports/grid).")
+        Path | None,
+        typer.Option("--out", help=described("Report folder.", "the catalog's reports/grid")),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print every cell as JSON.")] = False,
 ) -> None:

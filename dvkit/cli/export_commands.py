@@ -10,7 +10,7 @@ import typer
 from dvkit import ranges
 from dvkit.cli import render
 from dvkit.cli.context import number, open_catalog, whole
-from dvkit.cli.help import BASE_DEFAULT, MOTION_UNCOND_DEFAULT
+from dvkit.cli.help import BASE_DEFAULT, MOTION_UNCOND_DEFAULT, described
 from dvkit.errors import DvkitError
 from dvkit.models.builtin import DEFAULT_IMAGE_STRENGTH
 
@@ -58,8 +58,7 @@ def export(
         typer.Option(
             "--subject-scale",
             parser=number(ranges.ADAPTER_SCALE),
-            help="Subject adapter scale.",
-            show_default="1.0",
+            help=described("Subject adapter scale.", "1.0"),
         ),
     ] = None,
     motion_scale: Annotated[
@@ -67,8 +66,7 @@ def export(
         typer.Option(
             "--motion-scale",
             parser=number(ranges.ADAPTER_SCALE),
-            help="Motion adapter scale.",
-            show_default="1.0",
+            help=described("Motion adapter scale.", "1.0"),
         ),
     ] = None,
     guidance: Annotated[
@@ -76,8 +74,7 @@ def export(
         typer.Option(
             "--guidance",
             parser=number(ranges.GUIDANCE_SCALE),
-            help="Classifier-free guidance scale.",
-            show_default=BASE_DEFAULT,
+            help=described("Classifier-free guidance scale.", BASE_DEFAULT),
         ),
     ] = None,
     image_strength: Annotated[
@@ -85,8 +82,7 @@ def export(
         typer.Option(
             "--image-strength",
             parser=number(ranges.IMAGE_STRENGTH),
-            help="Appearance-guidance strength λ.",
-            show_default=str(DEFAULT_IMAGE_STRENGTH),
+            help=described("Appearance-guidance strength λ.", f"{DEFAULT_IMAGE_STRENGTH}"),
         ),
     ] = None,
     image_strength_uncond: Annotated[
@@ -94,8 +90,9 @@ def export(
         typer.Option(
             "--image-strength-uncond",
             parser=number(ranges.IMAGE_STRENGTH),
-            help="λ of the unconditional branch (zero embedding).",
-            show_default=MOTION_UNCOND_DEFAULT,
+            help=described(
+                "λ of the unconditional branch (zero embedding).", MOTION_UNCOND_DEFAULT
+            ),
         ),
     ] = None,
     steps: Annotated[
@@ -103,8 +100,7 @@ def export(
         typer.Option(
             "--steps",
             parser=whole(ranges.SAMPLING_STEPS),
-            help="Sampling steps.",
-            show_default=BASE_DEFAULT,
+            help=described("Sampling steps.", BASE_DEFAULT),
         ),
     ] = None,
     motion_until: Annotated[
@@ -112,8 +108,10 @@ def export(
         typer.Option(
             "--motion-until",
             parser=number(ranges.FRACTION),
-            help="Switch the motion adapter off below this fraction of the noise schedule.",
-            show_default=BASE_DEFAULT,
+            help=described(
+                "Switch the motion adapter off below this fraction of the noise schedule.",
+                BASE_DEFAULT,
+            ),
         ),
     ] = None,
     offset_noise: Annotated[
@@ -121,8 +119,7 @@ def export(
         typer.Option(
             "--offset-noise",
             parser=number(ranges.OFFSET_NOISE),
-            help="Per-frame offset added to the starting noise.",
-            show_default=BASE_DEFAULT,
+            help=described("Per-frame offset added to the starting noise.", BASE_DEFAULT),
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
