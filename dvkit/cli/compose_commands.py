@@ -129,7 +129,7 @@ def compose(
     from dvkit.cli.progress import RichReporter
     from dvkit.generate.compose import compose as run_compose
 
-    reporter = RichReporter()
+    reporter = RichReporter(unit="steps", loss=False)
     started = False
 
     def on_step(done: int, total: int) -> None:
