@@ -48,6 +48,7 @@ def demo(
         result = run_demo(
             folder, subject=subject, motion=motion, seeds=seeds, steps=steps, device=device,
             reporter=RichReporter(), on_stage=lambda text: print(f"· {text}"),
+            grid_reporter=RichReporter(unit="cells", loss=False),
         )  # fmt: skip
     _print_roles(result.roles)
     for video in result.videos:
