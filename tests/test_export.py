@@ -139,18 +139,43 @@ def test_merged_export_holds_both_parts_and_the_recipe(cli, home, pair, tmp_path
     _one_error_line(*cli("--home", home, "import", out)[::2], "a merged subject + motion export")
 
 
-def test_merged_defaults_match_the_cli(catalog, pair, tmp_path) -> None:
+def test_merged_defaults_are_the_bases_own(catalog, pair, tmp_path) -> None:
     export_merged(catalog, "cat", "surfing", tmp_path / "p.safetensors")
     merged = load_merged(tmp_path / "p.safetensors")
+    # the fixture's family is unknown here: the ModelScope family's defaults, tiny's own offset
     assert (merged.guidance_scale, merged.steps) == (9.0, 50)
+    assert (merged.motion_until, merged.offset_noise) == (0.0, 0.0)
     assert (merged.subject_scale, merged.motion_scale) == (1.0, 1.0)
     assert (merged.image_strength, merged.image_strength_uncond) == (1.0, 1.0)
-    assert merged.motion_until is None and "motion_until" not in merged.recipe  # the base's
-    assert merged.offset_noise is None and "offset_noise" not in merged.recipe  # the base's
-    assert export_commands.GUIDANCE_SCALE == export_module.DEFAULT_GUIDANCE_SCALE
-    assert export_commands.STEPS == export_module.DEFAULT_STEPS
-    assert export_commands.IMAGE_STRENGTH == export_module.DEFAULT_IMAGE_STRENGTH
-    assert export_commands.IMAGE_STRENGTH_UNCOND == builtin.DEFAULT_IMAGE_STRENGTH_UNCOND
+    assert not hasattr(export_module, "DEFAULT_GUIDANCE_SCALE")
+    assert not hasattr(export_commands, "GUIDANCE_SCALE")
+
+
+def test_a_merged_sprites_pair_records_the_sprites_sampling_defaults(
+    catalog, make_adapter, tmp_path
+) -> None:
+    from dvkit.io.adapter_file import read_adapter_info
+
+    for name, kind in (("tri", "subject"), ("zig", "motion")):
+        path = make_adapter(name, kind, base="sprites")
+        info = read_adapter_info(path)
+        staged = catalog.blobs.stage_file(path)
+        catalog.register(AdapterRecord(
+            kind=kind, name=name, base="sprites", base_fingerprint=info.base_fingerprint,
+            architecture="sprites-pixel-t2v", token=info.token, placement=info.placement,
+            hidden_ratio=info.hidden_ratio, blob=staged.sha256,
+            size=staged.size, weights_hash=info.weights_hash, params=info.params,
+        ), staged)  # fmt: skip
+    export_merged(catalog, "tri", "zig", tmp_path / "p.safetensors")
+    merged = load_merged(tmp_path / "p.safetensors")
+    expected = [builtin.sampling_default("sprites", key)
+                for key in ("steps", "guidance", "motion_until", "offset_noise")]  # fmt: skip
+    assert expected == [25, 2.0, 0.4, 0.0]
+    assert [merged.steps, merged.guidance_scale, merged.motion_until,
+            merged.offset_noise] == expected  # fmt: skip
+    export_merged(catalog, "tri", "zig", tmp_path / "q.safetensors", steps=7, guidance_scale=3.0)
+    given = load_merged(tmp_path / "q.safetensors")
+    assert (given.steps, given.guidance_scale, given.motion_until) == (7, 3.0, 0.4)
 
 
 def test_merging_adapters_of_different_bases_is_refused(cli, home, make_adapter, tmp_path) -> None:

@@ -206,3 +206,89 @@ def test_subjects_sharing_a_token_each_get_their_own(catalog, tmp_path) -> None:
     loaded = {ref: load_adapter(catalog, ref, None, "subject") for ref in ("cat@1", "hound@1")}
     assert _generation_tokens(loaded) == {"cat@1": "<cat>", "hound@1": "<hound-2>"}
     assert len(bench(catalog, ["cat", "hound"], generate=False).rows) == 2
+
+
+def _fake_row(subject: str, motion: str, role: str, seed: int, value: float) -> dict:
+    metrics = {key: value + offset / 1000 for offset, key in enumerate(
+        ("clip_t", "clip_i", "dino_i", "t_cons", "gt_subject", "gt_colour", "gt_motion",
+         "gt_t_cons"))}  # fmt: skip
+    sampler = {"pair": [subject, motion], "role": role, "base": "sprites", "steps": 25,
+               "guidance_scale": 2.0, "frames": 8, "height": 16, "width": 16,
+               "motion_until": 0.4, "offset_noise": 0.0, "clip": "tiny", "dino": "tiny",
+               "template": "a {subject} {motion}"}  # fmt: skip
+    return {"sampler": sampler, "metrics": metrics, "seed": seed, "prompt": "p", "files": []}
+
+
+def test_the_table_fits_80_columns_with_every_value_in_full() -> None:
+    from dvkit.cli.bench_commands import extreme_lines, table_lines
+
+    rows = [_fake_row("orange-triangle@1", "zigzag-fast@2", role, seed, 0.91234 - seed / 10)
+            for role in ("joint", "subject", "motion", "base") for seed in (0, 1)]  # fmt: skip
+    lines = table_lines(rows, 80)
+    assert all(len(line) <= 80 for line in lines), lines
+    text = "\n".join(lines)
+    assert "…" not in text and "orange-triangle@1" in text and "zigzag-fast@2" in text
+    for label in ("CLIP-T", "CLIP-I", "DINO-I", "T. Cons.", "Subj. fid.", "GT T. Cons."):
+        assert label in text
+    assert "0.8623" in text and "0.8693" in text  # means of seeds 0 and 1, first and last metric
+    assert len([line for line in lines if line.startswith("SUBJECT")]) >= 2  # wrapped into blocks
+    extremes = extreme_lines(rows)
+    assert extremes[0].split()[:4] == ["CLIP-T", "best", "0.9123", "joint"]
+    assert extremes[1].split()[:3] == ["worst", "0.8123", "joint"]
+    assert all(len(line) <= 80 for line in extremes)
+
+
+def test_a_two_base_catalog_benches_both_groups(cli, catalog, tmp_path, monkeypatch) -> None:
+    import json
+
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray((rng.random((8, 8, 3)) * 255).astype("uint8")).save(folder / "0.png")
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for index in range(3):
+        frame = (rng.random((8, 8, 3)) * 255).astype("uint8")
+        Image.fromarray(frame).save(clips / f"{index}.png")
+    common = {"catalog": catalog, "base": "tiny-animatediff", "preset": "quick", "resolution": 8}
+    add_subject("ant", [folder], inversion_steps=1, identity_steps=1, **common)
+    add_motion("crawl", [clips], steps=1, frames=3, **common)
+    monkeypatch.setenv("COLUMNS", "80")
+    out_dir = tmp_path / "rep"
+    args = ("--home", catalog.home, "bench", "--subject", "cat", "--subject", "ant", "--steps",
+            "2", "--frames", "3", "--clip", "tiny", "--dino", "tiny", "--out", out_dir)  # fmt: skip
+    code, out, err = cli(*args)
+    assert code == 0, err
+    assert "8 cells: 8 generated, 0 already scored" in out
+    assert "base tiny: steps 2," in out and "base tiny-animatediff: steps 2," in out
+    assert "ant@1" in out and "crawl@1" in out and "cat@1" in out and "surfing@1" in out
+    shown = [line for line in out.splitlines() if not line.startswith("report: ")]
+    assert "…" not in out and all(len(line) <= 80 for line in shown), out
+    assert "CLIP-T      best  " in out and " joint " in out and " base " in out
+    assert "loss" not in err
+    report = json.loads((out_dir / "report.json").read_text())
+    settings = report["summary"]["settings"]
+    assert set(settings) == {"tiny", "tiny-animatediff"}
+    assert settings["tiny-animatediff"]["height"] == 8 and settings["tiny"]["height"] == 16
+    assert settings["tiny"]["seeds"] == [0] and settings["tiny"]["encoders"] == [
+        "CLIP tiny, DINO tiny"]  # fmt: skip
+    page = (out_dir / "index.html").read_text()
+    assert "<h2>Settings</h2>" in page and "tiny-animatediff" in page
+    code, out, err = cli(*args[:2], "bench", "--base", "tiny-animatediff", "--report",
+                         "--out", out_dir)  # fmt: skip
+    assert code == 0, err
+    assert "4 cells: 0 generated, 4 already scored" in out and "base tiny:" not in out
+
+
+def test_progress_bars_count_their_unit_and_show_a_loss_only_for_training() -> None:
+    from rich.progress import TextColumn
+
+    from dvkit.cli.progress import RichReporter
+
+    def texts(reporter: RichReporter) -> list[str]:
+        columns = reporter._progress.columns
+        return [c.text_format for c in columns if isinstance(c, TextColumn)]
+
+    cells = texts(RichReporter(unit="cells", loss=False))
+    assert "cells" in cells and not any("loss" in text for text in cells)
+    assert "steps" in texts(RichReporter()) and any("loss" in t for t in texts(RichReporter()))

@@ -119,9 +119,12 @@ def test_cli_bench_of_one_frame_videos(cli, grid_home) -> None:
             *ENCODERS)  # fmt: skip
     code, out, err = cli(*args)
     assert code == 0 and "Traceback" not in err, err
-    header, *table = [line.split() for line in out.splitlines()[:5]]
+    lines = out.splitlines()
+    assert lines[0].startswith("base tiny: steps 1,")  # the settings used, then the table
+    start = next(i for i, line in enumerate(lines) if line.startswith("SUBJECT"))
+    header, *table = [line.split() for line in lines[start : start + 5]]
     assert " ".join(header) == "SUBJECT MOTION ROLE N CLIP-T CLIP-I DINO-I T. Cons."
-    assert [line[2] for line in table] == ["base", "joint", "motion", "subject"]
+    assert [line[2] for line in table] == ["joint", "subject", "motion", "base"]
     assert [line[-1] for line in table] == ["n/a"] * 4  # T. Cons.
     assert all(-1 <= float(value) <= 1 for line in table for value in line[4:7])
     code, out, _ = cli(*args, "--json")

@@ -9,6 +9,7 @@ import typer
 from dvkit.cli import render
 from dvkit.cli.catalog_commands import JsonOption
 from dvkit.cli.context import open_catalog
+from dvkit.cli.help import described
 from dvkit.errors import NotFoundError
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ def add_base(
     family: Annotated[
         str | None,
         typer.Option(
-            "--family", help="Base family (default: found from SOURCE; see dvkit base families)."
+            "--family",
+            help=described("Base family (see dvkit base families).", "found from SOURCE"),
         ),
     ] = None,
 ) -> None:

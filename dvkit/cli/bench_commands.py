@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import textwrap
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,7 +11,20 @@ import typer
 
 from dvkit import ranges
 from dvkit.cli import render
-from dvkit.cli.context import MotionUntilOption, OffsetNoiseOption, number, open_catalog, whole
+from dvkit.cli.context import (
+    DeviceOption,
+    DtypeOption,
+    FramesOption,
+    GuidanceOption,
+    MotionUntilOption,
+    OffsetNoiseOption,
+    SizeOption,
+    StepsOption,
+    UncondStrengthOption,
+    open_catalog,
+    whole,
+)
+from dvkit.cli.help import described
 from dvkit.errors import DvkitError
 from dvkit.evaluate.labels import present, shown
 
@@ -17,72 +32,79 @@ from dvkit.evaluate.labels import present, shown
 def bench(
     ctx: typer.Context,
     subject: Annotated[
-        list[str] | None, typer.Option("--subject", help="Repeat; default all.")
+        list[str] | None,
+        typer.Option("--subject", help=described("Subject REF (repeatable).", "every subject")),
     ] = None,
     motion: Annotated[
-        list[str] | None, typer.Option("--motion", help="Repeat; default all.")
+        list[str] | None,
+        typer.Option("--motion", help=described("Motion REF (repeatable).", "every motion")),
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base", help=described("Only the adapters of this base.", "every base, grouped")
+        ),
     ] = None,
     prompts: Annotated[
         Path | None,
         typer.Option(
-            "--prompts", help="File of templates with {subject} and {motion}, one a line."
+            "--prompts",
+            help=described(
+                "File of templates with {subject} and {motion}, one a line.",
+                "'a {subject} {motion}'",
+            ),
         ),
     ] = None,
     seed: Annotated[
         list[int] | None,
-        typer.Option("--seed", parser=whole(ranges.SEED), help="Repeat for more seeds."),
+        typer.Option(
+            "--seed", parser=whole(ranges.SEED), help=described("Repeat for more seeds.", "0")
+        ),
     ] = None,
     baselines: Annotated[
-        bool, typer.Option("--baselines/--no-baselines", help="Subject only, motion only, base.")
+        bool,
+        typer.Option(
+            "--baselines/--no-baselines", help="Also subject only, motion only and the bare base."
+        ),
     ] = True,
-    shard: Annotated[str, typer.Option("--shard", help="i/n: this process's part.")] = "0/1",
+    shard: Annotated[
+        str, typer.Option("--shard", help="i/n: this process's part of the grid.")
+    ] = "0/1",
     batch_size: Annotated[
         int,
         typer.Option(
             "--batch-size", parser=whole(ranges.AT_LEAST_ONE), help="Videos per UNet batch."
         ),
     ] = 4,
-    steps: Annotated[
-        int | None,
-        typer.Option(
-            "--steps", parser=whole(ranges.SAMPLING_STEPS), help="Default 50 (sprites: 25)."
-        ),
-    ] = None,
-    guidance: Annotated[
-        float | None,
-        typer.Option(
-            "--guidance",
-            parser=number(ranges.GUIDANCE_SCALE),
-            help="Default 9.0 (sprites: 2.0).",
-        ),
-    ] = None,
-    frames: Annotated[int | None, typer.Option("--frames", parser=whole(ranges.FRAMES))] = None,
-    size: Annotated[int | None, typer.Option("--size", parser=whole(ranges.SIZE))] = None,
+    steps: StepsOption = None,
+    guidance: GuidanceOption = None,
+    frames: FramesOption = None,
+    size: SizeOption = None,
     motion_until: MotionUntilOption = None,
     offset_noise: OffsetNoiseOption = None,
-    image_strength_uncond: Annotated[
-        float | None,
-        typer.Option(
-            "--image-strength-uncond",
-            parser=number(ranges.IMAGE_STRENGTH),
-            help="Appearance-guidance λ of the unconditional branch (default: each motion's own).",
-        ),
-    ] = None,
+    image_strength_uncond: UncondStrengthOption = None,
     clip: Annotated[
         str | None,
-        typer.Option("--clip", help="open_clip MODEL:PRETRAINED (ViT-B-32:openai) or tiny."),
+        typer.Option(
+            "--clip",
+            help=described("open_clip MODEL:PRETRAINED, or tiny (offline).", "ViT-B-32:openai"),
+        ),
     ] = None,
     dino: Annotated[
         str | None,
-        typer.Option("--dino", help="timm model (vit_small_patch16_224.dino) or tiny."),
+        typer.Option(
+            "--dino",
+            help=described("timm model, or tiny (offline).", "vit_small_patch16_224.dino"),
+        ),
     ] = None,
-    device: Annotated[str, typer.Option("--device")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype")] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
     report_only: Annotated[
         bool, typer.Option("--report", help="Only rebuild the report from stored results.")
     ] = False,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Report folder (default: reports/grid).")
+        Path | None,
+        typer.Option("--out", help=described("Report folder.", "the catalog's reports/grid")),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print every cell as JSON.")] = False,
 ) -> None:
@@ -94,7 +116,7 @@ def bench(
     from dvkit.train.loop import count_progress
 
     templates = _templates(prompts) if prompts else None
-    on_cell = count_progress(RichReporter(), "cells")
+    on_cell = count_progress(RichReporter(unit="cells", loss=False), "cells")
 
     writing = None  # --report --out FOLDER only reads the catalog
     if not report_only:
@@ -103,57 +125,101 @@ def bench(
         writing = "write the report into it (--out FOLDER writes it elsewhere)"
     with open_catalog(ctx, writing) as catalog:
         result = run_bench(
-            catalog, subject, motion, templates, seed, baselines=baselines,
+            catalog, subject, motion, templates, seed, base=base, baselines=baselines,
             shard=_shard(shard), batch_size=batch_size, steps=steps, guidance=guidance,
             frames=frames, size=size, motion_until=motion_until, offset_noise=offset_noise,
             image_strength_uncond=image_strength_uncond, clip=clip, dino=dino,
             device=device, dtype=dtype, generate=not report_only, on_cell=on_cell,
         )  # fmt: skip
-        from dvkit.evaluate.report import encoders, write_report
+        from dvkit.evaluate.report import write_report
 
         report = write_report(result.rows, out or catalog.home / "reports" / "grid")
     if as_json:
         render.print_json(result.rows)
         return
-    _table(result.rows)
-    _extremes(result.rows)
+    from dvkit.evaluate.report import by_base, describe_settings
+
+    width = shutil.get_terminal_size().columns
+    for name, rows in by_base(result.rows).items():
+        print("\n".join(textwrap.wrap(f"base {name}: {describe_settings(rows)}", width,
+                                       subsequent_indent="  ")))  # fmt: skip
+        for line in table_lines(rows, width):
+            print(line)
+        for line in extreme_lines(rows):
+            print(line)
+        print()
     print(f"{result.cells} cells: {result.generated} generated, {result.skipped} already scored")
-    if result.rows:
-        print(f"scored with {', '.join(encoders(result.rows))}")
     print(f"report: {report.html}")
 
 
-def _table(rows: list[dict[str, Any]]) -> None:
-    """Mean scores per subject × motion pair and role; n/a where a metric does not apply."""
-    from rich.table import Table
+KEY_COLUMNS = ("SUBJECT", "MOTION", "ROLE", "N")
+GAP = 2
+"""Spaces between columns."""
 
+
+def table_lines(rows: list[dict[str, Any]], width: int) -> list[str]:
+    """Mean scores per subject × motion pair and role, as text lines of at most `width`
+    characters where the names allow: every value in full (n/a where a metric does not apply);
+    metrics that do not fit beside the names go to a further block of the same rows."""
     from dvkit.evaluate.report import summarise
 
     columns = present([row["metrics"] for row in rows])
-    table = Table(box=None, header_style="bold")
-    for column in ("SUBJECT", "MOTION", "ROLE", "N", *columns.values()):
-        table.add_column(column)
-    for pair in summarise(rows)["pairs"]:
-        cells = [shown(pair[key]) for key in columns]
-        table.add_row(pair["subject"], pair["motion"], pair["role"], str(pair["count"]), *cells)
-    render.console().print(table)
+    pairs = summarise(rows)["pairs"]
+    keys = [[p["subject"], p["motion"], p["role"], str(p["count"])] for p in pairs]
+    key_widths = [max(len(h), *(len(k[i]) for k in keys)) for i, h in enumerate(KEY_COLUMNS)]
+    values = {key: [shown(p[key]) for p in pairs] for key in columns}
+    metric_widths = {key: max(len(label), *map(len, values[key])) for key, label in columns.items()}
+    room = width - sum(key_widths) - GAP * (len(key_widths) - 1)
+    lines: list[str] = []
+    for block in _blocks(list(columns), metric_widths, room):
+        if lines:
+            lines.append("")
+        header = [h.ljust(w) for h, w in zip(KEY_COLUMNS, key_widths, strict=True)]
+        header += [columns[key].rjust(metric_widths[key]) for key in block]
+        lines.append((" " * GAP).join(header).rstrip())
+        for index, key_cells in enumerate(keys):
+            cells = [c.ljust(w) for c, w in zip(key_cells, key_widths, strict=True)]
+            cells += [values[key][index].rjust(metric_widths[key]) for key in block]
+            lines.append((" " * GAP).join(cells).rstrip())
+    return lines
 
 
-def _extremes(rows: list[dict[str, Any]]) -> None:
-    """The best and worst joint cell for each metric."""
-    joint = [row for row in rows if row["sampler"]["role"] == "joint"]
-    for key, label in present([row["metrics"] for row in joint]).items():
-        scored = [row for row in joint if row["metrics"].get(key) is not None]
+def _blocks(keys: list[str], widths: dict[str, int], room: int) -> list[list[str]]:
+    """`keys` in order, split into runs whose columns (each after a gap) fit in `room`; each
+    run holds at least one."""
+    blocks: list[list[str]] = [[]]
+    used = 0
+    for key in keys:
+        needed = GAP + widths[key]
+        if blocks[-1] and used + needed > room:
+            blocks.append([])
+            used = 0
+        blocks[-1].append(key)
+        used += needed
+    return blocks
+
+
+def extreme_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The best and worst cell for each metric over every role, each naming its role, pair,
+    prompt template and seed."""
+    lines = []
+    for key, label in present([row["metrics"] for row in rows]).items():
+        scored = [row for row in rows if row["metrics"].get(key) is not None]
         if len(scored) < 2:
             continue
         best = max(scored, key=lambda row: row["metrics"][key])
         worst = min(scored, key=lambda row: row["metrics"][key])
-        print(f"{label:<9} best {_cell(best, key)}   worst {_cell(worst, key)}")
+        lines.append(f"{label:<11} best  {_cell(best, key)}")
+        lines.append(f"{'':<11} worst {_cell(worst, key)}")
+    return lines
 
 
 def _cell(row: dict[str, Any], key: str) -> str:
-    subject, motion = row["sampler"]["pair"]
-    return f"{row['metrics'][key]:.4f} {subject} × {motion} seed {row['seed']}"
+    sampler = row["sampler"]
+    subject, motion = sampler["pair"]
+    return (
+        f"{row['metrics'][key]:7.4f} {sampler['role']:<7} {subject} × {motion}, seed {row['seed']}"
+    )
 
 
 def _shard(text: str) -> tuple[int, int]:

@@ -12,6 +12,7 @@ import typer
 from dvkit import ranges
 from dvkit.cli import render
 from dvkit.cli.context import home_option, open_catalog, whole
+from dvkit.cli.help import described
 
 if TYPE_CHECKING:
     from dvkit.catalog import Catalog
@@ -28,7 +29,8 @@ class Kind(str, Enum):
 def init(
     ctx: typer.Context,
     path: Annotated[
-        Path | None, typer.Argument(help="Folder to create (default: $DVKIT_HOME or ./registry).")
+        Path | None,
+        typer.Argument(help=described("Folder to create.", "$DVKIT_HOME, else ./registry")),
     ] = None,
 ) -> None:
     """Create a catalog folder (or confirm an existing one)."""
@@ -63,7 +65,7 @@ def list_adapters(
         typer.Option(
             "--limit",
             parser=whole(ranges.AT_LEAST_ZERO),
-            help="At most this many (default: 100 in a table).",
+            help=described("At most this many.", "100 in a table, all with --json"),
         ),
     ] = None,
     as_json: JsonOption = False,
@@ -176,8 +178,10 @@ def import_files(
         str | None,
         typer.Option(
             "--name",
-            help="Register under this name (one file only; .pth default: NAME in "
-            "NAME_adapter_STEP.pth; embeddings: the embedding's own name).",
+            help=described(
+                "Register under this name (one file only).",
+                "the file's own: its name, NAME in NAME_adapter_STEP.pth, an embedding's own",
+            ),
         ),
     ] = None,
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag to add (repeatable).")] = None,
@@ -203,8 +207,10 @@ def import_files(
         str | None,
         typer.Option(
             "--token",
-            help="Token of an imported subject (one file; dvkit files: their own, <NAME> when "
-            "renamed from their default; embeddings: <their own name>).",
+            help=described(
+                "Token of an imported subject (one file only).",
+                "dvkit files: their own (<NAME> when renamed); embeddings: <their own name>",
+            ),
         ),
     ] = None,
     references: Annotated[

@@ -8,25 +8,56 @@ from typing import Annotated
 import typer
 
 from dvkit import ranges
-from dvkit.cli.context import MotionUntilOption, OffsetNoiseOption, number, open_catalog, whole
+from dvkit.cli.context import (
+    DeviceOption,
+    DtypeOption,
+    FramesOption,
+    GuidanceOption,
+    MotionUntilOption,
+    OffsetNoiseOption,
+    SizeOption,
+    StepsOption,
+    UncondStrengthOption,
+    number,
+    open_catalog,
+    whole,
+)
+from dvkit.cli.help import CHOSEN_BASE_DEFAULT, described
 
 
 def compose(
     ctx: typer.Context,
-    subject: Annotated[str | None, typer.Option("--subject", help="Subject NAME[@V].")] = None,
-    motion: Annotated[str | None, typer.Option("--motion", help="Motion NAME[@V].")] = None,
-    prompt: Annotated[
-        str | None, typer.Option("--prompt", help="Default: 'a <token> <motion caption>'.")
+    subject: Annotated[
+        str | None, typer.Option("--subject", help="Subject NAME or NAME@VERSION.")
     ] = None,
-    negative_prompt: Annotated[str, typer.Option("--negative-prompt")] = "",
+    motion: Annotated[
+        str | None, typer.Option("--motion", help="Motion NAME or NAME@VERSION.")
+    ] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Option("--prompt", help=described("Prompt.", "'a <token> <motion caption>'")),
+    ] = None,
+    negative_prompt: Annotated[
+        str, typer.Option("--negative-prompt", help="Prompt of the unconditional branch.")
+    ] = "",
     merged: Annotated[
         Path | None, typer.Option("--merged", help="A pair from dvkit export --merged.")
     ] = None,
     subject_scale: Annotated[
-        float | None, typer.Option("--subject-scale", parser=number(ranges.ADAPTER_SCALE))
+        float | None,
+        typer.Option(
+            "--subject-scale",
+            parser=number(ranges.ADAPTER_SCALE),
+            help=described("Subject adapter scale.", "the merged recipe's, else 1.0"),
+        ),
     ] = None,
     motion_scale: Annotated[
-        float | None, typer.Option("--motion-scale", parser=number(ranges.ADAPTER_SCALE))
+        float | None,
+        typer.Option(
+            "--motion-scale",
+            parser=number(ranges.ADAPTER_SCALE),
+            help=described("Motion adapter scale.", "the merged recipe's, else 1.0"),
+        ),
     ] = None,
     subject_step: Annotated[
         int | None,
@@ -46,56 +77,41 @@ def compose(
     ] = None,
     seed: Annotated[
         list[int] | None,
-        typer.Option("--seed", parser=whole(ranges.SEED), help="Repeat for more videos."),
-    ] = None,
-    steps: Annotated[
-        int | None,
-        typer.Option("--steps", parser=whole(ranges.SAMPLING_STEPS), help="DDIM steps (50)."),
-    ] = None,
-    guidance: Annotated[
-        float | None,
         typer.Option(
-            "--guidance",
-            parser=number(ranges.GUIDANCE_SCALE),
-            help="Classifier-free guidance (9.0).",
+            "--seed", parser=whole(ranges.SEED), help=described("Repeat for more videos.", "0")
         ),
     ] = None,
-    frames: Annotated[
-        int | None,
-        typer.Option(
-            "--frames", parser=whole(ranges.FRAMES), help="Default: the motion's training frames."
-        ),
-    ] = None,
-    size: Annotated[
-        int | None,
-        typer.Option("--size", parser=whole(ranges.SIZE), help="Height and width in pixels."),
-    ] = None,
-    fps: Annotated[float, typer.Option("--fps", parser=number(ranges.FRAME_RATE))] = 8.0,
+    steps: StepsOption = None,
+    guidance: GuidanceOption = None,
+    frames: FramesOption = None,
+    size: SizeOption = None,
+    fps: Annotated[
+        float,
+        typer.Option("--fps", parser=number(ranges.FRAME_RATE), help="Frame rate of the files."),
+    ] = 8.0,
     image_strength: Annotated[
         float | None,
         typer.Option(
             "--image-strength",
             parser=number(ranges.IMAGE_STRENGTH),
-            help="Appearance guidance λ (1.0).",
+            help=described("Appearance-guidance λ.", "the merged recipe's, else 1.0"),
         ),
     ] = None,
-    image_strength_uncond: Annotated[
-        float | None,
-        typer.Option(
-            "--image-strength-uncond",
-            parser=number(ranges.IMAGE_STRENGTH),
-            help="λ of the unconditional branch (default: the motion's own, from its preset: "
-            "official 0, official-carturn 1; 1.0 for imported motions).",
-        ),
-    ] = None,
+    image_strength_uncond: UncondStrengthOption = None,
     guidance_image: Annotated[
         Path | None,
-        typer.Option("--guidance-image", help="Default: the subject's first reference image."),
+        typer.Option(
+            "--guidance-image",
+            help=described("Appearance-guidance image.", "the subject's first reference image"),
+        ),
     ] = None,
     motion_until: MotionUntilOption = None,
     offset_noise: OffsetNoiseOption = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="A .mp4/.gif file or a folder (default: videos/).")
+        Path | None,
+        typer.Option(
+            "--out", help=described("A .mp4/.gif file or a folder.", "the catalog's videos/")
+        ),
     ] = None,
     video_format: Annotated[
         str, typer.Option("--format", help="mp4, gif or mp4,gif (for folder outputs).")
@@ -103,19 +119,17 @@ def compose(
     base: Annotated[
         str | None,
         typer.Option(
-            "--base",
-            help="Base when no adapter is given (default: $DVKIT_BASE, else the catalog's "
-            "default base).",
+            "--base", help=described("Base when no adapter is given.", CHOSEN_BASE_DEFAULT)
         ),
     ] = None,
-    device: Annotated[str, typer.Option("--device")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype")] = "auto",
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Generate videos of a subject doing a motion (either alone, or the bare base)."""
     from dvkit.cli.progress import RichReporter
     from dvkit.generate.compose import compose as run_compose
 
-    reporter = RichReporter()
+    reporter = RichReporter(unit="steps", loss=False)
     started = False
 
     def on_step(done: int, total: int) -> None:

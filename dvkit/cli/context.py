@@ -32,7 +32,18 @@ from typing import Annotated
 import typer
 
 from dvkit.catalog import Catalog
-from dvkit.ranges import FRACTION, OFFSET_NOISE, Range, Whole
+from dvkit.cli.help import BASE_DEFAULT, MOTION_UNCOND_DEFAULT, described
+from dvkit.ranges import (
+    FRACTION,
+    FRAMES,
+    GUIDANCE_SCALE,
+    IMAGE_STRENGTH,
+    OFFSET_NOISE,
+    SAMPLING_STEPS,
+    SIZE,
+    Range,
+    Whole,
+)
 
 
 def home_option(ctx: typer.Context) -> Path | None:
@@ -108,8 +119,10 @@ MotionUntilOption = Annotated[
     typer.Option(
         "--motion-until",
         parser=number(FRACTION),
-        help="Switch motion adapters off below this fraction of the noise schedule. "
-        "Default 0: never (sprites: 0.4).",
+        help=described(
+            "Switch motion adapters off below this fraction of the noise schedule (0: never).",
+            BASE_DEFAULT,
+        ),
     ),
 ]
 OffsetNoiseOption = Annotated[
@@ -117,7 +130,58 @@ OffsetNoiseOption = Annotated[
     typer.Option(
         "--offset-noise",
         parser=number(OFFSET_NOISE),
-        help="Per-frame offset added to the starting noise, as the official inference. "
-        "Default 0.1 (tiny, sprites: 0).",
+        help=described(
+            "Per-frame offset added to the starting noise, as the official inference.",
+            BASE_DEFAULT,
+        ),
     ),
+]
+StepsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--steps",
+        parser=whole(SAMPLING_STEPS),
+        help=described("DDIM sampling steps.", BASE_DEFAULT),
+    ),
+]
+GuidanceOption = Annotated[
+    float | None,
+    typer.Option(
+        "--guidance",
+        parser=number(GUIDANCE_SCALE),
+        help=described("Classifier-free guidance scale.", BASE_DEFAULT),
+    ),
+]
+FramesOption = Annotated[
+    int | None,
+    typer.Option(
+        "--frames",
+        parser=whole(FRAMES),
+        help=described("Frames per video.", "the motion's training frames, else the base's"),
+    ),
+]
+SizeOption = Annotated[
+    int | None,
+    typer.Option(
+        "--size",
+        parser=whole(SIZE),
+        help=described(
+            "Height and width in pixels.", "the adapters' training size, else the base's"
+        ),
+    ),
+]
+UncondStrengthOption = Annotated[
+    float | None,
+    typer.Option(
+        "--image-strength-uncond",
+        parser=number(IMAGE_STRENGTH),
+        help=described(
+            "Appearance-guidance λ of the unconditional branch (zero embedding).",
+            MOTION_UNCOND_DEFAULT,
+        ),
+    ),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+DtypeOption = Annotated[
+    str, typer.Option("--dtype", help="Base weights: auto, float32, float16 or bfloat16.")
 ]

@@ -9,6 +9,7 @@ import typer
 
 from dvkit import ranges
 from dvkit.cli.context import whole
+from dvkit.cli.help import BASE_DEFAULT, described
 from dvkit.errors import DvkitError
 
 app = typer.Typer(no_args_is_help=True)
@@ -19,7 +20,7 @@ def demo(
         Path, typer.Argument(help="Folder for the demo's data, catalog, videos and report.")
     ] = Path("dvkit-demo"),
     subject: Annotated[
-        str, typer.Option("--subject", help="Held-out object, 'COLOUR [TEXTURE] SHAPE'.")
+        str, typer.Option("--subject", help="Held-out object, 'COLOUR \\[TEXTURE] SHAPE'.")
     ] = "orange triangle",
     motion: Annotated[
         str, typer.Option("--motion", help="Held-out motion: zigzag, orbit or bounce.")
@@ -29,7 +30,11 @@ def demo(
     ] = 4,
     steps: Annotated[
         int | None,
-        typer.Option("--steps", parser=whole(ranges.SAMPLING_STEPS), help="Sampling steps (25)."),
+        typer.Option(
+            "--steps",
+            parser=whole(ranges.SAMPLING_STEPS),
+            help=described("Sampling steps.", BASE_DEFAULT),
+        ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
@@ -43,6 +48,7 @@ def demo(
         result = run_demo(
             folder, subject=subject, motion=motion, seeds=seeds, steps=steps, device=device,
             reporter=RichReporter(), on_stage=lambda text: print(f"· {text}"),
+            grid_reporter=RichReporter(unit="cells", loss=False),
         )  # fmt: skip
     _print_roles(result.roles)
     for video in result.videos:
@@ -78,10 +84,14 @@ def list_world() -> None:
 
 @app.command("images")
 def images(
-    subject: Annotated[str, typer.Argument(help="Object, 'COLOUR [TEXTURE] SHAPE'.")],
+    subject: Annotated[str, typer.Argument(help="Object, 'COLOUR \\[TEXTURE] SHAPE'.")],
     out: Annotated[Path, typer.Argument(help="Folder to write PNG stills into.")],
-    count: Annotated[int, typer.Option("--count", parser=whole(ranges.AT_LEAST_ONE))] = 5,
-    seed: Annotated[int, typer.Option("--seed", parser=whole(ranges.SEED))] = 0,
+    count: Annotated[
+        int, typer.Option("--count", parser=whole(ranges.AT_LEAST_ONE), help="Stills to write.")
+    ] = 5,
+    seed: Annotated[
+        int, typer.Option("--seed", parser=whole(ranges.SEED), help="Seed of the random places.")
+    ] = 0,
 ) -> None:
     """Write stills of one object at random places (training data for add-subject)."""
     from dvkit.sprites.files import write_images
@@ -94,10 +104,17 @@ def images(
 def clips(
     motion: Annotated[str, typer.Argument(help="Motion name (see: dvkit sprites list).")],
     out: Annotated[Path, typer.Argument(help="Folder to write GIF clips into.")],
-    count: Annotated[int, typer.Option("--count", parser=whole(ranges.AT_LEAST_ONE))] = 6,
-    seed: Annotated[int, typer.Option("--seed", parser=whole(ranges.SEED))] = 0,
+    count: Annotated[
+        int, typer.Option("--count", parser=whole(ranges.AT_LEAST_ONE), help="Clips to write.")
+    ] = 6,
+    seed: Annotated[
+        int, typer.Option("--seed", parser=whole(ranges.SEED), help="Seed of the random places.")
+    ] = 0,
     subject: Annotated[
-        str | None, typer.Option("--object", help="One object for every clip (default: varied).")
+        str | None,
+        typer.Option(
+            "--object", help=described("One object for every clip.", "varied seen objects")
+        ),
     ] = None,
 ) -> None:
     """Write clips of one motion from random starts (training data for add-motion)."""

@@ -10,15 +10,9 @@ import typer
 from dvkit import ranges
 from dvkit.cli import render
 from dvkit.cli.context import number, open_catalog, whole
+from dvkit.cli.help import BASE_DEFAULT, MOTION_UNCOND_DEFAULT, described
 from dvkit.errors import DvkitError
-
-# Defaults of the merged recipe (DreamVideo's official inference settings); kept here as literals
-# so that `dvkit export --help` does not import torch. `dvkit.io.export` holds the same values,
-# and `dvkit.models.builtin` the λ_uncond of motions that record none.
-GUIDANCE_SCALE = 9.0
-STEPS = 50
-IMAGE_STRENGTH = 1.0
-IMAGE_STRENGTH_UNCOND = 1.0
+from dvkit.models.builtin import DEFAULT_IMAGE_STRENGTH
 
 
 def export(
@@ -64,7 +58,7 @@ def export(
         typer.Option(
             "--subject-scale",
             parser=number(ranges.ADAPTER_SCALE),
-            help="Subject adapter scale [1.0].",
+            help=described("Subject adapter scale.", "1.0"),
         ),
     ] = None,
     motion_scale: Annotated[
@@ -72,7 +66,7 @@ def export(
         typer.Option(
             "--motion-scale",
             parser=number(ranges.ADAPTER_SCALE),
-            help="Motion adapter scale [1.0].",
+            help=described("Motion adapter scale.", "1.0"),
         ),
     ] = None,
     guidance: Annotated[
@@ -80,7 +74,7 @@ def export(
         typer.Option(
             "--guidance",
             parser=number(ranges.GUIDANCE_SCALE),
-            help=f"Classifier-free guidance scale [{GUIDANCE_SCALE}].",
+            help=described("Classifier-free guidance scale.", BASE_DEFAULT),
         ),
     ] = None,
     image_strength: Annotated[
@@ -88,7 +82,7 @@ def export(
         typer.Option(
             "--image-strength",
             parser=number(ranges.IMAGE_STRENGTH),
-            help=f"Appearance-guidance strength λ [{IMAGE_STRENGTH}].",
+            help=described("Appearance-guidance strength λ.", f"{DEFAULT_IMAGE_STRENGTH}"),
         ),
     ] = None,
     image_strength_uncond: Annotated[
@@ -96,14 +90,17 @@ def export(
         typer.Option(
             "--image-strength-uncond",
             parser=number(ranges.IMAGE_STRENGTH),
-            help="λ of the unconditional branch (zero embedding) [the motion's own, "
-            f"else {IMAGE_STRENGTH_UNCOND}].",
+            help=described(
+                "λ of the unconditional branch (zero embedding).", MOTION_UNCOND_DEFAULT
+            ),
         ),
     ] = None,
     steps: Annotated[
         int | None,
         typer.Option(
-            "--steps", parser=whole(ranges.SAMPLING_STEPS), help=f"Sampling steps [{STEPS}]."
+            "--steps",
+            parser=whole(ranges.SAMPLING_STEPS),
+            help=described("Sampling steps.", BASE_DEFAULT),
         ),
     ] = None,
     motion_until: Annotated[
@@ -111,8 +108,10 @@ def export(
         typer.Option(
             "--motion-until",
             parser=number(ranges.FRACTION),
-            help="Switch the motion adapter off below this fraction of the noise schedule "
-            "[the base's default when composed].",
+            help=described(
+                "Switch the motion adapter off below this fraction of the noise schedule.",
+                BASE_DEFAULT,
+            ),
         ),
     ] = None,
     offset_noise: Annotated[
@@ -120,7 +119,7 @@ def export(
         typer.Option(
             "--offset-noise",
             parser=number(ranges.OFFSET_NOISE),
-            help="Per-frame offset added to the starting noise [the base's default when composed].",
+            help=described("Per-frame offset added to the starting noise.", BASE_DEFAULT),
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
@@ -173,10 +172,10 @@ def export(
                 motion_step=motion_step,
                 subject_scale=1.0 if subject_scale is None else subject_scale,
                 motion_scale=1.0 if motion_scale is None else motion_scale,
-                guidance_scale=GUIDANCE_SCALE if guidance is None else guidance,
-                image_strength=IMAGE_STRENGTH if image_strength is None else image_strength,
+                guidance_scale=guidance,
+                image_strength=DEFAULT_IMAGE_STRENGTH if image_strength is None else image_strength,
                 image_strength_uncond=image_strength_uncond,
-                steps=STEPS if steps is None else steps,
+                steps=steps,
                 motion_until=motion_until,
                 offset_noise=offset_noise,
                 overwrite=force,

@@ -1,4 +1,5 @@
-"""A rich progress bar for training: stage, steps done, steps/s, loss and time remaining."""
+"""A rich progress bar: stage, units of work done (steps, cells), their rate, the loss where the
+work has one, and time remaining."""
 
 from __future__ import annotations
 
@@ -19,20 +20,22 @@ from rich.progress import (
 
 
 class RichReporter:
-    """Draws one bar per training stage on stderr."""
+    """Draws one bar per stage on stderr, counting `unit`s of work ("steps", "cells"); with
+    `loss` False (sampling, grids) it has no loss column."""
 
-    def __init__(self) -> None:
-        self._progress = Progress(
+    def __init__(self, unit: str = "steps", loss: bool = True) -> None:
+        self.unit = unit
+        columns = [
             TextColumn("{task.description:<10}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn(unit),
             TextColumn("{task.fields[rate]}"),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )
+        ]
+        if loss:
+            columns.append(TextColumn("loss {task.fields[loss]}"))
+        columns += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+        self._progress = Progress(*columns, console=Console(stderr=True))
         self._task: TaskID | None = None
 
     def start(self, stage: str, total: int, completed: int) -> None:
@@ -45,7 +48,7 @@ class RichReporter:
         assert self._task is not None
         self._progress.advance(self._task)
         speed = self._progress.tasks[self._task].speed
-        rate = f"{speed:.2f} steps/s" if speed else ""
+        rate = f"{speed:.2f} {self.unit}/s" if speed else ""
         shown = "-" if loss is None else f"{loss:.4f}"
         self._progress.update(self._task, loss=shown, rate=rate)
 

@@ -24,7 +24,7 @@ def score(
     dino: Annotated[
         str, typer.Option("--dino", help="timm model name, or tiny.")
     ] = "vit_small_patch16_224.dino",
-    device: Annotated[str, typer.Option("--device")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Score a video (made by dvkit or not) against a prompt and reference images. T. Cons. of

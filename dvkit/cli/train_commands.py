@@ -9,14 +9,14 @@ import typer
 
 from dvkit import ranges
 from dvkit.cli.context import number, open_catalog, whole
+from dvkit.cli.help import CHOSEN_BASE_DEFAULT, PRESET_DEFAULT, described
 from dvkit.errors import DvkitError
 
 Base = Annotated[
     str | None,
     typer.Option(
         "--base",
-        help="Base model (default: $DVKIT_BASE, else the catalog's default base; see: "
-        "dvkit base list).",
+        help=described("Base model (see: dvkit base list).", CHOSEN_BASE_DEFAULT),
     ),
 ]
 Preset = Annotated[
@@ -38,18 +38,41 @@ Resume = Annotated[
 ]
 Tags = Annotated[list[str] | None, typer.Option("--tag", help="Tag to add (repeatable).")]
 Description = Annotated[str, typer.Option("--description", help="Free text shown by dvkit show.")]
-BatchSize = Annotated[int | None, typer.Option("--batch-size", parser=whole(ranges.AT_LEAST_ONE))]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        parser=whole(ranges.AT_LEAST_ONE),
+        help=described("Samples per step.", PRESET_DEFAULT),
+    ),
+]
 Resolution = Annotated[
     int | None,
-    typer.Option("--resolution", parser=whole(ranges.SIZE), help="Square size in pixels."),
+    typer.Option(
+        "--resolution",
+        parser=whole(ranges.SIZE),
+        help=described("Square size in pixels.", "the preset's, else the base's"),
+    ),
 ]
-Seed = Annotated[int | None, typer.Option("--seed", parser=whole(ranges.SEED))]
+Seed = Annotated[
+    int | None,
+    typer.Option("--seed", parser=whole(ranges.SEED), help=described("Training seed.", "0")),
+]
 HiddenRatio = Annotated[
     float | None,
-    typer.Option("--hidden-ratio", parser=number(ranges.HIDDEN_RATIO), help="Adapter width / C."),
+    typer.Option(
+        "--hidden-ratio",
+        parser=number(ranges.HIDDEN_RATIO),
+        help=described("Adapter width / C.", PRESET_DEFAULT),
+    ),
 ]
 CheckpointEvery = Annotated[
-    int | None, typer.Option("--checkpoint-every", parser=whole(ranges.AT_LEAST_ONE))
+    int | None,
+    typer.Option(
+        "--checkpoint-every",
+        parser=whole(ranges.AT_LEAST_ONE),
+        help="Write a resumable checkpoint every N steps (kills lose less).",
+    ),
 ]
 GradientCheckpointing = Annotated[
     bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
@@ -59,7 +82,7 @@ HighNoiseShare = Annotated[
     typer.Option(
         "--high-noise-share",
         parser=number(ranges.FRACTION),
-        help="Share of steps drawn from the high-noise band.",
+        help=described("Share of steps drawn from the high-noise band.", "0"),
     ),
 ]
 HighNoiseBand = Annotated[
@@ -67,7 +90,7 @@ HighNoiseBand = Annotated[
     typer.Option(
         "--high-noise-band",
         parser=number(ranges.FRACTION),
-        help="LOW HIGH: that band, as fractions of the schedule (0.5 1).",
+        help=described("LOW HIGH: that band, as fractions of the schedule.", "0.5 1"),
     ),
 ]
 KeepSteps = Annotated[
@@ -89,13 +112,15 @@ def add_subject(
         Path | None, typer.Option("--masks", help="Folder of subject masks named like the images.")
     ] = None,
     token: Annotated[
-        str | None, typer.Option("--token", help="Placeholder (default <NAME>).")
+        str | None, typer.Option("--token", help=described("Placeholder.", "<NAME>"))
     ] = None,
     initializer: Annotated[
         str | None,
         typer.Option(
             "--initializer",
-            help="One-token word to start from (default NAME, else the mean of its sub-tokens).",
+            help=described(
+                "One-token word to start from.", "NAME, else the mean of its sub-tokens"
+            ),
         ),
     ] = None,
     vectors: Annotated[
@@ -112,19 +137,39 @@ def add_subject(
         ),
     ] = None,
     prompt: Annotated[
-        str | None, typer.Option("--prompt", help="Template, e.g. 'a {token}'.")
+        str | None, typer.Option("--prompt", help=described("Template.", "'a {token}'"))
     ] = None,
     inversion_steps: Annotated[
-        int | None, typer.Option("--inversion-steps", parser=whole(ranges.AT_LEAST_ZERO))
+        int | None,
+        typer.Option(
+            "--inversion-steps",
+            parser=whole(ranges.AT_LEAST_ZERO),
+            help=described("Textual-inversion steps.", PRESET_DEFAULT),
+        ),
     ] = None,
     inversion_lr: Annotated[
-        float | None, typer.Option("--inversion-lr", parser=number(ranges.POSITIVE))
+        float | None,
+        typer.Option(
+            "--inversion-lr",
+            parser=number(ranges.POSITIVE),
+            help=described("Textual-inversion learning rate.", PRESET_DEFAULT),
+        ),
     ] = None,
     identity_steps: Annotated[
-        int | None, typer.Option("--identity-steps", parser=whole(ranges.AT_LEAST_ZERO))
+        int | None,
+        typer.Option(
+            "--identity-steps",
+            parser=whole(ranges.AT_LEAST_ZERO),
+            help=described("Identity-adapter steps.", PRESET_DEFAULT),
+        ),
     ] = None,
     identity_lr: Annotated[
-        float | None, typer.Option("--identity-lr", parser=number(ranges.POSITIVE))
+        float | None,
+        typer.Option(
+            "--identity-lr",
+            parser=number(ranges.POSITIVE),
+            help=described("Identity-adapter learning rate.", PRESET_DEFAULT),
+        ),
     ] = None,
     batch_size: BatchSize = None,
     resolution: Resolution = None,
@@ -179,11 +224,19 @@ def add_motion(
     more_videos: Annotated[list[Path] | None, typer.Argument(hidden=True)] = None,
     frames: Annotated[
         int | None,
-        typer.Option("--frames", parser=whole(ranges.TRAINING_FRAMES), help="Frames per clip."),
+        typer.Option(
+            "--frames",
+            parser=whole(ranges.TRAINING_FRAMES),
+            help=described("Frames per clip.", "the preset's, else the base's"),
+        ),
     ] = None,
     fps: Annotated[
         float | None,
-        typer.Option("--fps", parser=number(ranges.POSITIVE), help="Sampling rate of the frames."),
+        typer.Option(
+            "--fps",
+            parser=number(ranges.POSITIVE),
+            help=described("Sampling rate of the frames.", "the preset's, else the base's"),
+        ),
     ] = None,
     clip_windows: Annotated[
         int | None,
@@ -194,27 +247,54 @@ def add_motion(
         ),
     ] = None,
     caption: Annotated[
-        str | None, typer.Option("--caption", help="Training caption (default: the name).")
+        str | None, typer.Option("--caption", help=described("Training caption.", "the name"))
     ] = None,
-    steps: Annotated[int | None, typer.Option("--steps", parser=whole(ranges.AT_LEAST_ONE))] = None,
-    lr: Annotated[float | None, typer.Option("--lr", parser=number(ranges.POSITIVE))] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps",
+            parser=whole(ranges.AT_LEAST_ONE),
+            help=described("Motion-adapter steps.", PRESET_DEFAULT),
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr",
+            parser=number(ranges.POSITIVE),
+            help=described("Learning rate.", PRESET_DEFAULT),
+        ),
+    ] = None,
     batch_size: BatchSize = None,
     resolution: Resolution = None,
     seed: Seed = None,
     hidden_ratio: HiddenRatio = None,
     text_dropout: Annotated[
-        float | None, typer.Option("--text-dropout", parser=number(ranges.FRACTION))
+        float | None,
+        typer.Option(
+            "--text-dropout",
+            parser=number(ranges.FRACTION),
+            help=described("Probability of training without the caption.", PRESET_DEFAULT),
+        ),
     ] = None,
     image_dropout: Annotated[
-        float | None, typer.Option("--image-dropout", parser=number(ranges.FRACTION))
+        float | None,
+        typer.Option(
+            "--image-dropout",
+            parser=number(ranges.FRACTION),
+            help=described("Probability of a zero appearance embedding.", PRESET_DEFAULT),
+        ),
     ] = None,
     image_strength_uncond: Annotated[
         float | None,
         typer.Option(
             "--image-strength-uncond",
             parser=number(ranges.IMAGE_STRENGTH),
-            help="Appearance-guidance λ of the unconditional branch that compose and bench use "
-            "with this motion (the preset's: official 0, official-carturn 1).",
+            help=described(
+                "Appearance-guidance λ of the unconditional branch that compose and bench use "
+                "with this motion.",
+                "the preset's: official 0, official-carturn 1",
+            ),
         ),
     ] = None,
     high_noise_share: HighNoiseShare = None,
@@ -223,8 +303,10 @@ def add_motion(
         str | None,
         typer.Option(
             "--image-encoder",
-            help="open_clip MODEL:PRETRAINED, or tiny / sprites (offline). Default: the base's "
-            "own on built-in bases, else ViT-H-14:laion2b_s32b_b79k.",
+            help=described(
+                "open_clip MODEL:PRETRAINED, or tiny / sprites (offline).",
+                "the base's: ViT-H-14:laion2b_s32b_b79k, tiny and sprites their own",
+            ),
         ),
     ] = None,
     keep_steps: KeepSteps = None,

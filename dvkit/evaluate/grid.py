@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,11 +22,10 @@ import torch
 
 from dvkit.catalog import Catalog
 from dvkit.catalog.records import EvaluationRecord
-from dvkit.errors import DvkitError
+from dvkit.errors import DvkitError, DvkitWarning
 from dvkit.evaluate import metrics
 from dvkit.evaluate.encoders import DEFAULT_CLIP, DEFAULT_DINO
 from dvkit.evaluate.score import Scorer
-from dvkit.families import FAMILIES
 from dvkit.generate.compose import (
     LoadedAdapter,
     check_counts,
@@ -87,6 +87,21 @@ class GridResult:
     """The stored evaluation of every cell of this grid (this shard's cells)."""
 
 
+@dataclass
+class _Plan:
+    """One base's part of the grid: its adapters, sampler, cells and the ones still to do."""
+
+    base: str
+    subjects: dict[str, LoadedAdapter]
+    motions: dict[str, LoadedAdapter]
+    settings: SamplerSettings
+    sampler: dict
+    uncond: dict[str, float]
+    cells: list[Cell]
+    keys: dict[str, Cell]
+    todo: list[Cell]
+
+
 def bench(
     catalog: Catalog,
     subjects: Sequence[str] | None = None,
@@ -94,6 +109,7 @@ def bench(
     templates: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     *,
+    base: str | None = None,
     baselines: bool = True,
     shard: tuple[int, int] = (0, 1),
     batch_size: int = 4,
@@ -115,6 +131,11 @@ def bench(
 ) -> GridResult:
     """Generate, score and store every missing cell of the grid; return all its evaluations.
 
+    The grid is grouped by base: each base's subjects × its motions, with its own baselines and
+    sampler defaults (adapters compose only onto their own base; `base` keeps one base's
+    adapters). A base with subjects but no motions (or the reverse) is left out with a
+    `DvkitWarning`.
+
     `templates` default to `DEFAULT_TEMPLATE`, `seeds` to 0, the encoders `clip` and `dino`
     (part of each cell's key: cells scored with other encoders are scored anew) to
     `DEFAULT_CLIP` and `DEFAULT_DINO`. `settings` fixes the whole sampler; otherwise `steps`,
@@ -125,11 +146,12 @@ def bench(
     `DvkitWarning`. Subjects that share a token are each given their own while the grid runs
     (one subject acts per cell). Before the first cell, every prompt of the grid is checked: a
     learned token past the text encoder's length raises PromptTooLongError, a cut prompt warns.
+    `on_cell(done, total)` counts the cells of every base together.
 
     With `generate=False` nothing is generated: the result holds the stored cells of the chosen
     adapters, roles, and of the templates, seeds and settings given (any where not given), as
-    long as they were made with one set of settings; a `DvkitError` names the stored settings
-    when none match or several do.
+    long as each base's were made with one set of settings; a `DvkitError` names the stored
+    settings when no base's match or one base's cells have several.
     """
     quiet_libraries()
     index, count = shard
@@ -142,8 +164,9 @@ def bench(
     for template in templates or ():
         check_template(template, ["subject", "motion"])
     check_counts([0] if seeds is None else seeds, steps, frames, size)
-    subject_adapters = _adapters(catalog, subjects, "subject")
-    motion_adapters = _adapters(catalog, motions, "motion")
+    groups = _by_base(
+        _adapters(catalog, subjects, "subject", base), _adapters(catalog, motions, "motion", base)
+    )
     roles = ROLES if baselines else ("joint",)
     if not generate:
         given = asdict(settings) if settings is not None else {
@@ -151,115 +174,188 @@ def bench(
             "motion_until": motion_until, "offset_noise": offset_noise,
         }  # fmt: skip
         given.update(clip=clip, dino=dino, image_strength_uncond=image_strength_uncond)
-        rows = _stored(catalog, subject_adapters, motion_adapters, roles, templates, seeds, given)
+        rows = _stored_groups(catalog, groups, roles, templates, seeds, given)
         return GridResult(cells=len(rows), skipped=len(rows), rows=rows)
-    clip, dino = clip or DEFAULT_CLIP, dino or DEFAULT_DINO
+    options = {
+        "steps": steps, "guidance": guidance, "frames": frames, "size": size,
+        "motion_until": motion_until, "offset_noise": offset_noise,
+        "image_strength_uncond": image_strength_uncond, "clip": clip or DEFAULT_CLIP,
+        "dino": dino or DEFAULT_DINO,
+    }  # fmt: skip
+    plans = [
+        _plan(catalog, group, settings, options, roles, templates, seeds, shard) for group in groups
+    ]
+    result = GridResult(
+        cells=sum(len(plan.keys) for plan in plans),
+        skipped=sum(len(plan.keys) - len(plan.todo) for plan in plans),
+    )
+    for plan in plans:
+        if plan.todo:
+            _generate(catalog, plan, result, batch_size, fps, options, device, dtype, on_cell)
+    result.rows = [row for plan in plans for row in catalog.evaluation_rows(list(plan.keys))]
+    return result
+
+
+_Group = tuple[dict[str, LoadedAdapter], dict[str, LoadedAdapter]]
+
+
+def _by_base(subjects: dict[str, LoadedAdapter], motions: dict[str, LoadedAdapter]) -> list[_Group]:
+    """The adapters split by the base they were trained on (name and fingerprint), in order of
+    base name; a base lacking subjects or motions is left out with a `DvkitWarning`, and a
+    `DvkitError` when no base has both."""
+    groups: dict[tuple[str, str], _Group] = {}
+    for kind, adapters in enumerate((subjects, motions)):
+        for ref, adapter in adapters.items():
+            key = (adapter.record.base, adapter.record.base_fingerprint)
+            groups.setdefault(key, ({}, {}))[kind][ref] = adapter
+    complete = [group for _, group in sorted(groups.items()) if all(group)]
+    for (name, _), (group_subjects, group_motions) in sorted(groups.items()):
+        if not (group_subjects and group_motions):
+            lacking, having = ("motions", group_subjects) if group_subjects else (
+                "subjects", group_motions)  # fmt: skip
+            message = f"base {name} has no {lacking} to pair with {', '.join(having)}: left out"
+            if complete:
+                warnings.warn(message, DvkitWarning, stacklevel=3)
+    if not complete:
+        bases = ", ".join(sorted({name for name, _ in groups}))
+        raise DvkitError(
+            f"no subject and motion share a base (bases: {bases}); adapters compose only onto "
+            "the base they were trained on"
+        )
+    return complete
+
+
+def _plan(
+    catalog: Catalog,
+    group: _Group,
+    settings: SamplerSettings | None,
+    options: dict,
+    roles: Sequence[str],
+    templates: Sequence[str],
+    seeds: Sequence[int],
+    shard: tuple[int, int],
+) -> _Plan:
+    """One base's cells, sampler and the cells of this shard still to do."""
+    subject_adapters, motion_adapters = group
     chosen = [*subject_adapters.values(), *motion_adapters.values()]
     base = chosen[0].record.base
-    # Defaults come from the adapters' family; one this dvkit does not know (a file from a newer
-    # dvkit) gets the ModelScope ones, and fails only if videos must be generated.
-    architecture = chosen[0].record.architecture
-    architecture = architecture if architecture in FAMILIES else None
     if settings is None:
-        # Subjects without a training size (imported ones) go by the motions' size.
-        if size is None:
-            default_size = int(sampling_default(base, "size", architecture))
-            motion_size = _trained(motion_adapters, "resolution", default_size)
-            size = _trained(subject_adapters, "resolution", motion_size)
-        if frames is None:
-            default_frames = int(sampling_default(base, "frames", architecture))
-            frames = _trained(motion_adapters, "frames", default_frames)
-        steps, guidance, motion_until, offset_noise = sampler_choices(
-            base, steps, guidance, motion_until, offset_noise, architecture
-        )
-        settings = SamplerSettings(
-            steps=steps,
-            guidance_scale=guidance,
-            frames=frames,
-            height=size,
-            width=size,
-            motion_until=motion_until,
-            offset_noise=offset_noise,
-        )
+        settings = _default_settings(base, chosen[0].record.architecture, group, options)
     sampler = {
-        **asdict(settings), "base": base, "image_strength_uncond": image_strength_uncond,
-        "clip": clip, "dino": dino,
+        **asdict(settings), "base": base, "image_strength_uncond": options["image_strength_uncond"],
+        "clip": options["clip"], "dino": options["dino"],
     }  # fmt: skip
     uncond = {ref: motion_uncond_strength(a.record.training) for ref, a in motion_adapters.items()}
-    if image_strength_uncond is not None:
-        uncond = dict.fromkeys(uncond, image_strength_uncond)
+    if options["image_strength_uncond"] is not None:
+        uncond = dict.fromkeys(uncond, options["image_strength_uncond"])
     cells = sorted(
         (Cell(s, m, role, t, seed) for s in subject_adapters for m in motion_adapters
          for role in roles for t in templates for seed in seeds),
         key=lambda cell: cell.key(sampler),
     )  # fmt: skip
+    index, count = shard
     mine = [cell for position, cell in enumerate(cells) if position % count == index]
     keys = {cell.key(sampler): cell for cell in mine}
     done = {row["cell"] for row in catalog.evaluation_rows(list(keys))}
     todo = [cell for key, cell in keys.items() if key not in done]
-    result = GridResult(cells=len(mine), skipped=len(mine) - len(todo))
-    if todo:
-        components, _ = open_matching_base(catalog, chosen, base)
-        check_size(components, settings.height)
-        tokens = _generation_tokens(subject_adapters)
-        run_device = resolve_device(device)
-        run_dtype = resolve_dtype(dtype, run_device)
-        components.freeze(run_device, run_dtype)
-        injector = AdapterInjector(components.unet)
-        for ref, adapter in subject_adapters.items():
-            install_subject(components, injector, adapter, f"subject:{ref}", tokens[ref])
-        check_prompts(  # every cell of the grid, so each shard refuses the same templates
-            components.tokenizer,
-            sorted(
-                {
-                    _generation_prompt(cell, subject_adapters, motion_adapters, tokens)
-                    for cell in cells
-                }
-            ),  # fmt: skip
-        )
-        for ref, adapter in motion_adapters.items():
-            injector.load(f"motion:{ref}", "motion", adapter.tensors.adapters,
-                          adapter.record.hidden_ratio)  # fmt: skip
-        for name in injector.loaded:
-            injector.get(name).to(dtype=run_dtype)
-        guidance = {
-            (s, m): guidance_embedding(motion_adapters[m], subject_adapters[s], None,
-                                       settings.height, run_device)
-            for s in subject_adapters for m in motion_adapters
-        }  # fmt: skip
-        for s in subject_adapters:
-            missing = [m for m in motion_adapters if guidance[(s, m)] is None]
-            if missing and any(c.role == "joint" and c.pair_subject == s for c in todo):
-                warn_zero_embedding(motion_adapters[missing[0]], subject_adapters[s])
-        scorer = _CachedScorer(
-            Scorer(clip, dino, device), subject_adapters, motion_adapters, base == SPRITES_NAME
-        )
-        folder = catalog.home / "videos" / "grid"
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start : start + batch_size]
-                rows = [
-                    _row(cell, subject_adapters, motion_adapters, tokens, guidance, uncond)
-                    for cell in batch
-                ]
-                frames = sample(components, rows, settings, injector)
-                for cell, video in zip(batch, frames, strict=True):
-                    key = cell.key(sampler)
-                    path = write_video(to_uint8(video.numpy()), folder / f"{key}.gif", fps)
-                    scores = scorer.score(cell, video)
-                    strength = uncond[cell.motion] if cell.motion else None
-                    used = {**sampler, "image_strength_uncond": strength}
-                    catalog.add_evaluation(
-                        _record(cell, key, used, subject_adapters, motion_adapters, scores, path)
-                    )
-                    result.generated += 1
-                    if on_cell:
-                        on_cell(result.skipped + result.generated, result.cells)
-        finally:
-            injector.detach()
-    result.rows = catalog.evaluation_rows(list(keys))
-    return result
+    return _Plan(base, subject_adapters, motion_adapters, settings, sampler, uncond, cells, keys,
+                 todo)  # fmt: skip
+
+
+def _default_settings(
+    base: str, architecture: str | None, group: _Group, options: dict
+) -> SamplerSettings:
+    """The sampler of one base's cells: the options given, else the adapters' training frames
+    and size (subjects without one, imported ones, go by the motions'), else the base's."""
+    subject_adapters, motion_adapters = group
+    size, frames = options["size"], options["frames"]
+    if size is None:
+        default_size = int(sampling_default(base, "size", architecture))
+        motion_size = _trained(motion_adapters, "resolution", default_size)
+        size = _trained(subject_adapters, "resolution", motion_size)
+    if frames is None:
+        default_frames = int(sampling_default(base, "frames", architecture))
+        frames = _trained(motion_adapters, "frames", default_frames)
+    steps, guidance, motion_until, offset_noise = sampler_choices(
+        base, options["steps"], options["guidance"], options["motion_until"],
+        options["offset_noise"], architecture,
+    )  # fmt: skip
+    return SamplerSettings(
+        steps=steps, guidance_scale=guidance, frames=frames, height=size, width=size,
+        motion_until=motion_until, offset_noise=offset_noise,
+    )  # fmt: skip
+
+
+def _generate(
+    catalog: Catalog,
+    plan: _Plan,
+    result: GridResult,
+    batch_size: int,
+    fps: float,
+    options: dict,
+    device: str,
+    dtype: str,
+    on_cell: Callable[[int, int], None] | None,
+) -> None:
+    """Generate, score and store the plan's cells still to do, counting them in `result`."""
+    subject_adapters, motion_adapters, settings = plan.subjects, plan.motions, plan.settings
+    chosen = [*subject_adapters.values(), *motion_adapters.values()]
+    components, _ = open_matching_base(catalog, chosen, plan.base)
+    check_size(components, settings.height)
+    tokens = _generation_tokens(subject_adapters)
+    run_device = resolve_device(device)
+    run_dtype = resolve_dtype(dtype, run_device)
+    components.freeze(run_device, run_dtype)
+    injector = AdapterInjector(components.unet)
+    for ref, adapter in subject_adapters.items():
+        install_subject(components, injector, adapter, f"subject:{ref}", tokens[ref])
+    check_prompts(  # every cell of the grid, so each shard refuses the same templates
+        components.tokenizer,
+        sorted({_generation_prompt(cell, subject_adapters, motion_adapters, tokens)
+                for cell in plan.cells}),
+    )  # fmt: skip
+    for ref, adapter in motion_adapters.items():
+        injector.load(f"motion:{ref}", "motion", adapter.tensors.adapters,
+                      adapter.record.hidden_ratio)  # fmt: skip
+    for name in injector.loaded:
+        injector.get(name).to(dtype=run_dtype)
+    guidance = {
+        (s, m): guidance_embedding(motion_adapters[m], subject_adapters[s], None,
+                                   settings.height, run_device)
+        for s in subject_adapters for m in motion_adapters
+    }  # fmt: skip
+    for s in subject_adapters:
+        missing = [m for m in motion_adapters if guidance[(s, m)] is None]
+        if missing and any(c.role == "joint" and c.pair_subject == s for c in plan.todo):
+            warn_zero_embedding(motion_adapters[missing[0]], subject_adapters[s])
+    scorer = _CachedScorer(
+        Scorer(options["clip"], options["dino"], device), subject_adapters, motion_adapters,
+        plan.base == SPRITES_NAME,
+    )  # fmt: skip
+    folder = catalog.home / "videos" / "grid"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for start in range(0, len(plan.todo), batch_size):
+            batch = plan.todo[start : start + batch_size]
+            rows = [
+                _row(cell, subject_adapters, motion_adapters, tokens, guidance, plan.uncond)
+                for cell in batch
+            ]
+            videos = sample(components, rows, settings, injector)
+            for cell, video in zip(batch, videos, strict=True):
+                key = cell.key(plan.sampler)
+                path = write_video(to_uint8(video.numpy()), folder / f"{key}.gif", fps)
+                scores = scorer.score(cell, video)
+                strength = plan.uncond[cell.motion] if cell.motion else None
+                used = {**plan.sampler, "image_strength_uncond": strength}
+                catalog.add_evaluation(
+                    _record(cell, key, used, subject_adapters, motion_adapters, scores, path)
+                )
+                result.generated += 1
+                if on_cell:
+                    on_cell(result.skipped + result.generated, result.cells)
+    finally:
+        injector.detach()
 
 
 def prompt_text(cell: Cell, subjects: dict, motions: dict, for_scoring: bool) -> str:
@@ -411,13 +507,43 @@ def _record(
     )
 
 
-def _adapters(catalog: Catalog, refs: Sequence[str] | None, kind: str) -> dict[str, LoadedAdapter]:
+def _adapters(
+    catalog: Catalog, refs: Sequence[str] | None, kind: str, base: str | None = None
+) -> dict[str, LoadedAdapter]:
+    """The chosen adapters of `kind` (all when `refs` is None), only those of `base` if given."""
     if refs is None:
-        refs = [record.ref for record in catalog.list(kind=kind)]
-    if not refs:
-        raise DvkitError(f"no {kind} adapters to evaluate (train or import some first)")
+        refs = [record.ref for record in catalog.list(kind=kind, base=base)]
     loaded = [load_adapter(catalog, ref, None, kind) for ref in refs]
+    other = [a for a in loaded if base is not None and a.record.base != base]
+    if other:
+        raise DvkitError(f"{other[0].record.ref} was trained on base {other[0].record.base}, "
+                         f"not on {base}")  # fmt: skip
+    if not loaded:
+        of = f" of base {base}" if base else ""
+        raise DvkitError(f"no {kind} adapters{of} to evaluate (train or import some first)")
     return {adapter.record.ref: adapter for adapter in loaded}
+
+
+def _stored_groups(
+    catalog: Catalog,
+    groups: list[_Group],
+    roles: Sequence[str],
+    templates: Sequence[str] | None,
+    seeds: Sequence[int] | None,
+    given: dict[str, object],
+) -> list[dict]:
+    """The stored cells of each base's grid (see `_stored`); the bases with none that match are
+    left out, and the first base's `DvkitError` is raised when no base has any."""
+    rows: list[dict] = []
+    errors: list[DvkitError] = []
+    for subjects, motions in groups:
+        try:
+            rows += _stored(catalog, subjects, motions, roles, templates, seeds, given)
+        except DvkitError as exc:
+            errors.append(exc)
+    if not rows and errors:
+        raise errors[0]
+    return rows
 
 
 def _stored(

@@ -1,6 +1,8 @@
 """Grid reports people can look at: CSV and JSON of every cell, a heatmap PNG per metric
-(subject × motion, joint cells), and an HTML page with every cell's GIF and scores. Each file
-is written whole or not at all (`dvkit.io.files.atomic_output`)."""
+(subject × motion, joint cells, on one fixed scale per metric with a colour legend), and an HTML
+page with the settings used per base (steps, guidance, seeds, frames, size, encoders), the
+means and every cell's GIF and scores. Each file is written whole or not at all
+(`dvkit.io.files.atomic_output`)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,15 @@ from dvkit.evaluate.labels import METRICS, present, shown
 from dvkit.io.files import atomic_output, make_folder, write_atomically
 
 ROLE_ORDER = ("joint", "subject", "motion", "base")
+SCALE = (0.0, 1.0)
+"""The heatmaps' colour scale, the same for every metric: raw cosines (CLIP-T, CLIP-I, DINO-I,
+T. Cons.) and the sprites ground-truth scores all lie in 0–1 for real videos (lower cosines
+show as the scale's end)."""
+SETTINGS = {
+    "steps": "steps", "guidance_scale": "guidance", "frames": "frames", "height": "size",
+    "motion_until": "motion until", "offset_noise": "offset noise",
+}  # fmt: skip
+"""Sampler settings a report states, with their names."""
 
 
 @dataclass
@@ -33,18 +44,82 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Means per role (over every pair, prompt and seed) and per pair and role, sorted; a mean
     is None where no cell has the metric or it applies to none (T. Cons. of 1-frame videos)."""
     by_role: dict[str, list[dict]] = defaultdict(list)
-    by_pair: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    by_pair: dict[tuple[str, str, str, str], list[dict]] = defaultdict(list)
     for row in rows:
         pair, role = row["sampler"]["pair"], row["sampler"]["role"]
         by_role[role].append(row["metrics"])
-        by_pair[(pair[0], pair[1], role)].append(row["metrics"])
+        by_pair[(_base(row), pair[0], pair[1], role)].append(row["metrics"])
     return {
         "roles": {role: _means(scores) for role, scores in by_role.items()},
         "pairs": [
-            {"subject": s, "motion": m, "role": role, "count": len(scores), **_means(scores)}
-            for (s, m, role), scores in sorted(by_pair.items())
-        ],
+            {
+                "base": b,
+                "subject": s,
+                "motion": m,
+                "role": role,
+                "count": len(scores),
+                **_means(scores),
+            }
+            for (b, s, m, role), scores in sorted(by_pair.items(), key=_pair_order)
+        ],  # fmt: skip
     }
+
+
+def _pair_order(item: tuple[tuple[str, str, str, str], list]) -> tuple:
+    (base, subject, motion, role), _ = item
+    return base, subject, motion, ROLE_ORDER.index(role) if role in ROLE_ORDER else len(ROLE_ORDER)
+
+
+def _base(row: dict[str, Any]) -> str:
+    return str(row["sampler"].get("base") or "?")
+
+
+def by_base(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The cells grouped by the base they were generated on, in order of base name."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[_base(row)].append(row)
+    return dict(sorted(groups.items()))
+
+
+def settings_used(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per base, what its cells were made with: the sampler settings (`SETTINGS`; a list where
+    cells differ), seeds, prompt templates and evaluation encoders."""
+    used = {}
+    for base, cells in by_base(rows).items():
+        samplers = [row["sampler"] for row in cells]
+        entry: dict[str, Any] = {key: _one_or_all(s.get(key) for s in samplers) for key in SETTINGS}
+        entry["width"] = _one_or_all(s.get("width") for s in samplers)
+        entry["seeds"] = sorted({row["seed"] for row in cells})
+        entry["templates"] = sorted({str(s.get("template")) for s in samplers})
+        entry["encoders"] = encoders(cells)
+        used[base] = entry
+    return used
+
+
+def describe_settings(rows: list[dict[str, Any]]) -> str:
+    """One line of what the cells (of one base) were made with: 'steps 25, guidance 2, frames
+    8, size 16×16, …, seeds 0 1; scored with CLIP tiny, DINO tiny'."""
+    (entry,) = settings_used(rows).values()
+    parts = []
+    for key, name in SETTINGS.items():
+        value = _text(entry[key])
+        parts.append(f"{name} {value}×{_text(entry['width'])}" if key == "height" else
+                     f"{name} {value}")  # fmt: skip
+    parts.append("seeds " + " ".join(map(str, entry["seeds"])))
+    return f"{', '.join(parts)}; scored with {'; '.join(entry['encoders'])}"
+
+
+def _one_or_all(values: Any) -> Any:
+    """The one value, or the sorted distinct values when there are several."""
+    distinct = sorted(set(values), key=str)
+    return distinct[0] if len(distinct) == 1 else distinct
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return "/".join(map(_text, value))
+    return "?" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def encoders(rows: list[dict[str, Any]]) -> list[str]:
@@ -63,7 +138,10 @@ def write_report(rows: list[dict[str, Any]], folder: Path) -> Report:
     summary = summarise(rows)
     columns = present([row["metrics"] for row in rows])
     _write_csv(rows, report.csv, columns)
-    document = {"summary": {**summary, "encoders": encoders(rows)}, "cells": rows}
+    document = {
+        "summary": {**summary, "encoders": encoders(rows), "settings": settings_used(rows)},
+        "cells": rows,
+    }
     write_atomically(report.json, json.dumps(document, indent=2, default=str))
     for key, label in columns.items():
         path = folder / f"heatmap-{key}.png"
@@ -74,19 +152,21 @@ def write_report(rows: list[dict[str, Any]], folder: Path) -> Report:
 
 
 def draw_heatmap(pairs: list[dict[str, Any]], key: str, label: str, path: Path) -> bool:
-    """A subject × motion grid of the joint cells' mean `key`; False if no cell has it."""
+    """A subject × motion grid of the joint cells' mean `key`, coloured on the fixed `SCALE`
+    with a colour legend (bases side by side: rows and columns in order of base; pairs across
+    bases are grey); False if no cell has it."""
     from PIL import Image, ImageDraw
 
     values = {(p["subject"], p["motion"]): p[key] for p in pairs
               if p["role"] == "joint" and p.get(key) is not None}  # fmt: skip
     if not values:
         return False
-    subjects = sorted({s for s, _ in values})
-    motions = sorted({m for _, m in values})
-    low, high = min(values.values()), max(values.values())
-    cell_w, cell_h, left, top = 110, 44, 120, 56
-    image = Image.new("RGB", (left + cell_w * len(motions) + 10, top + cell_h * len(subjects) + 10),
-                      "white")  # fmt: skip
+    bases = {p["subject"]: p["base"] for p in pairs} | {p["motion"]: p["base"] for p in pairs}
+    subjects = sorted({s for s, _ in values}, key=lambda name: (bases[name], name))
+    motions = sorted({m for _, m in values}, key=lambda name: (bases[name], name))
+    cell_w, cell_h, left, top, legend_h = 110, 44, 120, 56, 50
+    image = Image.new("RGB", (max(left + cell_w * len(motions) + 10, 380),
+                              top + cell_h * len(subjects) + 10 + legend_h), "white")  # fmt: skip
     draw = ImageDraw.Draw(image)
     draw.text((10, 10), f"{label} (joint cells; rows: subjects, columns: motions)", fill="black")
     for column, motion in enumerate(motions):
@@ -99,12 +179,32 @@ def draw_heatmap(pairs: list[dict[str, Any]], key: str, label: str, path: Path) 
             if value is None:
                 draw.rectangle((x, y, x + cell_w - 2, y + cell_h - 2), fill="#dddddd")
                 continue
-            share = 0.5 if high == low else (value - low) / (high - low)
+            share = _share(value)
             draw.rectangle((x, y, x + cell_w - 2, y + cell_h - 2), fill=_colour(share))
             draw.text((x + 30, y + 14), f"{value:.4f}", fill="black" if share > 0.5 else "white")
+    _legend(draw, 10, top + cell_h * len(subjects) + 16)
     with atomic_output(path) as partial:
         image.save(partial, format="PNG")
     return True
+
+
+def _share(value: float) -> float:
+    """Where `value` lies on `SCALE`, 0 to 1 (clipped at its ends)."""
+    low, high = SCALE
+    return min(max((value - low) / (high - low), 0.0), 1.0)
+
+
+def _legend(draw: Any, x: int, y: int, width: int = 300, height: int = 12) -> None:
+    """A colour bar from the scale's low end to its high end, labelled at both ends and the
+    middle."""
+    for offset in range(width):
+        draw.line((x + offset, y, x + offset, y + height), fill=_colour(offset / (width - 1)))
+    low, high = SCALE
+    for share in (0.0, 0.5, 1.0):
+        mark = x + round(share * (width - 1))
+        draw.line((mark, y + height, mark, y + height + 4), fill="black")
+        draw.text((max(mark - 8, x), y + height + 6), f"{low + share * (high - low):g}",
+                  fill="black")  # fmt: skip
 
 
 def _colour(share: float) -> tuple[int, int, int]:
@@ -143,6 +243,7 @@ def _html(
         for role in ROLE_ORDER if role in summary["roles"]
     )  # fmt: skip
     heatmaps = "".join(f'<img src="{esc(p.name)}" alt="{esc(p.stem)}">' for p in report.heatmaps)
+    settings = _settings_table(rows)
     cells = []
     for row in sorted(rows, key=lambda r: (r["sampler"]["pair"], ROLE_ORDER.index(
             r["sampler"]["role"]), r["prompt"], r["seed"])):  # fmt: skip
@@ -164,12 +265,29 @@ figure img{{width:200px;image-rendering:pixelated}} .maps img{{margin:8px}}</sty
 <body><h1>dvkit grid report</h1>
 <p>{len(rows)} cells, scored with {esc("; ".join(encoders(rows)))}. CLIP-T, CLIP-I, DINO-I
 and T. Cons. are raw cosines; on the sprites base, subject fidelity, motion fidelity and GT
-T. Cons. are measured from pixels (0 to 1).</p>
+T. Cons. are measured from pixels (0 to 1). Every heatmap colours the same fixed scale,
+{SCALE[0]:g} to {SCALE[1]:g}, shown in its legend.</p>
+<h2>Settings</h2>{settings}
 <h2>Means by role</h2><table><tr><th>role</th>{head}</tr>{role_rows}</table>
 <h2>Heatmaps</h2><div class="maps">{heatmaps}</div>
 <h2>Every cell</h2>{"".join(cells)}
 </body></html>
 """
+
+
+def _settings_table(rows: list[dict[str, Any]]) -> str:
+    """An HTML table of `settings_used`: one row per base."""
+    esc = html.escape
+    names = ["base", *SETTINGS.values(), "seeds", "prompt templates", "encoders"]
+    head = "".join(f"<th>{esc(name)}</th>" for name in names)
+    body = []
+    for base, entry in settings_used(rows).items():
+        size = f"{_text(entry['height'])}×{_text(entry['width'])}"
+        cells = [base, *(size if key == "height" else _text(entry[key]) for key in SETTINGS),
+                 " ".join(map(str, entry["seeds"])), " | ".join(entry["templates"]),
+                 "; ".join(entry["encoders"])]  # fmt: skip
+        body.append("<tr>" + "".join(f"<td>{esc(cell)}</td>" for cell in cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
 def _score_cells(means: dict[str, float | None], columns: dict[str, str]) -> str:

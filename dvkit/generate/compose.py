@@ -411,19 +411,26 @@ def guidance_embedding(
     size: int,
     device: torch.device,
 ) -> torch.Tensor | None:
-    """The appearance-guidance embedding: the given image, else the subject's first reference."""
+    """The appearance-guidance embedding: the given image (read whole, as a frame of a training
+    clip), else the subject's first stored reference image, embedded as motion training embeds
+    a frame (`appearance_embedding`, at the motion's training resolution, else `size`)."""
+    from PIL import Image
+
+    from dvkit.io.folders import collect_files
+    from dvkit.io.images import IMAGE_EXTENSIONS, read_image
     from dvkit.models.image_encoder import load_image_encoder
+    from dvkit.train.data import appearance_embedding
 
     if guidance_image is not None:
-        from dvkit.train.data import load_images
-
-        pixels, _ = load_images([guidance_image], size)
+        found = collect_files([guidance_image], IMAGE_EXTENSIONS, "images")
+        image = read_image(found.paths[0])
     elif subject is not None and subject.tensors.reference_images is not None:
-        pixels = subject.tensors.reference_images[:1].permute(0, 3, 1, 2).float() / 127.5 - 1
+        image = Image.fromarray(subject.tensors.reference_images[0].numpy())
     else:
         return None
     spec = motion.record.training.get("image_encoder") or "tiny"
-    return load_image_encoder(spec, device).encode(pixels)[0].cpu()
+    resolution = int(motion.record.training.get("resolution") or size)
+    return appearance_embedding(load_image_encoder(spec, device), image, resolution)
 
 
 def warn_zero_embedding(motion: LoadedAdapter, subject: LoadedAdapter | None) -> None:

@@ -8,9 +8,9 @@
   `subject.` and `motion.` (the token embedding is `subject.token_embedding`), ModelSpec keys
   (architecture `<base arch>/dreamvideo-pair`, hash of the tensor data, trigger phrase) and
   `dvkit.kind = "merged"` with `dvkit.recipe`, a JSON composition recipe: both parts (name,
-  version, step, scale, hidden ratio, own header metadata), token, base, guidance settings
-  (the unconditional λ by default the motion's own), and `motion_until` and `offset_noise` when
-  chosen (without them, composing uses the base's defaults).
+  version, step, scale, hidden ratio, own header metadata), token, base, and the sampling
+  settings: those given, else the base's own defaults (steps, guidance, `motion_until`,
+  `offset_noise`, see `sampler_choices`) and the motion's own unconditional λ.
 - `load_merged`: reads such a file back into `MergedAdapters`, validating header, recipe and hash.
 """
 
@@ -36,7 +36,13 @@ from dvkit.io.adapter_file import (
 )
 from dvkit.io.adapter_layout import check_tensors
 from dvkit.io.files import write_atomically
-from dvkit.models.builtin import check_motion_until, check_offset_noise, motion_uncond_strength
+from dvkit.models.builtin import (
+    DEFAULT_IMAGE_STRENGTH,
+    check_motion_until,
+    check_offset_noise,
+    motion_uncond_strength,
+    sampler_choices,
+)
 from dvkit.ranges import ADAPTER_SCALE, GUIDANCE_SCALE, IMAGE_STRENGTH, SAMPLING_STEPS, Range
 
 if TYPE_CHECKING:
@@ -51,10 +57,6 @@ MERGED_KIND = "merged"
 MERGED_FORMAT = 1
 PAIR_SUFFIX = "dreamvideo-pair"
 PREFIXES = {"subject": "subject.", "motion": "motion."}
-# Official DreamVideo inference settings (VGen configs/dreamvideo/infer, inference entrance).
-DEFAULT_GUIDANCE_SCALE = 9.0
-DEFAULT_STEPS = 50
-DEFAULT_IMAGE_STRENGTH = 1.0
 _MERGED_REQUIRED = (
     "modelspec.sai_model_spec",
     "modelspec.architecture",
@@ -221,32 +223,23 @@ def export_merged(
     motion_step: int | None = None,
     subject_scale: float = 1.0,
     motion_scale: float = 1.0,
-    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    guidance_scale: float | None = None,
     image_strength: float = DEFAULT_IMAGE_STRENGTH,
     image_strength_uncond: float | None = None,
-    steps: int = DEFAULT_STEPS,
+    steps: int | None = None,
     motion_until: float | None = None,
     offset_noise: float | None = None,
     overwrite: bool = False,
 ) -> ExportResult:
-    """Write a subject and a motion adapter (same base) and their recipe to one file;
-    `image_strength_uncond` None records the motion's own (see `motion_uncond_strength`);
-    `motion_until` and `offset_noise` None leave them to the base's defaults when the pair is
-    composed."""
+    """Write a subject and a motion adapter (same base) and their recipe to one file.
+
+    Sampling settings not given (None) are recorded as the base's own defaults: `steps`,
+    `guidance_scale`, `motion_until` and `offset_noise` from `sampler_choices`, and
+    `image_strength_uncond` the motion's own (see `motion_uncond_strength`). Every given value
+    is checked before any adapter is read."""
     out = check_out_path(out, overwrite)
-    settings = {
-        "guidance_scale": GUIDANCE_SCALE.check("guidance scale", guidance_scale),
-        "image_strength": IMAGE_STRENGTH.check("image strength", image_strength),
-        "steps": SAMPLING_STEPS.check("sampling steps", steps),
-    }
-    if image_strength_uncond is not None:
-        settings["image_strength_uncond"] = IMAGE_STRENGTH.check(
-            "unconditional image strength", image_strength_uncond
-        )
-    if motion_until is not None:
-        settings["motion_until"] = check_motion_until(motion_until)
-    if offset_noise is not None:
-        settings["offset_noise"] = check_offset_noise(offset_noise)
+    _check_given(guidance_scale, image_strength, image_strength_uncond, steps, motion_until,
+                 offset_noise)  # fmt: skip
     scales = {
         "subject": ADAPTER_SCALE.check("subject scale", subject_scale),
         "motion": ADAPTER_SCALE.check("motion scale", motion_scale),
@@ -261,7 +254,15 @@ def export_merged(
             f"cannot merge {s.ref} and {m.ref}: they were trained on different bases "
             f"({s.base} {s.base_fingerprint[:12]} and {m.base} {m.base_fingerprint[:12]})"
         )
-    settings.setdefault("image_strength_uncond", motion_uncond_strength(m.training))
+    chosen = sampler_choices(s.base, steps, guidance_scale, motion_until, offset_noise,
+                             s.architecture)  # fmt: skip
+    settings = dict(zip(("steps", "guidance_scale", "motion_until", "offset_noise"), chosen,
+                        strict=True))  # fmt: skip
+    settings["image_strength"] = image_strength
+    settings["image_strength_uncond"] = (
+        motion_uncond_strength(m.training) if image_strength_uncond is None
+        else image_strength_uncond
+    )  # fmt: skip
     tensors = {
         PREFIXES[kind] + name: tensor
         for kind, part in parts.items()
@@ -301,6 +302,27 @@ def export_merged(
     return ExportResult(
         out, [_label(parts["subject"]), _label(parts["motion"])], weights_hash, len(payload)
     )
+
+
+def _check_given(
+    guidance_scale: float | None,
+    image_strength: float,
+    image_strength_uncond: float | None,
+    steps: int | None,
+    motion_until: float | None,
+    offset_noise: float | None,
+) -> None:
+    """Refuse a given recipe setting out of its range (a `DvkitError` naming it)."""
+    IMAGE_STRENGTH.check("image strength", image_strength)
+    for check, value in (
+        (lambda v: GUIDANCE_SCALE.check("guidance scale", v), guidance_scale),
+        (lambda v: IMAGE_STRENGTH.check("unconditional image strength", v), image_strength_uncond),
+        (lambda v: SAMPLING_STEPS.check("sampling steps", v), steps),
+        (check_motion_until, motion_until),
+        (check_offset_noise, offset_noise),
+    ):
+        if value is not None:
+            check(value)
 
 
 def _label(part: _Part) -> str:

@@ -55,6 +55,8 @@ BUILTINS: dict[str, BuiltinBase] = {
 }
 BUILTIN_BASES: dict[str, str] = {name: base.description for name, base in BUILTINS.items()}
 """Built-in base name → description."""
+DEFAULT_IMAGE_STRENGTH = 1.0
+"""Appearance-guidance λ of the conditional branch when none is given (the official inference's)."""
 DEFAULT_IMAGE_STRENGTH_UNCOND = 1.0
 """Appearance-guidance λ of the unconditional branch for motion adapters that record none
 (imported ones, and those trained before dvkit recorded it): the official inference's default."""
@@ -63,12 +65,14 @@ DEFAULT_IMAGE_STRENGTH_UNCOND = 1.0
 def sampling_default(base: str, key: str, architecture: str | None = None) -> float:
     """The default `frames`, `fps`, `size`, `train_frames`, `steps`, `guidance`, `motion_until`
     or `offset_noise` of `base`: a built-in base's own, else its family's
-    (`architecture`, the built-in's, or `modelscope-t2v`)."""
-    from dvkit.families import family
+    (`architecture`, the built-in's, or `modelscope-t2v`; a family this dvkit does not know, as
+    in a file from a newer dvkit, counts as not given)."""
+    from dvkit.families import FAMILIES, family
 
     builtin = BUILTINS.get(base)
     if builtin is not None and key in builtin.sampling:
         return builtin.sampling[key]
+    architecture = architecture if architecture in FAMILIES else None
     name = architecture or (builtin.architecture if builtin else "modelscope-t2v")
     return family(name).defaults.get(key)
 

@@ -71,11 +71,13 @@ def run_demo(
     device: str = "auto",
     reporter: Reporter | None = None,
     on_stage: Callable[[str], None] | None = None,
+    grid_reporter: Reporter | None = None,
 ) -> DemoResult:
     """Run the demo in `folder` (created if needed) and return what it made.
 
-    `steps` sets the sampler's steps (default: the base's 25); `reporter` shows training steps
-    and grid cells; `on_stage(text)` hears each stage start.
+    `steps` sets the sampler's steps (default: the base's 25); `reporter` shows training steps,
+    and grid cells too unless `grid_reporter` is given; `on_stage(text)` hears each stage
+    start.
     """
     sprite, folder = _check(subject, motion, seeds), Path(folder)
     from dvkit.catalog import Catalog
@@ -117,7 +119,8 @@ def run_demo(
         say(f"evaluating the grid: 4 roles × {seeds} seeds")
         grid = bench(
             catalog, [subject_name], [motion_name], seeds=range(seeds), steps=steps, device=device,
-            on_cell=count_progress(reporter, "grid") if reporter else None, **SCORERS,
+            on_cell=count_progress(cells, "grid") if (cells := grid_reporter or reporter) else None,
+            **SCORERS,
         )  # fmt: skip
         report = write_report(grid.rows, folder / "report")
         training = {

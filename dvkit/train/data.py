@@ -166,8 +166,8 @@ def load_videos(
     for source, plan in zip(sources, plans, strict=True):
         offset = done
         for _, image in source.frames(plan.frames.tolist()):
-            kept[done] = to_pixels(fit_square(image, size))
-            prepared.append(encoder.prepare_frame(image, kept[done].float() / 127.5 - 1.0))
+            kept[done], ready = prepare_frame(encoder, image, size)
+            prepared.append(ready)
             done += 1
             if len(prepared) == EMBED_BATCH or done == len(kept):
                 embeds.append(encoder.encode_prepared(torch.stack(prepared)).cpu())
@@ -183,6 +183,23 @@ def load_videos(
         count=count,
     )
     return clips, found.paths
+
+
+def prepare_frame(
+    encoder: AppearanceEncoder, image: Image.Image, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A raw picture (8-bit RGB, upright, full size) as a training frame, uint8 (3, size, size),
+    and as what `encoder` embeds of it (`AppearanceEncoder.prepare_frame`): the one path by
+    which motion training, `compose` and `bench` turn a picture into appearance guidance."""
+    kept = to_pixels(fit_square(image, size))
+    return kept, encoder.prepare_frame(image, kept.float() / 127.5 - 1.0)
+
+
+def appearance_embedding(encoder: AppearanceEncoder, image: Image.Image, size: int) -> torch.Tensor:
+    """The appearance embedding (embed_dim,) of one raw picture, as motion training at `size`
+    embeds a frame of its clips (`prepare_frame`)."""
+    _, prepared = prepare_frame(encoder, image, size)
+    return encoder.encode_prepared(prepared[None])[0].cpu()
 
 
 def to_pixels(image: Image.Image) -> torch.Tensor:
