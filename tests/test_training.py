@@ -1,6 +1,7 @@
 """Subject and motion training on the tiny base: what changes, resume, errors, the CLI."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 
 from dvkit.catalog import Catalog
+from dvkit.errors import DvkitError
 from dvkit.io.adapter_file import read_adapter_info
 from dvkit.models.image_encoder import load_image_encoder
 from dvkit.models.tiny import build_tiny_base
@@ -170,9 +172,30 @@ def test_interrupted_run_registers_nothing_and_resumes(catalog, images) -> None:
         add_subject("cat", [images], catalog=catalog, preset="quick", reporter=InterruptAt(8),
                     **FAST_SUBJECT)  # fmt: skip
     assert catalog.adapter_rows() == []
+    saved = {path: path.read_bytes() for path in (catalog.home / "runs").rglob("*.pt")}
+    assert saved
+    with pytest.raises(DvkitError, match="add --resume to continue it, or --restart"):
+        add_subject("cat", [images], catalog=catalog, preset="quick", **FAST_SUBJECT)
+    assert {path: path.read_bytes() for path in (catalog.home / "runs").rglob("*.pt")} == saved
     record = add_subject("cat", [images], catalog=catalog, preset="quick", resume=True,
                          **FAST_SUBJECT)  # fmt: skip
     assert record.ref == "cat@1"
+
+
+def test_restart_discards_an_interrupted_run(cli, home, images) -> None:
+    quick = ("--preset", "quick", "--inversion-steps", "3", "--identity-steps", "3")
+    with Catalog.open(home) as catalog, pytest.raises(TrainingInterrupted):
+        add_subject("cat", [images], catalog=catalog, preset="quick", reporter=InterruptAt(2),
+                    inversion_steps=3, identity_steps=3)  # fmt: skip
+    code, _, err = cli("--home", home, "add-subject", "cat", "--images", images, *quick)
+    _one_error_line(code, err, "add --resume to continue it, or --restart to discard it")
+    code, _, err = cli("--home", home, "add-subject", "cat", "--images", images, *quick,
+                       "--resume", "--restart")  # fmt: skip
+    _one_error_line(code, err, "give one")
+    code, out, err = cli("--home", home, "add-subject", "cat", "--images", images, *quick,
+                         "--restart")  # fmt: skip
+    assert code == 0 and "registered cat@1" in out, err
+    assert not any((Path(home) / "runs").iterdir())
 
 
 def test_add_motion_end_to_end(catalog, videos) -> None:

@@ -36,7 +36,7 @@ from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.names import validate_name, validate_tag
 from dvkit.train import data
 from dvkit.train.distributed import World, barrier, current_world
-from dvkit.train.loop import Reporter, SilentReporter
+from dvkit.train.loop import DONE_FILE, STATE_FILE, Reporter, SilentReporter
 from dvkit.train.settings import (
     MotionSettings,
     Preset,
@@ -60,6 +60,7 @@ def add_subject(
     device: str = "auto",
     dtype: str = "auto",
     resume: bool = False,
+    restart: bool = False,
     reporter: Reporter | None = None,
     tags: Sequence[str] = (),
     description: str = "",
@@ -74,12 +75,16 @@ def add_subject(
     (see `choose_initializer`); the record's `initializer` says which. `notify` receives a line
     saying which files were used (and skipped).
 
+    A run interrupted earlier with the same settings and data is continued with `resume=True`
+    or discarded with `restart=True`; with neither, its checkpoint is kept and a `DvkitError`
+    says so.
+
     `from_embedding` (a subject of the catalog, or a textual-inversion or dvkit subject file)
     gives the token's vectors instead: textual inversion is skipped and they stay exactly as
     given while only the identity adapter trains; the training settings record the source.
     """
     catalog = catalog or Catalog.open()
-    tags = _check_request(catalog, name, "subject", tags)
+    tags = _check_request(catalog, name, "subject", tags, resume, restart)
     overrides["token"] = overrides.get("token") or f"<{name}>"
     base = choose_base(catalog, base)
     given = None
@@ -103,7 +108,8 @@ def add_subject(
 
         check_fits(given.vectors, components, base_record.name, settings.token)
     folder = _run_folder(
-        catalog, "subject", name, settings, fingerprints, base_record, resume, world
+        catalog, "subject", name, settings, fingerprints, base_record, resume, world,
+        restart,
     )
 
     from dvkit.train.subject import train_subject
@@ -205,6 +211,7 @@ def add_motion(
     device: str = "auto",
     dtype: str = "auto",
     resume: bool = False,
+    restart: bool = False,
     reporter: Reporter | None = None,
     tags: Sequence[str] = (),
     description: str = "",
@@ -214,9 +221,9 @@ def add_motion(
     """Learn a motion from a few videos (motion adapters with appearance guidance); register it.
 
     `notify` receives a line saying which files were used (and skipped), and a warning for each
-    clip shorter than a training window."""
+    clip shorter than a training window. `resume` and `restart` as in `add_subject`."""
     catalog = catalog or Catalog.open()
-    tags = _check_request(catalog, name, "motion", tags)
+    tags = _check_request(catalog, name, "motion", tags, resume, restart)
     overrides["caption"] = overrides.get("caption") or name.replace("_", " ").replace("-", " ")
     base = choose_base(catalog, base)
     if not overrides.get("image_encoder"):
@@ -238,7 +245,8 @@ def add_motion(
     fingerprints = data.fingerprint(paths)
     components, base_record = open_base(catalog, base)
     folder = _run_folder(
-        catalog, "motion", name, settings, fingerprints, base_record, resume, world
+        catalog, "motion", name, settings, fingerprints, base_record, resume, world,
+        restart,
     )
     start = time.perf_counter()
     result = train_motion(
@@ -274,9 +282,13 @@ def _reporter(reporter: Reporter | None, world: World) -> Reporter:
     return reporter if reporter is not None and world.main else SilentReporter()
 
 
-def _check_request(catalog: Catalog, name: str, kind: str, tags: Sequence[str]) -> list[str]:
+def _check_request(
+    catalog: Catalog, name: str, kind: str, tags: Sequence[str], resume: bool, restart: bool
+) -> list[str]:
     """Cheap checks before any data is read or model loaded (a read-only catalog included)."""
     quiet_libraries()
+    if resume and restart:
+        raise DvkitError("--resume continues the saved run and --restart discards it: give one")
     catalog.require_writable(f"register the {kind} {name}")
     validate_name(name)
     catalog.check_kind(name, kind)
@@ -317,7 +329,10 @@ def _run_folder(
     base: BaseModelRecord,
     resume: bool,
     world: World,
+    restart: bool = False,
 ) -> Path:
+    """The run's checkpoint folder. A saved checkpoint is continued with `resume`, discarded
+    with `restart`, and otherwise kept: the run stops, saying how to go on."""
     key = run_key(
         {"kind": kind, "name": name, "settings": settings.model_dump(mode="json"),
          "data": fingerprints, "base": base.fingerprint}
@@ -327,10 +342,20 @@ def _run_folder(
         raise DvkitError(
             f"nothing to resume: no interrupted {kind} run of {name!r} with these settings and data"
         )
+    if not resume and not restart and has_checkpoint(folder):
+        raise DvkitError(
+            f"an interrupted {kind} run of {name!r} with these settings and data is saved in "
+            f"{folder}: add --resume to continue it, or --restart to discard it"
+        )
     if not resume and folder.exists() and world.main:
         shutil.rmtree(folder)
     barrier(world)
     return folder
+
+
+def has_checkpoint(folder: Path) -> bool:
+    """Whether a run folder holds a checkpoint to resume from (a stage's state or its end)."""
+    return any(folder.glob(f"*/{STATE_FILE}")) or any(folder.glob(f"*/{DONE_FILE}"))
 
 
 def _finish(
