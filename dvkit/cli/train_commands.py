@@ -297,8 +297,8 @@ def _train(
         known = set(catalog.versions(name))  # a version returned from these is a duplicate
         record = train(
             name, inputs, catalog=catalog, base=base, preset=preset, device=device, dtype=dtype,
-            resume=resume, restart=restart, reporter=RichReporter(), tags=tags or (), description=description,
-            notify=print, **extra, **settings,
+            resume=resume, restart=restart, reporter=RichReporter(estimate=True), tags=tags or (),
+            description=description, notify=print, **extra, **settings,
         )  # fmt: skip
         run = catalog.run_row(record.run_id) if record.run_id else {}
         steps = sorted(catalog.checkpoint_steps(record.ref))

@@ -45,6 +45,7 @@ from dvkit.train.settings import (
     preset_values,
 )
 from dvkit.train.setup import run_key
+from dvkit.wording import plural
 
 SettingsT = TypeVar("SettingsT", SubjectSettings, MotionSettings)
 
@@ -101,6 +102,7 @@ def add_subject(
     notify = notify if world.main else _quiet
     pixels, paths = data.load_images(images, settings.resolution, notify)
     mask_pixels = data.load_masks(masks, paths, settings.resolution, notify) if masks else None
+    notify(subject_summary(len(paths), settings, base, run_device))
     fingerprints = data.fingerprint(paths)
     components, base_record = open_base(catalog, base)
     if given is not None:
@@ -108,7 +110,14 @@ def add_subject(
 
         check_fits(given.vectors, components, base_record.name, settings.token)
     folder = _run_folder(
-        catalog, "subject", name, settings, fingerprints, base_record, resume, world,
+        catalog,
+        "subject",
+        name,
+        settings,
+        fingerprints,
+        base_record,
+        resume,
+        world,
         restart,
     )
 
@@ -242,10 +251,18 @@ def add_motion(
         videos, settings.frames, settings.resolution, settings.fps, encoder,
         settings.clip_windows, notify,
     )  # fmt: skip
+    notify(motion_summary(clips, len(paths), settings, base, run_device))
     fingerprints = data.fingerprint(paths)
     components, base_record = open_base(catalog, base)
     folder = _run_folder(
-        catalog, "motion", name, settings, fingerprints, base_record, resume, world,
+        catalog,
+        "motion",
+        name,
+        settings,
+        fingerprints,
+        base_record,
+        resume,
+        world,
         restart,
     )
     start = time.perf_counter()
@@ -258,6 +275,35 @@ def add_motion(
         result.tensors, result.kept, fingerprints, tags, result.loss_curves,
         time.perf_counter() - start, run_device, placement=["attn1", "attn2", "ff"],
     )  # fmt: skip
+
+
+def subject_summary(images: int, settings: SubjectSettings, base: str, device: torch.device) -> str:
+    """The line that says what a subject run trains on: images, size, steps per stage."""
+    stages = [
+        f"textual inversion {plural(settings.inversion_steps, 'step')}"
+        if settings.inversion_steps
+        else "no textual inversion (the token's vectors are given)",
+        f"identity adapter {plural(settings.identity_steps, 'step')}",
+    ]
+    return (
+        f"training on {base} ({device}): {plural(images, 'image')} at "
+        f"{settings.resolution}×{settings.resolution}; {', '.join(stages)}, batch "
+        f"{settings.batch_size}"
+    )
+
+
+def motion_summary(
+    clips: data.MotionClips, videos: int, settings: MotionSettings, base: str, device: torch.device
+) -> str:
+    """The line that says what a motion run trains on: clips, windows, frames, size, steps."""
+    rate = f" at {settings.fps:g} fps" if settings.fps else ""
+    windows = plural(len(clips.windows), "window")
+    return (
+        f"training on {base} ({device}): {plural(videos, 'clip')}, {windows} of "
+        f"{plural(settings.frames, 'frame')}{rate} ({plural(len(clips.frames), 'frame')} "
+        f"kept) at {settings.resolution}×{settings.resolution}; motion adapter "
+        f"{plural(settings.steps, 'step')}, batch {settings.batch_size}"
+    )
 
 
 def reference_images(pixels: torch.Tensor) -> torch.Tensor:
