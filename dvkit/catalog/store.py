@@ -545,6 +545,15 @@ class Catalog:
             )
         return [{**json.loads(row["record"]), "id": row["id"]} for row in rows]
 
+    def generations(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Videos made by `compose` (not bench cells), newest first: each record with its
+        adapters, prompt, seed, sampler settings and files; at most `limit` (None: all)."""
+        rows = self._conn.execute(
+            "SELECT id, record FROM evaluations WHERE cell IS NULL ORDER BY id DESC LIMIT ?",
+            (-1 if limit is None else limit,),
+        )
+        return [{**json.loads(row["record"]), "id": row["id"]} for row in rows]
+
     # ---- bases -----------------------------------------------------------------------------
 
     def add_base(self, record: BaseModelRecord) -> None:

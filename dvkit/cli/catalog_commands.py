@@ -1,4 +1,4 @@
-"""Catalog commands: init, where, list, show, rm, tag, import, verify, gc."""
+"""Catalog commands: init, where, list, show, rm, tag, import, verify, gc, generations."""
 
 from __future__ import annotations
 
@@ -363,6 +363,31 @@ def verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
         raise typer.Exit(1)
 
 
+def generations(
+    ctx: typer.Context,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            parser=whole(ranges.AT_LEAST_ZERO),
+            help="At most this many, newest first (default: 20 in the listing, 0: all).",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List past compositions (dvkit compose): adapters, prompt, seed, files and settings."""
+    if limit is None:
+        limit = 0 if as_json else 20
+    with open_catalog(ctx) as catalog:
+        rows = catalog.generations(limit or None)
+    if as_json:
+        render.print_json(rows)
+    elif rows:
+        render.generations(rows)
+    else:
+        print("no compositions yet (see: dvkit compose)")
+
+
 def gc(ctx: typer.Context) -> None:
     """Delete orphan weights files and leftover temporary files."""
     with open_catalog(ctx, writing="delete files") as catalog:
@@ -382,4 +407,5 @@ COMMANDS = {
     "import": import_files,
     "verify": verify,
     "gc": gc,
+    "generations": generations,
 }
