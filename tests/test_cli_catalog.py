@@ -192,7 +192,7 @@ def test_newer_schema_error(cli, home) -> None:
 def test_verify_exit_code_and_gc(cli, home, make_adapter) -> None:
     cli("--home", home, "import", make_adapter("cat"))
     orphan = home / "blobs" / "00" / ("00" * 32 + ".safetensors")
-    orphan.parent.mkdir(parents=True)
+    orphan.parent.mkdir(parents=True, exist_ok=True)  # the adapter's own blob may be in 00/
     orphan.write_bytes(b"x")
     code, out, _ = cli("--home", home, "verify")
     assert code == 1 and "orphan: " in out and "run: dvkit gc" in out

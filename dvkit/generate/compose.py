@@ -190,7 +190,7 @@ def compose(
     if subject_adapter:
         token = subject_adapter.record.token or ""
         text = expand_placeholder(text, token, subject_adapter.record.num_vectors or 1)
-    check_prompts(components.tokenizer, [text, negative_prompt])  # before any encoder loads
+    check_prompts(components.tokenizer, [text], [negative_prompt])  # before any encoder loads
     embed = None
     if motion_adapter:
         embed = guidance_embedding(
