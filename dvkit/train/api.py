@@ -21,6 +21,7 @@ from dvkit.bases import base_architecture, choose_base, open_base
 from dvkit.catalog import Catalog
 from dvkit.catalog.blobs import StagedBlob
 from dvkit.catalog.records import AdapterRecord, BaseModelRecord, RunRecord
+from dvkit.catalog.runs import has_checkpoint
 from dvkit.catalog.store import adapter_record
 from dvkit.errors import DvkitError
 from dvkit.io.adapter_file import (
@@ -36,7 +37,7 @@ from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.names import validate_name, validate_tag
 from dvkit.train import data
 from dvkit.train.distributed import World, barrier, current_world
-from dvkit.train.loop import DONE_FILE, STATE_FILE, Reporter, SilentReporter
+from dvkit.train.loop import Reporter, SilentReporter
 from dvkit.train.settings import (
     MotionSettings,
     Preset,
@@ -397,11 +398,6 @@ def _run_folder(
         shutil.rmtree(folder)
     barrier(world)
     return folder
-
-
-def has_checkpoint(folder: Path) -> bool:
-    """Whether a run folder holds a checkpoint to resume from (a stage's state or its end)."""
-    return any(folder.glob(f"*/{STATE_FILE}")) or any(folder.glob(f"*/{DONE_FILE}"))
 
 
 def _finish(

@@ -23,11 +23,9 @@ from typing import Protocol
 
 import torch
 
+from dvkit.catalog.runs import DONE_FILE, STATE_FILE
 from dvkit.errors import DvkitError
 from dvkit.train.distributed import World, average_gradients, gather
-
-STATE_FILE = "state.pt"
-DONE_FILE = "done.pt"
 
 
 class TrainingInterrupted(DvkitError):
