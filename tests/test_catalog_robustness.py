@@ -155,7 +155,16 @@ IMPORTS_OF = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    "command", [["list"], ["list", "--json"], ["show", "cat"], ["where"], ["verify"]]
+    "command",
+    [
+        ["list"],
+        ["list", "--json"],
+        ["show", "cat"],
+        ["where"],
+        ["verify"],
+        ["generations"],
+        ["generations", "--json"],
+    ],
 )
 def test_read_only_commands_do_not_import_torch(home, make_adapter, command) -> None:
     with Catalog.open(home) as catalog:

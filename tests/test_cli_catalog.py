@@ -1,6 +1,10 @@
 import json
+import os
+import time
 
 import pytest
+
+from dvkit.catalog import Catalog
 
 
 def _one_error_line(code: int, out: str, err: str, expected: str) -> None:
@@ -54,7 +58,7 @@ def test_round_trip_import_show_verify_rm_gc(cli, home, make_adapter) -> None:
     code, out, _ = cli("--home", home, "list")
     assert code == 0 and "cat@1" in out and "pet" in out
     code, out, _ = cli("--home", home, "verify")
-    assert code == 0 and "checked 1 weights files: ok" in out
+    assert code == 0 and "checked 1 weights file: ok" in out
     code, out, _ = cli("--home", home, "rm", "cat")
     assert (code, out.strip()) == (0, "removed cat@1")
     code, out, _ = cli("--home", home, "verify")
@@ -192,7 +196,7 @@ def test_newer_schema_error(cli, home) -> None:
 def test_verify_exit_code_and_gc(cli, home, make_adapter) -> None:
     cli("--home", home, "import", make_adapter("cat"))
     orphan = home / "blobs" / "00" / ("00" * 32 + ".safetensors")
-    orphan.parent.mkdir(parents=True)
+    orphan.parent.mkdir(parents=True, exist_ok=True)  # the adapter's own blob may be in 00/
     orphan.write_bytes(b"x")
     code, out, _ = cli("--home", home, "verify")
     assert code == 1 and "orphan: " in out and "run: dvkit gc" in out
@@ -240,3 +244,59 @@ def test_only_the_invoked_command_is_built() -> None:
     assert [c.name for c in build_app("show").registered_commands] == ["show"]
     assert len(build_app(None).registered_commands) > 10
     assert [c.name for c in build_app("nonsense").registered_commands][:2] == ["init", "where"]
+
+
+def test_verify_names_the_adapters_of_a_corrupt_file_and_how_to_repair(cli, home, make_adapter):
+    cli("--home", home, "import", make_adapter("cat"))
+    with Catalog.open(home) as catalog:
+        sha = catalog.show("cat").blob
+        catalog.blobs.path(sha).write_bytes(b"damaged")
+    code, out, _ = cli("--home", home, "verify")
+    assert code == 1
+    assert (
+        f"corrupt: {sha} (weights of cat@1: import the adapter's file again (dvkit import FILE), "
+        "or remove it: dvkit rm cat@1)"
+    ) in out
+    code, out, _ = cli("verify", "--json", "--home", home)
+    assert json.loads(out)["owners"] == {sha: ["cat@1"]}
+
+
+def test_verify_reports_run_folders_and_gc_removes_stale_ones(cli, home) -> None:
+    runs = home / "runs"
+    resumable, empty, old = (runs / "subject-a-1", runs / "motion-b-2", runs / "subject-c-3")
+    for folder in (resumable, old):
+        (folder / "identity").mkdir(parents=True)
+        (folder / "identity" / "state.pt").write_bytes(b"checkpoint")
+    (empty / "motion").mkdir(parents=True)
+    week_ago = time.time() - 8 * 24 * 3600
+    for path in (old, old / "identity", old / "identity" / "state.pt"):
+        os.utime(path, (week_ago, week_ago))
+    code, out, _ = cli("--home", home, "verify")
+    assert code == 1
+    assert "stale training run: runs/motion-b-2 (no checkpoint to resume from)" in out
+    assert "stale training run: runs/subject-c-3 (untouched for 8 days;" in out
+    assert "interrupted training run: runs/subject-a-1 (recent; run the same training" in out
+    code, out, _ = cli("--home", home, "gc")
+    assert code == 0 and "removed runs/motion-b-2" in out and "removed runs/subject-c-3" in out
+    assert [path.name for path in runs.iterdir()] == ["subject-a-1"]
+    code, out, _ = cli("--home", home, "verify")
+    assert code == 0 and "interrupted training run: runs/subject-a-1" in out
+
+
+def test_import_refused_while_registering_says_what_was_imported(cli, home, make_adapter):
+    from dvkit.errors import ConflictError
+
+    files = [make_adapter(name) for name in ("cat", "dog", "owl")]
+    original = Catalog.import_file
+
+    def refuse_dog(self, path, **kwargs):
+        if "dog" in str(path):
+            raise ConflictError(f"{path}: refused")
+        return original(self, path, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Catalog, "import_file", refuse_dog)
+        code, out, err = cli("--home", home, "import", *files)
+    _one_error_line(code, out, err, f"{files[1]}: refused; imported before it: ")
+    assert f"{files[0].name} as cat@1; not imported: {files[1].name}, {files[2].name}" in err
+    assert [row["name"] for row in Catalog.open(home).adapter_rows()] == ["cat"]

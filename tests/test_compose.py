@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,10 +182,65 @@ def test_cli_compose(cli, trained, tmp_path) -> None:
     code, out, err = cli("--home", home, "compose", "--subject", "cat", "--motion", "surfing",
                          "--steps", "2", "--seed", "4", "--out", tmp_path / "v.mp4")  # fmt: skip
     assert code == 0, err
-    assert out.splitlines() == ["prompt: a <cat> surfing", str(tmp_path / "v.mp4")]
+    assert out.splitlines() == [
+        "prompt: a <cat> surfing",
+        "settings: base tiny, 2 steps, guidance 9.0, 3 frames, 16×16, seed 4, offset noise 0.0, "
+        "motion until 0.0",
+        str(tmp_path / "v.mp4"),
+    ]
+    assert "loss" not in err
     code, out, err = cli("--home", home, "compose", "--motion", "surfing", "--steps", "2",
                          "--prompt", "a bear surfing", "--out", tmp_path)  # fmt: skip
     assert code == 0 and json.dumps(out).count(".mp4") == 1, err
+
+
+def test_videos_are_named_after_what_they_show(cli, trained, tmp_path) -> None:
+    home = trained.home
+    made = []
+    for args in (
+        ("--subject", "cat", "--motion", "surfing"),
+        ("--subject", "cat", "--motion", "surfing", "--seed", "0", "--seed", "1"),
+        ("--motion", "surfing", "--out", tmp_path / "new" / "folder", "--format", "mp4,gif"),
+        ("--subject", "cat@1", "--out", tmp_path / "new" / "folder"),
+        ("--base", "tiny", "--out", tmp_path / "new" / "folder"),
+    ):
+        code, out, err = cli("--home", home, "compose", "--steps", "1", *args)
+        assert code == 0, err
+        made.append([Path(line).relative_to(line.rsplit("/", 3)[0]).as_posix()
+                     for line in out.splitlines()[2:]])  # fmt: skip
+    assert made == [
+        ["registry/videos/cat-surfing-seed0.mp4"],
+        ["registry/videos/cat-surfing-seed0-2.mp4", "registry/videos/cat-surfing-seed1.mp4"],
+        ["new/folder/surfing-seed0.mp4", "new/folder/surfing-seed0.gif"],
+        ["new/folder/cat-seed0.mp4"],
+        ["new/folder/base-seed0.mp4"],
+    ]
+
+
+def test_generations_lists_past_compositions(cli, trained, tmp_path) -> None:
+    home = trained.home
+    code, out, _ = cli("--home", home, "generations")
+    assert code == 0 and out == "no compositions yet (see: dvkit compose)\n"
+    for args in (("--subject", "cat", "--seed", "3"), ("--motion", "surfing", "--seed", "5")):
+        assert cli("--home", home, "compose", "--steps", "1", *args)[0] == 0
+    code, out, err = cli("generations", "--home", home, "--limit", "1")  # --home after too
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("#2  ") and "surfing@1  seed 5  'a video surfing'" in lines[0]
+    assert lines[1] == f"    {home / 'videos' / 'surfing-seed5.mp4'}"
+    assert lines[2] == (
+        "    base tiny, 1 step, guidance 9.0, 3 frames, 16×16, seed 5, offset noise 0.0, "
+        "motion until 0.0"
+    )
+    assert len(lines) == 3
+    code, out, _ = cli("generations", "--json", f"--home={home}")
+    rows = json.loads(out)
+    assert [(r["subject"], r["motion"], r["seed"]) for r in rows] == [
+        (None, "surfing@1", 5),
+        ("cat@1", None, 3),
+    ]
+    assert rows[1]["files"] == [str(home / "videos" / "cat-seed3.mp4")]
+    assert rows[1]["sampler"]["steps"] == 1 and rows[1]["sampler"]["base"] == "tiny"
 
 
 @pytest.mark.parametrize(
@@ -193,7 +249,7 @@ def test_cli_compose(cli, trained, tmp_path) -> None:
         (("--subject", "dog"), "no adapter named 'dog'"),
         (("--motion", "cat"), "cat@1 is a subject adapter, not a motion"),
         (("--subject", "cat", "--subject-step", "7"), "no checkpoint at step 7 (kept: 2)"),
-        (("--subject", "cat", "--out", "/nonexistent/folder/x.mp4"), "does not exist"),
+        (("--subject", "cat", "--out", "/dev/null/x.mp4"), "cannot create folder /dev/null"),
         (("--subject", "cat", "--out", "video.avi"), "unsupported video extension .avi"),
         (("--subject", "cat", "--format", "webm"), "unknown video format webm"),
         (("--subject", "cat", "--steps", "0"), "'0' is not a whole number from 1 to"),

@@ -71,6 +71,10 @@ def test_the_issue_example_a_96_token_prompt_ending_in_the_subject_is_refused(ba
         check_prompts(base.tokenizer, [prompt])
     with pytest.raises(PromptTooLongError):
         tokenize(base.tokenizer, [prompt])
+    with pytest.raises(PromptTooLongError, match=r"^negative prompt 'a a a"):
+        check_prompts(base.tokenizer, ["a <cat>"], negative=[prompt])
+    with pytest.raises(PromptTooLongError, match=r"^prompt 'a a a"):
+        check_prompts(base.tokenizer, [prompt], negative=[prompt])
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Subject and motion training on the tiny base: what changes, resume, errors, the CLI."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 
 from dvkit.catalog import Catalog
+from dvkit.errors import DvkitError
 from dvkit.io.adapter_file import read_adapter_info
 from dvkit.models.image_encoder import load_image_encoder
 from dvkit.models.tiny import build_tiny_base
@@ -170,9 +172,30 @@ def test_interrupted_run_registers_nothing_and_resumes(catalog, images) -> None:
         add_subject("cat", [images], catalog=catalog, preset="quick", reporter=InterruptAt(8),
                     **FAST_SUBJECT)  # fmt: skip
     assert catalog.adapter_rows() == []
+    saved = {path: path.read_bytes() for path in (catalog.home / "runs").rglob("*.pt")}
+    assert saved
+    with pytest.raises(DvkitError, match="add --resume to continue it, or --restart"):
+        add_subject("cat", [images], catalog=catalog, preset="quick", **FAST_SUBJECT)
+    assert {path: path.read_bytes() for path in (catalog.home / "runs").rglob("*.pt")} == saved
     record = add_subject("cat", [images], catalog=catalog, preset="quick", resume=True,
                          **FAST_SUBJECT)  # fmt: skip
     assert record.ref == "cat@1"
+
+
+def test_restart_discards_an_interrupted_run(cli, home, images) -> None:
+    quick = ("--preset", "quick", "--inversion-steps", "3", "--identity-steps", "3")
+    with Catalog.open(home) as catalog, pytest.raises(TrainingInterrupted):
+        add_subject("cat", [images], catalog=catalog, preset="quick", reporter=InterruptAt(2),
+                    inversion_steps=3, identity_steps=3)  # fmt: skip
+    code, _, err = cli("--home", home, "add-subject", "cat", "--images", images, *quick)
+    _one_error_line(code, err, "add --resume to continue it, or --restart to discard it")
+    code, _, err = cli("--home", home, "add-subject", "cat", "--images", images, *quick,
+                       "--resume", "--restart")  # fmt: skip
+    _one_error_line(code, err, "give one")
+    code, out, err = cli("--home", home, "add-subject", "cat", "--images", images, *quick,
+                         "--restart")  # fmt: skip
+    assert code == 0 and "registered cat@1" in out, err
+    assert not any((Path(home) / "runs").iterdir())
 
 
 def test_add_motion_end_to_end(catalog, videos) -> None:
@@ -321,3 +344,54 @@ def test_block_checkpointing_keeps_fewer_activations() -> None:
     before = saved_elements(unet)
     checkpoint_blocks(unet)
     assert saved_elements(unet) < before / 2
+
+
+def test_training_says_what_it_trains_on_and_how_long_it_takes(cli, home, images, videos):
+    code, out, err = cli("--home", home, "add-subject", "cat", "--images", images, "--preset",
+                         "quick", "--inversion-steps", "4", "--identity-steps", "5")  # fmt: skip
+    assert code == 0, err
+    assert ("training on tiny (cpu): 3 images at 16×16; textual inversion 4 steps, identity "
+            "adapter 5 steps, batch") in out  # fmt: skip
+    assert "inversion: about" in err and "for the other 1 step (timed over 2 steps)" in err
+    assert "identity: about" in err and "for the other 2 steps" in err
+    assert "loss -" not in err
+    code, out, err = cli("--home", home, "add-motion", "surf", "--videos", videos, "--preset",
+                         "quick", "--steps", "2", "--frames", "3",
+                         "--clip-windows", "1")  # fmt: skip
+    assert code == 0, err
+    assert ("training on tiny (cpu): 2 clips, 2 windows of 3 frames (6 frames kept) at 16×16; "
+            "motion adapter 2 steps, batch 1") in out  # fmt: skip
+
+
+def test_keep_steps_beyond_the_run_are_refused_before_any_work(cli, home, images, videos):
+    quick = ("--preset", "quick", "--inversion-steps", "4", "--identity-steps", "4")
+    code, _, err = cli("--home", home, "add-subject", "cat", "--images", images, *quick,
+                       "--keep-steps", "2,9")  # fmt: skip
+    _one_error_line(code, err, "--keep-steps 9: the identity adapter trains for 4 steps")
+    code, _, err = cli("--home", home, "add-motion", "surf", "--videos", videos, "--preset",
+                       "quick", "--steps", "3", "--keep-steps", "0,3")  # fmt: skip
+    _one_error_line(code, err, "checkpoints can be kept at steps 1 to 3")
+    assert not (Path(home) / "runs").exists() or not any((Path(home) / "runs").iterdir())
+    assert Catalog.open(home).adapter_rows() == []
+
+
+def test_stills_and_litter_given_as_data_are_named(cli, home, tmp_path):
+    still = tmp_path / "still.png"
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(still)
+    one_frame = tmp_path / "one.gif"
+    Image.new("RGB", (20, 20), (0, 200, 0)).save(one_frame)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (20, 20)).save(photos / "a.png")
+    Image.new("RGB", (30, 20)).save(photos / "b.png")
+    litter = tmp_path / "._cat.jpg"
+    litter.write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    cases = [
+        (("add-motion", "m", "--videos", still), "still.png: a still image, not a clip"),
+        (("add-motion", "m", "--videos", one_frame), "one.gif: a single frame (a still), not a"),
+        (("add-motion", "m", "--videos", photos), "frames differ in size (a folder is read as"),
+        (("add-subject", "c", "--images", litter), "no images given: skipped ._cat.jpg (hidden"),
+    ]
+    for args, expected in cases:
+        code, _, err = cli("--home", home, *args, "--preset", "quick")
+        _one_error_line(code, err, expected)

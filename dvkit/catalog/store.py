@@ -11,6 +11,7 @@ write raises `CatalogNotWritableError` saying why and what was refused.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from dvkit.catalog.blobs import BlobStore, StagedBlob, hash_file
 from dvkit.catalog.home import DB_NAME, default_init_path, find_home
+from dvkit.catalog.runs import run_folders
 from dvkit.catalog.schema import connect, connect_read_only, ensure_current, unwritable_reason
 from dvkit.errors import (
     AdapterFileError,
@@ -52,10 +54,18 @@ class VerifyReport:
     corrupt: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     temporaries: list[str] = field(default_factory=list)
+    owners: dict[str, list[str]] = field(default_factory=dict)
+    """The adapters (`cat@1`, `cat@1 step 500`) each missing or corrupt file belongs to."""
+    interrupted_runs: list[str] = field(default_factory=list)
+    """Run folders that can still be resumed (not a problem)."""
+    stale_runs: list[str] = field(default_factory=list)
+    """Run folders `gc` removes: no checkpoint, or untouched for a week."""
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.corrupt or self.orphans or self.temporaries)
+        return not (
+            self.missing or self.corrupt or self.orphans or self.temporaries or self.stale_runs
+        )
 
 
 @dataclass
@@ -545,6 +555,15 @@ class Catalog:
             )
         return [{**json.loads(row["record"]), "id": row["id"]} for row in rows]
 
+    def generations(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Videos made by `compose` (not bench cells), newest first: each record with its
+        adapters, prompt, seed, sampler settings and files; at most `limit` (None: all)."""
+        rows = self._conn.execute(
+            "SELECT id, record FROM evaluations WHERE cell IS NULL ORDER BY id DESC LIMIT ?",
+            (-1 if limit is None else limit,),
+        )
+        return [{**json.loads(row["record"]), "id": row["id"]} for row in rows]
+
     # ---- bases -----------------------------------------------------------------------------
 
     def add_base(self, record: BaseModelRecord) -> None:
@@ -607,7 +626,8 @@ class Catalog:
     # ---- integrity -------------------------------------------------------------------------
 
     def verify(self, on_blob: Callable[[str], None] | None = None) -> VerifyReport:
-        """Re-hash every blob; report missing, corrupt, orphan and leftover temporary files."""
+        """Re-hash every blob; report missing, corrupt (with the adapters they belong to),
+        orphan and leftover temporary files, and training run folders (resumable or stale)."""
         report = VerifyReport()
         referenced = self._referenced_blobs()
         rows = self._conn.execute("SELECT sha256 FROM blobs ORDER BY sha256").fetchall()
@@ -624,10 +644,27 @@ class Catalog:
         report.orphans = [sha for sha, _ in self.blobs.stored() if sha not in known]
         report.orphans += sorted(known - referenced)
         report.temporaries = [p.name for p in self.blobs.temporaries(stale_only=True)]
+        report.owners = self._owners([*report.missing, *report.corrupt])
+        for run in run_folders(self.home):
+            (report.stale_runs if run.stale else report.interrupted_runs).append(run.describe())
         return report
 
+    def _owners(self, shas: Sequence[str]) -> dict[str, list[str]]:
+        """The adapter versions (and kept checkpoints) whose weights are in each blob."""
+        owners: dict[str, list[str]] = {sha: [] for sha in shas}
+        query = (
+            "SELECT name || '@' || version, blob FROM adapters UNION ALL "
+            "SELECT a.name || '@' || a.version || ' step ' || c.step, c.blob "
+            "FROM checkpoints c JOIN adapters a ON a.id = c.adapter_id"
+        )
+        for ref, sha in self._conn.execute(query):
+            if sha in owners:
+                owners[sha].append(ref)
+        return owners
+
     def gc(self) -> GcReport:
-        """Remove unreferenced blobs, blob files without a row and stale temporary files."""
+        """Remove unreferenced blobs, blob files without a row, stale temporary files and stale
+        training run folders (see `dvkit.catalog.runs`)."""
         report = GcReport()
         with self._write("delete files") as db:
             unreferenced = sorted(self._blob_shas() - self._referenced_blobs())
@@ -641,6 +678,13 @@ class Catalog:
             for path in self.blobs.temporaries(stale_only=True):
                 report.freed_bytes += _unlink(path)
                 report.removed.append(f"tmp/{path.name}")
+        for run in run_folders(self.home):
+            if run.stale:
+                report.freed_bytes += sum(
+                    p.stat().st_size for p in run.path.rglob("*") if p.is_file()
+                )
+                shutil.rmtree(run.path, ignore_errors=True)
+                report.removed.append(f"runs/{run.path.name}")
         return report
 
     def _blob_shas(self) -> set[str]:

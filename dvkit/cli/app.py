@@ -23,6 +23,7 @@ COMMAND_MODULES = {
     "export": "export_commands",
     "verify": "catalog_commands",
     "gc": "catalog_commands",
+    "generations": "catalog_commands",
     "add-subject": "train_commands",
     "add-motion": "train_commands",
     "compose": "compose_commands",

@@ -1,4 +1,4 @@
-"""Catalog commands: init, where, list, show, rm, tag, import, verify, gc."""
+"""Catalog commands: init, where, list, show, rm, tag, import, verify, gc, generations."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dvkit import ranges
 from dvkit.cli import render
 from dvkit.cli.context import home_option, open_catalog, whole
 from dvkit.cli.help import described
+from dvkit.wording import plural
 
 if TYPE_CHECKING:
     from dvkit.catalog import Catalog
@@ -264,16 +265,14 @@ def import_files(
             )  # fmt: skip
             prepared.update({item.source: item for item in ready})
         _check_own_files(catalog, own, name)
-        for file in files:
-            if file in prepared:
-                from dvkit.io.vgen import register_prepared
-
-                result = register_prepared(catalog, prepared[file], tags)
-            else:
-                result = catalog.import_file(
-                    file, name=name, tags=tags, description=description, token=token
-                )
+        done: list[str] = []
+        for index, file in enumerate(files):
+            try:
+                result = _register_one(catalog, file, prepared, name, tags, description, token)
+            except DvkitError as exc:
+                raise _partly_imported(exc, done, files[index:]) from None
             ref = result.adapter.ref
+            done.append(f"{file.name} as {ref}")
             if result.duplicate:
                 print(f"{file}: already in the catalog as {ref} (same weights)")
             else:
@@ -286,6 +285,38 @@ def _imported(adapter: AdapterRecord) -> str:
         return f"token-only subject {adapter.token}, base {adapter.base}"
     token = f", token {adapter.token}" if adapter.token else ""
     return f"{adapter.kind}, base {adapter.base}{token}"
+
+
+def _register_one(
+    catalog: Catalog,
+    file: Path,
+    prepared: dict[Path, Any],
+    name: str | None,
+    tags: list[str],
+    description: str | None,
+    token: str | None,
+) -> Any:
+    """Register one file of `dvkit import`: prepared (official, embedding) or a dvkit file."""
+    if file in prepared:
+        from dvkit.io.vgen import register_prepared
+
+        return register_prepared(catalog, prepared[file], tags)
+    return catalog.import_file(file, name=name, tags=tags, description=description, token=token)
+
+
+def _partly_imported(exc: Exception, done: list[str], left: list[Path]) -> Exception:
+    """Every file is checked before any is registered; a refusal while registering (e.g. a
+    token that conflicts) names what was and was not imported."""
+    if not done:
+        return exc
+    from dvkit.errors import DvkitError
+
+    error = DvkitError(
+        f"{exc}; imported before it: {', '.join(done)}; not imported: "
+        f"{', '.join(path.name for path in left)}"
+    )
+    error.exit_code = getattr(exc, "exit_code", 1)
+    return error
 
 
 def _check_import_options(
@@ -350,7 +381,8 @@ def _check_own_files(catalog: Catalog, files: list[Path], name: str | None) -> N
 
 
 def verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
-    """Re-hash every weights file; report missing, corrupt and orphan files."""
+    """Re-hash every weights file; report missing, corrupt (naming their adapters) and orphan
+    files, and training run folders left by interrupted runs."""
     from dataclasses import asdict
 
     with open_catalog(ctx) as catalog:
@@ -363,18 +395,59 @@ def verify(ctx: typer.Context, as_json: JsonOption = False) -> None:
             ("corrupt", report.corrupt),
             ("orphan", report.orphans),
             ("leftover temporary", report.temporaries),
+            ("stale training run", report.stale_runs),
+            ("interrupted training run", report.interrupted_runs),
         ):
             for item in items:
-                print(f"{label}: {item}")
+                print(f"{label}: {item}{_repair(report.owners.get(item))}")
         verdict = "ok" if report.ok else "problems found"
         hint = "" if report.ok or report.missing or report.corrupt else " (run: dvkit gc)"
-        print(f"checked {report.checked} weights files: {verdict}{hint}")
+        print(f"checked {plural(report.checked, 'weights file')}: {verdict}{hint}")
     if not report.ok:
         raise typer.Exit(1)
 
 
+def generations(
+    ctx: typer.Context,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            parser=whole(ranges.AT_LEAST_ZERO),
+            help="At most this many, newest first (default: 20 in the listing, 0: all).",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List past compositions (dvkit compose): adapters, prompt, seed, files and settings."""
+    if limit is None:
+        limit = 0 if as_json else 20
+    with open_catalog(ctx) as catalog:
+        rows = catalog.generations(limit or None)
+    if as_json:
+        render.print_json(rows)
+    elif rows:
+        render.generations(rows)
+    else:
+        print("no compositions yet (see: dvkit compose)")
+
+
+def _repair(owners: list[str] | None) -> str:
+    """How to repair a missing or corrupt weights file, naming the adapters it holds."""
+    if owners is None:
+        return ""
+    if not owners:
+        return " (no adapter uses it)"
+    versions = sorted({owner.split(" ")[0] for owner in owners})
+    return (
+        f" (weights of {', '.join(owners)}: import the adapter's file again (dvkit import FILE), "
+        f"or remove it: {'; '.join(f'dvkit rm {ref}' for ref in versions)})"
+    )
+
+
 def gc(ctx: typer.Context) -> None:
-    """Delete orphan weights files and leftover temporary files."""
+    """Delete orphan weights files, leftover temporary files and stale training run folders
+    (no checkpoint, or untouched for a week)."""
     with open_catalog(ctx, writing="delete files") as catalog:
         report = catalog.gc()
     for item in report.removed:
@@ -392,4 +465,5 @@ COMMANDS = {
     "import": import_files,
     "verify": verify,
     "gc": gc,
+    "generations": generations,
 }

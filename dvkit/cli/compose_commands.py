@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from dvkit import ranges
+from dvkit.cli import render
 from dvkit.cli.context import (
     DeviceOption,
     DtypeOption,
@@ -128,18 +129,9 @@ def compose(
     """Generate videos of a subject doing a motion (either alone, or the bare base)."""
     from dvkit.cli.progress import RichReporter
     from dvkit.generate.compose import compose as run_compose
+    from dvkit.train.loop import count_progress
 
-    reporter = RichReporter(unit="steps", loss=False)
-    started = False
-
-    def on_step(done: int, total: int) -> None:
-        nonlocal started
-        if not started:
-            reporter.start("sampling", total, 0)
-            started = True
-        reporter.step()
-        if done == total:
-            reporter.end()
+    on_step = count_progress(RichReporter(unit="steps", loss=False), "sampling")
 
     with open_catalog(ctx, writing="record generated videos") as catalog:
         result = run_compose(
@@ -154,6 +146,7 @@ def compose(
             dtype=dtype, on_step=on_step,
         )  # fmt: skip
     print(f"prompt: {result.prompt}")
+    print(f"settings: {render.sampler_settings(result.settings, result.seeds)}")
     for path in result.files:
         print(path)
 

@@ -26,7 +26,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     from dvkit.cli.app import build_app
 
     logging.getLogger().addHandler(logging.NullHandler())  # library chatter stays off stderr
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = hoist_home(list(sys.argv[1:] if argv is None else argv))
     command = typer.main.get_command(build_app(_command_name(args)))
     try:
         with warnings.catch_warnings():
@@ -42,6 +42,25 @@ def run(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
     return result if isinstance(result, int) else 0
+
+
+def hoist_home(args: list[str]) -> list[str]:
+    """`dvkit list --home X` as `dvkit --home X list`: the global `--home X` (or `--home=X`) is
+    accepted anywhere before a `--`; the last one given wins."""
+    front: list[str] = []
+    rest: list[str] = []
+    values = iter(args)
+    for arg in values:
+        if arg == "--":
+            rest += [arg, *values]
+        elif arg == "--home":
+            value = next(values, None)
+            front = [arg] if value is None else [arg, value]  # no value: click says so
+        elif arg.startswith("--home="):
+            front = ["--home", arg.removeprefix("--home=")]
+        else:
+            rest.append(arg)
+    return front + rest
 
 
 def _command_name(args: list[str]) -> str | None:

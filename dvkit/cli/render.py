@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from typing import Any
+
+from dvkit.wording import plural
 
 
 def print_json(value: Any) -> None:
@@ -100,3 +103,30 @@ def _plain(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
     return str(value)
+
+
+def sampler_settings(settings: dict[str, Any], seeds: Sequence[int]) -> str:
+    """One line of the sampler settings a video was made with (`compose`, `generations`)."""
+    parts = [
+        f"base {settings.get('base', '?')}",
+        plural(settings.get("steps", 0), "step"),
+        f"guidance {settings.get('guidance_scale')}",
+        plural(settings.get("frames", 0), "frame"),
+        f"{settings.get('width')}×{settings.get('height')}",
+        f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}",
+        f"offset noise {settings.get('offset_noise')}",
+        f"motion until {settings.get('motion_until')}",
+    ]
+    return ", ".join(parts)
+
+
+def generations(rows: list[dict[str, Any]]) -> None:
+    """Each generation on its own lines: id, time, adapters, seed and prompt; its files; its
+    settings (readable in a narrow terminal)."""
+    for row in rows:
+        made = " + ".join(ref for ref in (row.get("subject"), row.get("motion")) if ref)
+        when = str(row["created"])[:16].replace("T", " ")
+        print(f"#{row['id']}  {when}  {made or 'base only'}  seed {row['seed']}  {row['prompt']!r}")
+        for path in row.get("files", []):
+            print(f"    {path}")
+        print(f"    {sampler_settings(row.get('sampler', {}), [row['seed']])}")

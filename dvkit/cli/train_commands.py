@@ -36,6 +36,13 @@ Dtype = Annotated[
 Resume = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run with the same inputs.")
 ]
+Restart = Annotated[
+    bool,
+    typer.Option(
+        "--restart",
+        help="Discard the checkpoint of an interrupted run with the same inputs and start over.",
+    ),
+]
 Tags = Annotated[list[str] | None, typer.Option("--tag", help="Tag to add (repeatable).")]
 Description = Annotated[str, typer.Option("--description", help="Free text shown by dvkit show.")]
 BatchSize = Annotated[
@@ -185,6 +192,7 @@ def add_subject(
     device: Device = "auto",
     dtype: Dtype = "auto",
     resume: Resume = False,
+    restart: Restart = False,
     tag: Tags = None,
     description: Description = "",
 ) -> None:
@@ -210,7 +218,7 @@ def add_subject(
         "gradient_checkpointing": gradient_checkpointing or None,
     }
     _train(ctx, "subject", name, [*images, *(more_images or [])], base, preset, device, dtype,
-           resume, tag, description, settings, masks=masks,
+           resume, restart, tag, description, settings, masks=masks,
            from_embedding=from_embedding)  # fmt: skip
 
 
@@ -317,6 +325,7 @@ def add_motion(
     device: Device = "auto",
     dtype: Dtype = "auto",
     resume: Resume = False,
+    restart: Restart = False,
     tag: Tags = None,
     description: Description = "",
 ) -> None:
@@ -343,7 +352,7 @@ def add_motion(
         "gradient_checkpointing": gradient_checkpointing or None,
     }
     _train(ctx, "motion", name, [*videos, *(more_videos or [])], base, preset, device, dtype,
-           resume, tag, description, settings)  # fmt: skip
+           resume, restart, tag, description, settings)  # fmt: skip
 
 
 def _train(
@@ -356,6 +365,7 @@ def _train(
     device: str,
     dtype: str,
     resume: bool,
+    restart: bool,
     tags: list[str] | None,
     description: str,
     settings: dict[str, Any],
@@ -369,8 +379,8 @@ def _train(
         known = set(catalog.versions(name))  # a version returned from these is a duplicate
         record = train(
             name, inputs, catalog=catalog, base=base, preset=preset, device=device, dtype=dtype,
-            resume=resume, reporter=RichReporter(), tags=tags or (), description=description,
-            notify=print, **extra, **settings,
+            resume=resume, restart=restart, reporter=RichReporter(estimate=True), tags=tags or (),
+            description=description, notify=print, **extra, **settings,
         )  # fmt: skip
         run = catalog.run_row(record.run_id) if record.run_id else {}
         steps = sorted(catalog.checkpoint_steps(record.ref))

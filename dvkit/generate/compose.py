@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,9 +14,10 @@ from dvkit.bases import choose_base, open_base
 from dvkit.catalog import Catalog
 from dvkit.catalog.records import AdapterRecord, EvaluationRecord
 from dvkit.errors import DvkitError, DvkitWarning, NotFoundError
+from dvkit.generate.outputs import is_folder_output, video_label, video_targets
 from dvkit.generate.sampler import Row, SamplerSettings, check_size, sample
 from dvkit.io.adapter_file import AdapterTensors, load_adapter_tensors
-from dvkit.io.video import VIDEO_FORMATS, check_writable_folder, to_uint8, write_video
+from dvkit.io.video import VIDEO_FORMATS, to_uint8, write_video
 from dvkit.models.builtin import motion_uncond_strength, sampler_choices, sampling_default
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
@@ -49,6 +49,9 @@ class Composition:
     seeds: list[int]
     files: list[Path] = field(default_factory=list)
     evaluation_ids: list[int] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    """The sampler settings used (as recorded in the catalog): steps, guidance_scale, frames,
+    height, width, motion_until, offset_noise, scales, strengths, fps, base."""
 
 
 @dataclass
@@ -135,8 +138,6 @@ def compose(
         guidance=guidance, image_strength=image_strength,
         image_strength_uncond=image_strength_uncond, fps=fps,
     )  # fmt: skip
-    writes = record or out is not None
-    targets = _targets(catalog, out, seeds, formats) if writes else [[] for _ in seeds]
     if merged is None:
         chosen = [
             load_adapter(catalog, ref, step, kind)
@@ -146,6 +147,8 @@ def compose(
             )
             if ref is not None
         ]
+    writes = record or out is not None
+    targets = _targets(catalog, out, seeds, formats, chosen) if writes else [[] for _ in seeds]
     components, _ = open_matching_base(catalog, chosen, base)
     steps, guidance, motion_until, offset_noise = sampler_choices(
         components.name, steps, guidance, motion_until, offset_noise, components.architecture
@@ -187,7 +190,7 @@ def compose(
     if subject_adapter:
         token = subject_adapter.record.token or ""
         text = expand_placeholder(text, token, subject_adapter.record.num_vectors or 1)
-    check_prompts(components.tokenizer, [text, negative_prompt])  # before any encoder loads
+    check_prompts(components.tokenizer, [text], [negative_prompt])  # before any encoder loads
     embed = None
     if motion_adapter:
         embed = guidance_embedding(
@@ -205,7 +208,12 @@ def compose(
         videos = to_uint8(sample(components, rows, settings, injector, on_step).numpy())
     finally:
         injector.detach()
-    result = Composition(frames=videos, prompt=shown_prompt, seeds=list(seeds))
+    used = {
+        **settings.__dict__, "negative_prompt": negative_prompt, "subject_scale": subject_scale,
+        "motion_scale": motion_scale, "image_strength": image_strength,
+        "image_strength_uncond": image_strength_uncond, "fps": fps, "base": components.name,
+    }  # fmt: skip
+    result = Composition(frames=videos, prompt=shown_prompt, seeds=list(seeds), settings=used)
     for index, seed in enumerate(seeds):
         written = [write_video(videos[index], path, fps) for path in targets[index]]
         result.files += written
@@ -219,16 +227,7 @@ def compose(
                         motion=motion_adapter.label if motion_adapter else None,
                         prompt=result.prompt,
                         seed=seed,
-                        sampler={
-                            **settings.__dict__,
-                            "negative_prompt": negative_prompt,
-                            "subject_scale": subject_scale,
-                            "motion_scale": motion_scale,
-                            "image_strength": image_strength,
-                            "image_strength_uncond": image_strength_uncond,
-                            "fps": fps,
-                            "base": components.name,
-                        },  # fmt: skip
+                        sampler=used,
                         files=[str(path) for path in written],
                     )
                 )
@@ -312,28 +311,18 @@ def _check_options(formats: Sequence[str], **numbers: float | None) -> None:
 
 
 def _targets(
-    catalog: Catalog, out: str | Path | None, seeds: Sequence[int], formats: Sequence[str]
+    catalog: Catalog,
+    out: str | Path | None,
+    seeds: Sequence[int],
+    formats: Sequence[str],
+    chosen: Sequence[LoadedAdapter],
 ) -> list[list[Path]]:
-    """Output files per seed: `out` as one file, as a folder, or the catalog's videos folder."""
-    from dvkit.io.video import video_format
-
-    if out is not None and not Path(out).is_dir():
-        path = Path(out)
-        video_format(path)
-        check_writable_folder(path.parent if str(path.parent) else Path("."))
-        if len(seeds) == 1:
-            return [[path]]
-        return [[path.with_name(f"{path.stem}-seed{seed}{path.suffix}")] for seed in seeds]
+    """Output files per seed: `out` as one file or a folder, or the catalog's videos folder;
+    in a folder, named after what they show (`video_targets`)."""
+    names = {adapter.record.kind: adapter.record.name for adapter in chosen}
+    label = video_label(names.get("subject"), names.get("motion"))
     folder = Path(out) if out is not None else catalog.home / "videos"
-    folder.mkdir(parents=True, exist_ok=True)
-    check_writable_folder(folder)
-    stamp = _next_stamp(folder)
-    return [[folder / f"{stamp}-seed{seed}.{fmt}" for fmt in formats] for seed in seeds]
-
-
-def _next_stamp(folder: Path) -> str:
-    numbers = [int(m.group(1)) for p in folder.iterdir() if (m := re.match(r"(\d{5})-", p.name))]
-    return f"{max(numbers, default=0) + 1:05d}"
+    return video_targets(folder, seeds, formats, label, out is None or is_folder_output(folder))
 
 
 def load_adapter(catalog: Catalog, ref: str, step: int | None, kind: str) -> LoadedAdapter:

@@ -220,7 +220,10 @@ class FrameFolder:
         for index in indices:
             image = read_image(self.files[index])
             if size is not None and image.size != size:
-                raise DataError(f"{self.path}: frames differ in size")
+                raise DataError(
+                    f"{self.path}: frames differ in size (a folder is read as one clip, its "
+                    "images the frames in name order; stills are not a clip)"
+                )
             size = image.size
             yield index, image
 

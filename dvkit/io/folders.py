@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dvkit.errors import DvkitError
+from dvkit.wording import plural
 
 LITTER = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini"})
 """Files other systems write into folders (lowercase); hidden files (`.name`) are litter too."""
@@ -39,8 +40,7 @@ class Collected:
 
     def describe(self, noun: str) -> str:
         """One line such as `using 5 images from ./cat (2 skipped: ._0.png, .DS_Store)`."""
-        count = len(self.paths)
-        line = f"using {count} {noun}{'' if count == 1 else 's'} from {_listed(self.sources)}"
+        line = f"using {plural(len(self.paths), noun)} from {_listed(self.sources)}"
         if self.skipped:
             line += f" ({len(self.skipped)} skipped: {_listed(self.skipped)})"
         return line
@@ -92,6 +92,11 @@ def collect_files(
         elif item.is_file() and is_litter(item):
             found.skipped.append(item.name)
         elif item.is_file():
+            if item.suffix.lower() in frame_extensions and item.suffix.lower() not in extensions:
+                raise DataError(
+                    f"{item}: a still image, not a clip (give video files, GIFs or folders "
+                    "that each hold one clip's frames)"
+                )
             if item.suffix.lower() not in extensions:
                 raise DataError(
                     f"{item}: unsupported file type {item.suffix or '(none)'} "
@@ -100,6 +105,11 @@ def collect_files(
             found.paths.append(item)
         else:
             raise DataError(f"{item}: no such file or folder")
+    if not found.paths and found.skipped:
+        raise DataError(
+            f"no {what} given: skipped {_listed(found.skipped)} (hidden files and system "
+            "litter such as ._*, .DS_Store and Thumbs.db are never read)"
+        )
     if not found.paths:
         raise DataError(f"no {what} given")
     return found

@@ -36,7 +36,9 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> torc
     ).input_ids
 
 
-def check_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> dict[str, int]:
+def check_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], negative: Sequence[str] = ()
+) -> dict[str, int]:
     """How many tokens the text encoder loses of each prompt that does not fit; {} if all fit.
 
     The text encoder reads `model_max_length` tokens (77 on CLIP) with its start and end tokens,
@@ -44,7 +46,10 @@ def check_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) ->
     names how many tokens were dropped; a learned token (one added to the tokenizer, such as a
     subject's `<cat>` or any of its extra vectors `<cat>_1`, …) among them in any prompt raises
     PromptTooLongError instead, before any warning: the prompt would silently lose its subject.
+    The error calls the prompts of `negative` (checked too) negative prompts.
     """
+    given = set(prompts)
+    prompts = [*prompts, *negative]
     capacity = tokenizer.model_max_length - tokenizer.num_special_tokens_to_add()
     learned = set(tokenizer.get_added_vocab().values()) - set(tokenizer.all_special_ids)
     distinct = list(dict.fromkeys(prompts))
@@ -54,8 +59,9 @@ def check_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) ->
         lost = [place for place, token in enumerate(ids) if place >= capacity and token in learned]
         if lost:
             name = _learned_name(tokenizer, tokenizer.convert_ids_to_tokens(ids[lost[0]]))
+            role = "prompt" if prompt in given else "negative prompt"
             raise PromptTooLongError(
-                f"prompt {_quote(prompt)} has the learned token {name} at token {lost[0] + 1}, "
+                f"{role} {_quote(prompt)} has the learned token {name} at token {lost[0] + 1}, "
                 f"past the {capacity} the text encoder reads; shorten the prompt or put {name} "
                 "earlier"
             )

@@ -21,6 +21,7 @@ from dvkit.bases import base_architecture, choose_base, open_base
 from dvkit.catalog import Catalog
 from dvkit.catalog.blobs import StagedBlob
 from dvkit.catalog.records import AdapterRecord, BaseModelRecord, RunRecord
+from dvkit.catalog.runs import has_checkpoint
 from dvkit.catalog.store import adapter_record
 from dvkit.errors import DvkitError
 from dvkit.io.adapter_file import (
@@ -45,6 +46,7 @@ from dvkit.train.settings import (
     preset_values,
 )
 from dvkit.train.setup import run_key
+from dvkit.wording import plural
 
 SettingsT = TypeVar("SettingsT", SubjectSettings, MotionSettings)
 
@@ -60,6 +62,7 @@ def add_subject(
     device: str = "auto",
     dtype: str = "auto",
     resume: bool = False,
+    restart: bool = False,
     reporter: Reporter | None = None,
     tags: Sequence[str] = (),
     description: str = "",
@@ -74,12 +77,16 @@ def add_subject(
     (see `choose_initializer`); the record's `initializer` says which. `notify` receives a line
     saying which files were used (and skipped).
 
+    A run interrupted earlier with the same settings and data is continued with `resume=True`
+    or discarded with `restart=True`; with neither, its checkpoint is kept and a `DvkitError`
+    says so.
+
     `from_embedding` (a subject of the catalog, or a textual-inversion or dvkit subject file)
     gives the token's vectors instead: textual inversion is skipped and they stay exactly as
     given while only the identity adapter trains; the training settings record the source.
     """
     catalog = catalog or Catalog.open()
-    tags = _check_request(catalog, name, "subject", tags)
+    tags = _check_request(catalog, name, "subject", tags, resume, restart)
     overrides["token"] = overrides.get("token") or f"<{name}>"
     base = choose_base(catalog, base)
     given = None
@@ -96,6 +103,7 @@ def add_subject(
     notify = notify if world.main else _quiet
     pixels, paths = data.load_images(images, settings.resolution, notify)
     mask_pixels = data.load_masks(masks, paths, settings.resolution, notify) if masks else None
+    notify(subject_summary(len(paths), settings, base, run_device))
     fingerprints = data.fingerprint(paths)
     components, base_record = open_base(catalog, base)
     if given is not None:
@@ -103,7 +111,15 @@ def add_subject(
 
         check_fits(given.vectors, components, base_record.name, settings.token)
     folder = _run_folder(
-        catalog, "subject", name, settings, fingerprints, base_record, resume, world
+        catalog,
+        "subject",
+        name,
+        settings,
+        fingerprints,
+        base_record,
+        resume,
+        world,
+        restart,
     )
 
     from dvkit.train.subject import train_subject
@@ -205,6 +221,7 @@ def add_motion(
     device: str = "auto",
     dtype: str = "auto",
     resume: bool = False,
+    restart: bool = False,
     reporter: Reporter | None = None,
     tags: Sequence[str] = (),
     description: str = "",
@@ -214,9 +231,9 @@ def add_motion(
     """Learn a motion from a few videos (motion adapters with appearance guidance); register it.
 
     `notify` receives a line saying which files were used (and skipped), and a warning for each
-    clip shorter than a training window."""
+    clip shorter than a training window. `resume` and `restart` as in `add_subject`."""
     catalog = catalog or Catalog.open()
-    tags = _check_request(catalog, name, "motion", tags)
+    tags = _check_request(catalog, name, "motion", tags, resume, restart)
     overrides["caption"] = overrides.get("caption") or name.replace("_", " ").replace("-", " ")
     base = choose_base(catalog, base)
     if not overrides.get("image_encoder"):
@@ -235,10 +252,19 @@ def add_motion(
         videos, settings.frames, settings.resolution, settings.fps, encoder,
         settings.clip_windows, notify,
     )  # fmt: skip
+    notify(motion_summary(clips, len(paths), settings, base, run_device))
     fingerprints = data.fingerprint(paths)
     components, base_record = open_base(catalog, base)
     folder = _run_folder(
-        catalog, "motion", name, settings, fingerprints, base_record, resume, world
+        catalog,
+        "motion",
+        name,
+        settings,
+        fingerprints,
+        base_record,
+        resume,
+        world,
+        restart,
     )
     start = time.perf_counter()
     result = train_motion(
@@ -250,6 +276,35 @@ def add_motion(
         result.tensors, result.kept, fingerprints, tags, result.loss_curves,
         time.perf_counter() - start, run_device, placement=["attn1", "attn2", "ff"],
     )  # fmt: skip
+
+
+def subject_summary(images: int, settings: SubjectSettings, base: str, device: torch.device) -> str:
+    """The line that says what a subject run trains on: images, size, steps per stage."""
+    stages = [
+        f"textual inversion {plural(settings.inversion_steps, 'step')}"
+        if settings.inversion_steps
+        else "no textual inversion (the token's vectors are given)",
+        f"identity adapter {plural(settings.identity_steps, 'step')}",
+    ]
+    return (
+        f"training on {base} ({device}): {plural(images, 'image')} at "
+        f"{settings.resolution}×{settings.resolution}; {', '.join(stages)}, batch "
+        f"{settings.batch_size}"
+    )
+
+
+def motion_summary(
+    clips: data.MotionClips, videos: int, settings: MotionSettings, base: str, device: torch.device
+) -> str:
+    """The line that says what a motion run trains on: clips, windows, frames, size, steps."""
+    rate = f" at {settings.fps:g} fps" if settings.fps else ""
+    windows = plural(len(clips.windows), "window")
+    return (
+        f"training on {base} ({device}): {plural(videos, 'clip')}, {windows} of "
+        f"{plural(settings.frames, 'frame')}{rate} ({plural(len(clips.frames), 'frame')} "
+        f"kept) at {settings.resolution}×{settings.resolution}; motion adapter "
+        f"{plural(settings.steps, 'step')}, batch {settings.batch_size}"
+    )
 
 
 def reference_images(pixels: torch.Tensor) -> torch.Tensor:
@@ -274,9 +329,13 @@ def _reporter(reporter: Reporter | None, world: World) -> Reporter:
     return reporter if reporter is not None and world.main else SilentReporter()
 
 
-def _check_request(catalog: Catalog, name: str, kind: str, tags: Sequence[str]) -> list[str]:
+def _check_request(
+    catalog: Catalog, name: str, kind: str, tags: Sequence[str], resume: bool, restart: bool
+) -> list[str]:
     """Cheap checks before any data is read or model loaded (a read-only catalog included)."""
     quiet_libraries()
+    if resume and restart:
+        raise DvkitError("--resume continues the saved run and --restart discards it: give one")
     catalog.require_writable(f"register the {kind} {name}")
     validate_name(name)
     catalog.check_kind(name, kind)
@@ -317,7 +376,10 @@ def _run_folder(
     base: BaseModelRecord,
     resume: bool,
     world: World,
+    restart: bool = False,
 ) -> Path:
+    """The run's checkpoint folder. A saved checkpoint is continued with `resume`, discarded
+    with `restart`, and otherwise kept: the run stops, saying how to go on."""
     key = run_key(
         {"kind": kind, "name": name, "settings": settings.model_dump(mode="json"),
          "data": fingerprints, "base": base.fingerprint}
@@ -326,6 +388,11 @@ def _run_folder(
     if resume and not folder.is_dir():
         raise DvkitError(
             f"nothing to resume: no interrupted {kind} run of {name!r} with these settings and data"
+        )
+    if not resume and not restart and has_checkpoint(folder):
+        raise DvkitError(
+            f"an interrupted {kind} run of {name!r} with these settings and data is saved in "
+            f"{folder}: add --resume to continue it, or --restart to discard it"
         )
     if not resume and folder.exists() and world.main:
         shutil.rmtree(folder)

@@ -21,6 +21,7 @@ from dvkit.io.clips import VIDEO_EXTENSIONS, VideoSource, open_video
 from dvkit.io.folders import Collected, DataError, collect_files, frame_files, list_folder
 from dvkit.io.images import BLACK, IMAGE_EXTENSIONS, fit_square, read_image
 from dvkit.train.windows import plan_windows
+from dvkit.wording import plural
 
 if TYPE_CHECKING:
     import torch
@@ -154,6 +155,12 @@ def load_videos(
     found = collect_files(inputs, VIDEO_EXTENSIONS, "videos", frame_extensions=IMAGE_EXTENSIONS)
     notify(found.describe("video"))
     sources = [open_video(path) for path in found.paths]
+    for source in sources:
+        if len(source.timeline) < 2:
+            raise DataError(
+                f"{source.path}: a single frame (a still), not a clip: motion training needs "
+                "clips of at least 2 frames"
+            )
     plans = [plan_windows(s.timeline, frames, fps, clip_windows) for s in sources]
     for source, plan in zip(sources, plans, strict=True):
         if plan.real_frames < frames:
@@ -216,6 +223,6 @@ def _short_clip_warning(source: VideoSource, real: int, frames: int, fps: float 
     at = f" at {fps:g} fps" if fps and source.timeline.timed else ""
     ask = f"--frames {real}" + (" or a higher --fps" if at else "")
     return (
-        f"warning: {source.path} gives {real} frames{at}, fewer than the {frames} of a "
+        f"warning: {source.path} gives {plural(real, 'frame')}{at}, fewer than the {frames} of a "
         f"training window: zero-padded after them, as the official trainer does (ask for {ask})"
     )

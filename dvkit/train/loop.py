@@ -5,6 +5,12 @@ A stage optimises named parameters with a step function that returns the loss. E
 state and loss curve are written to `<folder>/<stage>/state.pt`, so `resume=True` continues
 exactly where the run stopped: an interrupted and resumed run ends with the same weights as an
 uninterrupted one with the same seed.
+
+Ctrl-C is honoured inside a step too: the forward pass runs Python between the base's modules,
+and the backward pass calls back into Python (`_unpacked`) each time it reads a tensor saved by
+the forward pass, so a pending interrupt is raised there rather than after the whole backward
+pass. An interrupted step is dropped: the checkpoint holds the last finished step and the
+random state it ended with.
 """
 
 from __future__ import annotations
@@ -17,11 +23,9 @@ from typing import Protocol
 
 import torch
 
+from dvkit.catalog.runs import DONE_FILE, STATE_FILE
 from dvkit.errors import DvkitError
 from dvkit.train.distributed import World, average_gradients, gather
-
-STATE_FILE = "state.pt"
-DONE_FILE = "done.pt"
 
 
 class TrainingInterrupted(DvkitError):
@@ -131,21 +135,24 @@ def run_stage(
         )
     reporter.start(stage.name, stage.steps, step)
     device_type = settings.device.type
+    step_start = generator.get_state()
     try:
         while step < stage.steps:
-            with torch.autocast(
-                device_type,
-                dtype=settings.autocast_dtype or torch.float32,
-                enabled=settings.autocast_dtype is not None,
-            ):
-                loss = stage.loss(generator)
-            scaler.scale(loss).backward()
+            with interruptible():
+                with torch.autocast(
+                    device_type,
+                    dtype=settings.autocast_dtype or torch.float32,
+                    enabled=settings.autocast_dtype is not None,
+                ):
+                    loss = stage.loss(generator)
+                scaler.scale(loss).backward()
             average_gradients(params, world)
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             schedule.step()
             step += 1
+            step_start = generator.get_state()
             value = float(loss.detach())
             curve.append((step, value))
             if step in stage.keep_steps:
@@ -156,12 +163,28 @@ def run_stage(
                     stage_folder, step, stage, optimizer, schedule, generator, world, curve, kept
                 )
     except KeyboardInterrupt:
+        generator.set_state(step_start)  # the unfinished step drew from it
         _save_state(stage_folder, step, stage, optimizer, schedule, generator, world, curve, kept)
         reporter.end()
         raise TrainingInterrupted(stage.name, step, stage.steps) from None
     reporter.end()
     _save_done(stage_folder, stage, generator, world, curve, kept)
     return StageResult(curve, kept)
+
+
+def interruptible() -> torch.autograd.graph.saved_tensors_hooks:
+    """Hooks that give the interpreter a chance to raise a pending Ctrl-C during backward."""
+    return torch.autograd.graph.saved_tensors_hooks(_packed, _unpacked)
+
+
+def _packed(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+def _unpacked(tensor: torch.Tensor) -> torch.Tensor:
+    """Called for every saved tensor the backward pass reads: Python runs here, so a Ctrl-C
+    that arrived during the (C++) backward pass is raised now, not when it ends."""
+    return tensor
 
 
 def warmup_factor(step: int, warmup: int) -> float:

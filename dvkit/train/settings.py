@@ -84,6 +84,7 @@ class SubjectSettings(CommonSettings):
     def _check(self) -> SubjectSettings:
         if self.inversion_steps + self.identity_steps == 0:
             raise ValueError("nothing to train: both stages have 0 steps")
+        check_keep_steps(self.keep_steps, self.identity_steps, "the identity adapter trains")
         return self
 
 
@@ -113,6 +114,21 @@ class MotionSettings(CommonSettings):
     )
     image_encoder: str = ""
     """open_clip `MODEL:PRETRAINED`; empty: the base's default (see `default_image_encoder`)."""
+
+    @model_validator(mode="after")
+    def _check_keep(self) -> MotionSettings:
+        check_keep_steps(self.keep_steps, self.steps, "the motion adapter trains")
+        return self
+
+
+def check_keep_steps(keep: list[int], steps: int, what: str) -> None:
+    """Kept checkpoints must be steps of the adapter's stage: 1 to `steps`."""
+    outside = [step for step in keep if not 1 <= step <= steps]
+    if outside:
+        raise ValueError(
+            f"--keep-steps {','.join(map(str, outside))}: {what} for {steps} steps, so "
+            f"checkpoints can be kept at steps 1 to {steps}"
+        )
 
 
 QUICK = {
