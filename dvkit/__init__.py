@@ -16,6 +16,7 @@ _LAZY = {
     "add_subject": "dvkit.train.api",
     "add_motion": "dvkit.train.api",
     "add_base": "dvkit.bases",
+    "set_default_base": "dvkit.bases",
     "compose": "dvkit.generate.compose",
     "score": "dvkit.evaluate.score",
     "bench": "dvkit.evaluate.grid",
