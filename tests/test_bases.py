@@ -76,3 +76,25 @@ def test_no_base_chosen_is_one_line_naming_the_ways_to_choose(cli, home, monkeyp
     assert cli("--home", home, "base", "default")[1].strip() == "sprites"
     code, out, _ = cli("--home", home, "base", "list", "--json")
     assert [row["name"] for row in json.loads(out) if row["default"]] == ["sprites"]
+
+
+def test_training_defaults_come_from_the_base(catalog, tmp_path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from dvkit.train.api import add_motion
+
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for index in range(10):
+        pixels = np.zeros((32, 32, 3), "uint8")
+        pixels[index : index + 8, 4:12] = 255
+        Image.fromarray(pixels).save(clip / f"{index:02}.png")
+    record = add_motion("slide", [clip], catalog=catalog, base="sprites", steps=1)
+    assert (record.training["resolution"], record.training["frames"]) == (16, 8)
+    assert record.training["image_encoder"] == "sprites"
+    from dvkit.models.builtin import training_defaults
+
+    official = {"resolution": 256, "frames": 32, "fps": 8}  # the official recipe's
+    assert training_defaults("tiny") == official
+    assert training_defaults("tiny-animatediff") == {"resolution": 512, "frames": 16, "fps": 8}
