@@ -414,7 +414,7 @@ def generations(
         typer.Option(
             "--limit",
             parser=whole(ranges.AT_LEAST_ZERO),
-            help="At most this many, newest first (default: 20 in the listing, 0: all).",
+            help=described("At most this many, newest first (0: all).", "20 in the listing"),
         ),
     ] = None,
     as_json: JsonOption = False,
