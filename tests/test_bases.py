@@ -92,9 +92,15 @@ def test_training_defaults_come_from_the_base(catalog, tmp_path) -> None:
         Image.fromarray(pixels).save(clip / f"{index:02}.png")
     record = add_motion("slide", [clip], catalog=catalog, base="sprites", steps=1)
     assert (record.training["resolution"], record.training["frames"]) == (16, 8)
-    assert record.training["image_encoder"] == "sprites"
+    assert record.training["image_encoder"] == "sprites" and record.training["offset_noise"] == 0
     from dvkit.models.builtin import training_defaults
 
-    official = {"resolution": 256, "frames": 32, "fps": 8}  # the official recipe's
-    assert training_defaults("tiny") == official
-    assert training_defaults("tiny-animatediff") == {"resolution": 512, "frames": 16, "fps": 8}
+    official = {"resolution": 256, "frames": 32, "fps": 8, "offset_noise": 0.1}  # the recipe's
+    assert training_defaults("tiny", "modelscope-t2v") == {**official, "offset_noise": 0.0}
+    assert training_defaults("ms", "modelscope-t2v") == official
+    assert training_defaults("tiny-animatediff") == {
+        "resolution": 512,
+        "frames": 16,
+        "fps": 8,
+        "offset_noise": 0.0,
+    }

@@ -100,6 +100,17 @@ HighNoiseBand = Annotated[
         help=described("LOW HIGH: that band, as fractions of the schedule.", "0.5 1"),
     ),
 ]
+TrainingOffsetNoise = Annotated[
+    float | None,
+    typer.Option(
+        "--offset-noise",
+        parser=number(ranges.OFFSET_NOISE),
+        help=described(
+            "Per-frame offset added to the training noise, as the official trainer.",
+            "the base's",
+        ),
+    ),
+]
 KeepSteps = Annotated[
     str | None,
     typer.Option(
@@ -184,6 +195,7 @@ def add_subject(
     hidden_ratio: HiddenRatio = None,
     high_noise_share: HighNoiseShare = None,
     high_noise_band: HighNoiseBand = None,
+    offset_noise: TrainingOffsetNoise = None,
     keep_steps: KeepSteps = None,
     checkpoint_every: CheckpointEvery = None,
     gradient_checkpointing: GradientCheckpointing = False,
@@ -213,6 +225,7 @@ def add_subject(
         "hidden_ratio": hidden_ratio,
         "high_noise_share": high_noise_share,
         "high_noise_band": high_noise_band,
+        "offset_noise": offset_noise,
         "keep_steps": _steps(keep_steps),
         "checkpoint_every": checkpoint_every,
         "gradient_checkpointing": gradient_checkpointing or None,
@@ -307,6 +320,7 @@ def add_motion(
     ] = None,
     high_noise_share: HighNoiseShare = None,
     high_noise_band: HighNoiseBand = None,
+    offset_noise: TrainingOffsetNoise = None,
     image_encoder: Annotated[
         str | None,
         typer.Option(
@@ -346,6 +360,7 @@ def add_motion(
         "image_strength_uncond": image_strength_uncond,
         "high_noise_share": high_noise_share,
         "high_noise_band": high_noise_band,
+        "offset_noise": offset_noise,
         "image_encoder": image_encoder,
         "keep_steps": _steps(keep_steps),
         "checkpoint_every": checkpoint_every,
