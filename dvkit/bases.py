@@ -55,14 +55,23 @@ def set_default_base(catalog: Catalog, name: str) -> None:
 def choose_base(catalog: Catalog, base: str | None) -> str:
     """The base to use: `base` when given, else `$DVKIT_BASE`, else the catalog's default; with
     none of them a `NoBaseError` saying how to choose one."""
-    chosen = base or os.environ.get("DVKIT_BASE") or catalog.default_base()
+    if base:
+        return base
+    from_environment = os.environ.get("DVKIT_BASE")
+    if from_environment:
+        try:
+            base_architecture(catalog, from_environment)
+        except DvkitError as exc:
+            raise NoBaseError(f"$DVKIT_BASE: {exc}") from None
+        return from_environment
+    chosen = catalog.default_base()
     if chosen:
         return chosen
     builtins = ", ".join(BUILTINS)
     raise NoBaseError(
         "no base chosen: add one with `dvkit base add NAME SOURCE` (it becomes the default), "
-        f"pick one with `dvkit base default NAME`, or give --base (built in, offline: {builtins}; "
-        "try --base sprites)"
+        f"pick one with `dvkit base default NAME`, set $DVKIT_BASE, or give --base (base= in "
+        f"the library; built in, offline: {builtins}; try --base sprites)"
     )
 
 

@@ -27,7 +27,10 @@ def test_add_local_folder_keeps_fingerprint_and_becomes_default(cli, home, tmp_p
     assert out.splitlines()[1].startswith("local-tiny *")
     _save_diffusers_folder(tmp_path / "second")
     cli("--home", home, "base", "add", "second", tmp_path / "second")
-    assert cli("--home", home, "base", "default")[1].strip() == "local-tiny"
+    assert cli("--home", home, "base", "default")[1].splitlines() == [
+        "local-tiny",
+        "($DVKIT_BASE=tiny is used instead while it is set)",
+    ]
 
 
 def test_open_base_registers_builtin_once(catalog) -> None:
@@ -96,11 +99,20 @@ def test_training_defaults_come_from_the_base(catalog, tmp_path) -> None:
     from dvkit.models.builtin import training_defaults
 
     official = {"resolution": 256, "frames": 32, "fps": 8, "offset_noise": 0.1}  # the recipe's
-    assert training_defaults("tiny", "modelscope-t2v") == {**official, "offset_noise": 0.0}
+    tiny = {**official, "offset_noise": 0.0, "resolution": 16}  # its VAE does not downsample
+    assert training_defaults("tiny", "modelscope-t2v") == tiny
     assert training_defaults("ms", "modelscope-t2v") == official
     assert training_defaults("tiny-animatediff") == {
-        "resolution": 512,
+        "resolution": 16,
         "frames": 16,
         "fps": 8,
         "offset_noise": 0.0,
     }
+
+
+def test_base_choice_errors_name_their_source(cli, home, monkeypatch, tmp_path) -> None:
+    code, _, err = cli("--home", home, "base", "add", "x", tmp_path / "missing")
+    assert code == 1 and f"no such file or folder: {tmp_path / 'missing'}" in err
+    monkeypatch.setenv("DVKIT_BASE", "nope")
+    code, _, err = cli("--home", home, "compose", "--prompt", "a cat")
+    assert code == 1 and err.startswith("error: $DVKIT_BASE: unknown base 'nope'")

@@ -331,6 +331,17 @@ def test_from_embedding_trains_only_the_identity_adapter(cli, with_motion, tmp_p
     assert _catalog_state(home) == before
 
 
+def test_from_embedding_of_another_base_warns(cli, with_motion) -> None:
+    home = with_motion / "registry"
+    code, _, err = cli(
+        "--home", home, "add-subject", "robot-ad", "--images", with_motion / "images",
+        "--from-embedding", "toy", "--base", "tiny-animatediff", "--preset", "quick",
+        "--resolution", "8", "--identity-steps", "1",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "warning: --from-embedding toy: its vectors were learnt on base tiny, not " in err
+
+
 def test_token_only_subject_exports_and_reimports(cli, with_motion, tmp_path) -> None:
     home = tmp_path / "copy"
     import shutil

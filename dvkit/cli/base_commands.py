@@ -65,9 +65,13 @@ def default_base(
 ) -> None:
     """Print or set the base that training and compose use when no --base is given."""
     if name is None:
+        import os
+
         with open_catalog(ctx) as catalog:
             current = catalog.default_base()
         print(current or "no default base (set one with: dvkit base default NAME)")
+        if os.environ.get("DVKIT_BASE"):
+            print(f"($DVKIT_BASE={os.environ['DVKIT_BASE']} is used instead while it is set)")
         return
     from dvkit.bases import set_default_base
 

@@ -18,7 +18,7 @@ from dvkit.generate.outputs import is_folder_output, video_label, video_targets
 from dvkit.generate.sampler import Row, SamplerSettings, check_size, sample
 from dvkit.io.adapter_file import AdapterTensors, load_adapter_tensors
 from dvkit.io.video import VIDEO_FORMATS, to_uint8, write_video
-from dvkit.models.builtin import motion_uncond_strength, sampler_choices, sampling_default
+from dvkit.models.builtin import BUILTINS, motion_uncond_strength, sampler_choices, sampling_default
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
@@ -165,7 +165,7 @@ def compose(
         default_frames = sampling_default(components.name, "frames", components.architecture)
         frames = _trained(motion_adapter, "frames", int(default_frames))
     if size is None:
-        default_size = components.family.native_size(components)
+        default_size = _default_size(components)
         size = _trained(subject_adapter or motion_adapter, "resolution", default_size)
     settings = SamplerSettings(
         steps=steps,
@@ -363,6 +363,14 @@ def open_matching_base(
                 f"{base_record.fingerprint[:12]}"
             )
     return components, base_record
+
+
+def _default_size(components: BaseComponents) -> int:
+    """A built-in base's own size (the tiny ones work at 16), else the size the denoiser was
+    configured for."""
+    if components.name in BUILTINS:
+        return int(sampling_default(components.name, "size", components.architecture))
+    return components.family.native_size(components)
 
 
 def _base_label(record: AdapterRecord) -> str:

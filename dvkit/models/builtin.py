@@ -30,7 +30,9 @@ class BuiltinBase:
     `dvkit.models.image_encoder`)."""
 
 
-# Built-in bases were trained without offset noise, so they start from plain Gaussian noise.
+# Built-in bases were trained without offset noise, so they start from plain Gaussian noise;
+# the tiny ones' VAE does not downsample, so they work at 16×16 (256 would mean attention over
+# 65,536 tokens).
 # On sprites a motion is laid out above timestep 400: motion adapters stop there, so that the
 # last steps draw the object's own look (see `SamplerSettings.motion_until`); its other
 # defaults are its family's.
@@ -39,12 +41,13 @@ BUILTINS: dict[str, BuiltinBase] = {
         "tiny random components for tests and smoke runs (meaningless pictures)",
         "modelscope-t2v",
         "dvkit.models.tiny:build_tiny_base",
-        {"offset_noise": 0.0},
+        {"offset_noise": 0.0, "size": 16},
     ),
     "tiny-animatediff": BuiltinBase(
         "tiny random AnimateDiff components for tests and smoke runs (meaningless pictures)",
         "animatediff",
         "dvkit.models.tiny_animatediff:build_tiny_animatediff_base",
+        {"size": 16},
     ),
     "sprites": BuiltinBase(
         "16×16 pixel-space model of the sprites world (coloured shapes moving over black)",

@@ -61,6 +61,8 @@ def load_base(
         quiet_libraries()
         return build_builtin(builtin)
     options = dict(options or {})
+    if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists():
+        raise BaseLoadError(f"no such file or folder: {source}")
     chosen = family(architecture) if architecture else choose_family(source, options)
     return chosen.load(source, name or _default_name(source), options)
 
@@ -89,11 +91,13 @@ def quiet_libraries() -> None:
     import warnings
 
     from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as transformers_logging
 
     for logging in (diffusers_logging, transformers_logging):
         logging.set_verbosity_error()
         logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=UserWarning, module="huggingface_hub")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from dvkit.catalog.blobs import StagedBlob
 from dvkit.catalog.records import AdapterRecord, BaseModelRecord, RunRecord
 from dvkit.catalog.runs import has_checkpoint
 from dvkit.catalog.store import adapter_record
-from dvkit.errors import DvkitError
+from dvkit.errors import DvkitError, DvkitWarning
 from dvkit.io.adapter_file import (
     REFERENCE_IMAGES_KEY,
     TOKEN_EMBEDDING_KEY,
@@ -93,6 +94,7 @@ def add_subject(
     if from_embedding is not None:
         given = given_embedding(catalog, from_embedding)
         overrides.update(_embedding_overrides(overrides, given))
+        _warn_other_base(from_embedding, given, base)
     defaults = training_defaults(base, base_architecture(catalog, base))
     settings = _settings(
         SubjectSettings, "subject", preset, overrides, defaults, use_masks=masks is not None
@@ -172,12 +174,28 @@ def given_embedding(catalog: Catalog, source: str | Path) -> GivenEmbedding:
             raise DvkitError(f"{path}: an adapter checkpoint, not a textual-inversion embedding")
         staged = read_adapter_info(path)
         data = path.read_bytes()
-        origin = {"file": path.name, "weights_hash": staged.weights_hash, "format": "dvkit"}
+        origin = {
+            "file": path.name, "weights_hash": staged.weights_hash, "format": "dvkit",
+            "base": staged.base,
+        }  # fmt: skip
         return _subject_embedding(str(path), staged.kind, data, origin, staged.initializer)
     record = catalog.show(str(source))
-    origin = {"subject": record.ref, "weights_hash": record.weights_hash}
+    origin = {"subject": record.ref, "weights_hash": record.weights_hash, "base": record.base}
     data = catalog.read_blob(record.blob)
     return _subject_embedding(record.ref, record.kind, data, origin, record.initializer)
+
+
+def _warn_other_base(source: str | Path, given: GivenEmbedding, base: str) -> None:
+    """A DvkitWarning when the vectors were learnt on another base than `base` (only their
+    width is checked: they fit, but need not mean the subject there)."""
+    learnt_on = given.source.get("base")
+    if learnt_on and learnt_on != base:
+        warnings.warn(
+            f"--from-embedding {source}: its vectors were learnt on base {learnt_on}, not {base}; "
+            "they fit its text encoder but may not mean the subject there",
+            DvkitWarning,
+            stacklevel=2,
+        )
 
 
 _REF = re.compile(r"[a-z0-9][a-z0-9_-]*(@\d+)?")
