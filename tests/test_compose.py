@@ -243,6 +243,14 @@ def test_generations_lists_past_compositions(cli, trained, tmp_path) -> None:
     assert rows[1]["sampler"]["steps"] == 1 and rows[1]["sampler"]["base"] == "tiny"
 
 
+def test_the_guidance_image_is_recorded(cli, trained, tmp_path) -> None:
+    image = tmp_path / "look.png"
+    Image.fromarray(np.full((20, 20, 3), 200, "uint8")).save(image)
+    args = ("--motion", "surfing", "--steps", "1", "--guidance-image", image)
+    assert cli("--home", trained.home, "compose", *args)[0] == 0
+    assert trained.evaluation_rows()[-1]["sampler"]["guidance_image"] == str(image)
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -255,6 +263,7 @@ def test_generations_lists_past_compositions(cli, trained, tmp_path) -> None:
         (("--subject", "cat", "--steps", "0"), "'0' is not a whole number from 1 to"),
         (("--motion", "surfing", "--motion-until", "1.2"), "'--motion-until': '1.2' is not a"),
         (("--subject", "cat", "--device", "tpu"), "unknown device"),
+        (("--motion", "surfing", "--guidance-image", "."), "one image file, not folder ."),
     ],
 )
 def test_cli_compose_errors(cli, trained, args, expected) -> None:

@@ -212,6 +212,7 @@ def compose(
         **settings.__dict__, "negative_prompt": negative_prompt, "subject_scale": subject_scale,
         "motion_scale": motion_scale, "image_strength": image_strength,
         "image_strength_uncond": image_strength_uncond, "fps": fps, "base": components.name,
+        "guidance_image": None if guidance_image is None else str(guidance_image),
     }  # fmt: skip
     result = Composition(frames=videos, prompt=shown_prompt, seeds=list(seeds), settings=used)
     for index, seed in enumerate(seeds):
@@ -419,6 +420,8 @@ def guidance_embedding(
     from dvkit.train.data import appearance_embedding
 
     if guidance_image is not None:
+        if Path(guidance_image).is_dir():
+            raise DvkitError(f"--guidance-image takes one image file, not folder {guidance_image}")
         found = collect_files([guidance_image], IMAGE_EXTENSIONS, "images")
         image = read_image(found.paths[0])
     elif subject is not None and subject.tensors.reference_images is not None:
