@@ -300,3 +300,17 @@ def test_import_refused_while_registering_says_what_was_imported(cli, home, make
     _one_error_line(code, out, err, f"{files[1]}: refused; imported before it: ")
     assert f"{files[0].name} as cat@1; not imported: {files[1].name}, {files[2].name}" in err
     assert [row["name"] for row in Catalog.open(home).adapter_rows()] == ["cat"]
+
+
+def test_list_fits_80_columns_with_long_descriptions(cli, home, make_adapter, monkeypatch):
+    long = "a description much longer than what is left of an eighty-column terminal " * 2
+    cli("--home", home, "import", make_adapter("cat", description=long))
+    cli("--home", home, "import", make_adapter("surfing-in-the-rain", "motion"))
+    monkeypatch.setenv("COLUMNS", "80")
+    lines = cli("--home", home, "list")[1].splitlines()
+    assert all(len(line) <= 80 for line in lines) and len(lines) == 4
+    assert lines[1].split()[:3] == ["cat@1", "subject", "tiny"]
+    assert lines[-1] == "(descriptions: a wider terminal, or dvkit show NAME)"
+    monkeypatch.setenv("COLUMNS", "160")
+    lines = cli("--home", home, "list")[1].splitlines()
+    assert len(lines) == 3 and "DESCRIPTION" in lines[0] and lines[1].rstrip().endswith("…")

@@ -47,28 +47,45 @@ def console():  # noqa: ANN201 - rich is imported lazily
 
 
 def adapters_table(rows: list[dict[str, Any]], all_versions: bool) -> None:
+    """Adapters, one line each. Names, numbers and dates are never cut; a description takes the
+    width that is left and ends in "…" when it does not fit (`dvkit show` has it whole); in a
+    terminal with no room for it, the column is left out and a last line says so."""
     from rich.table import Table
     from rich.text import Text
 
+    out = console()
+    cells = [_adapter_cells(row, all_versions) for row in rows]
+    columns = ("NAME", "KIND", "BASE", "PARAMS", "SIZE", "TAGS", "CREATED")
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    room = out.width - sum(width + 2 for width in widths) - 1
+    described = any(row.get("description") for row in rows)
     table = Table(box=None, header_style="bold")
-    for column in ("NAME", "KIND", "BASE", "PARAMS", "SIZE", "TAGS", "CREATED", "DESCRIPTION"):
-        table.add_column(column, no_wrap=column != "DESCRIPTION", overflow="ellipsis")
-    for row in rows:
-        name = f"{row['name']}@{row['version']}"
-        if not all_versions and row.get("versions", 1) > 1:
-            name += f" ({row['versions']} versions)"
-        cells = (
-            name,
-            row["kind"],
-            row["base"],
-            human_count(row["params"]),
-            human_size(row["size"]),
-            ", ".join(row["tags"]),
-            str(row["created"])[:10],
-            row.get("description", ""),
-        )
-        table.add_row(*(Text(cell) for cell in cells))
-    console().print(table)
+    for column in columns:
+        table.add_column(column, no_wrap=True)
+    inline = described and room >= len("DESCRIPTION")
+    if inline:
+        table.add_column("DESCRIPTION", no_wrap=True, overflow="ellipsis", max_width=room)
+    for row, values in zip(rows, cells, strict=True):
+        description = row.get("description", "")
+        table.add_row(*(Text(cell) for cell in values), *([Text(description)] if inline else []))
+    out.print(table)
+    if described and not inline:
+        out.print("(descriptions: a wider terminal, or dvkit show NAME)")
+
+
+def _adapter_cells(row: dict[str, Any], all_versions: bool) -> tuple[str, ...]:
+    name = f"{row['name']}@{row['version']}"
+    if not all_versions and row.get("versions", 1) > 1:
+        name += f" ({row['versions']} versions)"
+    return (
+        name,
+        row["kind"],
+        row["base"],
+        human_count(row["params"]),
+        human_size(row["size"]),
+        ", ".join(row["tags"]),
+        str(row["created"])[:10],
+    )
 
 
 def bases_table(rows: list[dict[str, Any]]) -> None:
