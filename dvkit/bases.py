@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from dvkit.catalog import Catalog
 from dvkit.catalog.records import BaseModelRecord
 from dvkit.errors import DvkitError, NotFoundError
-from dvkit.models.builtin import BUILTIN_BASES, BUILTINS
+from dvkit.models.builtin import BUILTINS
 from dvkit.names import validate_name
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def open_base(catalog: Catalog, name: str) -> tuple[BaseComponents, BaseModelRec
     try:
         record = catalog.base(name)
     except NotFoundError:
-        if name not in BUILTIN_BASES:
+        if name not in BUILTINS:
             raise _unknown(catalog, name) from None
         components = load_base(name, name)
         record = _record(components, name, f"builtin:{name}", {})
@@ -106,7 +106,7 @@ def base_architecture(catalog: Catalog, name: str) -> str:
 
 
 def _unknown(catalog: Catalog, name: str) -> NotFoundError:
-    names = {*BUILTIN_BASES, *(row["name"] for row in catalog.base_rows())}
+    names = {*BUILTINS, *(row["name"] for row in catalog.base_rows())}
     known = ", ".join(sorted(names))
     return NotFoundError(
         f"unknown base {name!r} (known: {known}; add one with: dvkit base add NAME SOURCE)"
@@ -126,6 +126,6 @@ def _record(
         fingerprint=components.fingerprint(),
         architecture=components.architecture,
         builtin=builtin,
-        description=BUILTIN_BASES.get(name, "") if builtin else "",
+        description=BUILTINS[name].description if builtin else "",
         config=config,
     )

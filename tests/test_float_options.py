@@ -224,6 +224,10 @@ def test_sampler_settings_refuse_nan_guidance() -> None:
         ("image_strength", math.nan, "image strength must be"),
         ("image_strength_uncond", -1.0, "image strength uncond must be"),
         ("fps", 0.0, "fps must be a finite number from 0.1 to 240"),
+        ("frames", 0, "frames must be a whole number from 1 to 256"),
+        ("size", -16, "size must be a whole number from 8 to 2048"),
+        ("seeds", [-1], "seed must be a whole number from 0"),
+        ("steps", 0, "steps must be a whole number from 1 to 1000"),
     ],
 )
 def test_compose_library_refuses_before_loading_anything(

@@ -79,27 +79,6 @@ def test_whole_check() -> None:
     assert Whole(0).describe() == "a whole number of at least 0"
 
 
-@pytest.mark.parametrize(
-    ("option", "value", "message"),
-    [
-        ("frames", 0, "frames must be a whole number from 1 to 256"),
-        ("size", -16, "size must be a whole number from 8 to 2048"),
-        ("seeds", [-1], "seed must be a whole number from 0"),
-        ("steps", 0, "steps must be a whole number from 1 to 1000"),
-    ],
-)
-def test_compose_library_refuses_before_loading_anything(
-    catalog, tmp_path, option, value, message
-) -> None:
-    from dvkit.generate.compose import compose
-
-    out = tmp_path / "videos"
-    out.mkdir()
-    with pytest.raises(DvkitError, match=message):
-        compose(catalog=catalog, out=out, **{option: value})
-    assert list(out.iterdir()) == [] and catalog.evaluation_rows() == []
-
-
 def test_a_size_the_base_cannot_take_names_the_nearest() -> None:
     from types import SimpleNamespace
 

@@ -56,8 +56,6 @@ BUILTINS: dict[str, BuiltinBase] = {
         image_encoder="sprites",
     ),
 }
-BUILTIN_BASES: dict[str, str] = {name: base.description for name, base in BUILTINS.items()}
-"""Built-in base name → description."""
 DEFAULT_IMAGE_STRENGTH = 1.0
 """Appearance-guidance λ of the conditional branch when none is given (the official inference's)."""
 DEFAULT_IMAGE_STRENGTH_UNCOND = 1.0

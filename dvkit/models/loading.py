@@ -16,11 +16,10 @@ import torch
 from dvkit.errors import DvkitError
 from dvkit.families import detect_family, family
 from dvkit.families.base import BaseLoadError, Family
-from dvkit.models.builtin import BUILTIN_BASES, build_builtin
+from dvkit.models.builtin import BUILTINS, build_builtin
 from dvkit.models.components import BaseComponents
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-__all__ = ["BaseLoadError", "load_base", "resolve_device", "resolve_dtype", "quiet_libraries"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,7 +56,7 @@ def load_base(
     local folder or checkpoint file of family `architecture` (found with `choose_family` when
     not given). `options` holds family-specific sources such as AnimateDiff's motion adapter."""
     builtin = source.removeprefix("builtin:")
-    if builtin in BUILTIN_BASES:
+    if builtin in BUILTINS:
         quiet_libraries()
         return build_builtin(builtin)
     options = dict(options or {})
