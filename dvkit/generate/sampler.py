@@ -79,15 +79,12 @@ def sample(
     device, dtype = base.unet.device, base.unet.dtype
     scheduler = family.sampling_scheduler(base)
     scheduler.set_timesteps(settings.steps, device=device)
-    texts = family.encode_text(
-        base, [row.negative_prompt for row in rows] + [row.prompt for row in rows]
-    ).to(dtype)
-    latents = initial_latents(base, rows, settings, scheduler.init_noise_sigma)
     guided = settings.guidance_scale > 1.0
-    if not guided:
-        texts = texts[len(rows) :]
-    if injector is not None:
+    if injector is not None:  # before the text encoder runs: LoRAs may act on it too
         _select(injector, rows, guided, device)
+    negatives = [row.negative_prompt for row in rows] if guided else []
+    texts = family.encode_text(base, negatives + [row.prompt for row in rows]).to(dtype)
+    latents = initial_latents(base, rows, settings, scheduler.init_noise_sigma)
     motion_on = injector is not None and settings.motion_until > 0
     total = len(scheduler.timesteps)
     for index, timestep in enumerate(scheduler.timesteps):

@@ -35,6 +35,7 @@ from dvkit.models.adapters import (
     Adapter,
     AdapterKind,
 )
+from dvkit.models.lora import LoraWeights
 
 SLOTS: dict[AdapterKind, tuple[str, ...]] = {
     "subject": ("attn2",),
@@ -197,8 +198,9 @@ class AdapterInjector:
 
     def __init__(self, unet: nn.Module) -> None:
         self.unet = unet
-        self._weights: dict[str, AdapterWeights] = {}
+        self._weights: dict[str, AdapterWeights | LoraWeights] = {}
         self._hooks: dict[str, list[RemovableHandle]] = {}
+        self._lora_hooks: dict[str, list[RemovableHandle]] = {}
         self._captured: dict[str, torch.Tensor] = {}
         self._active: dict[str, _Selection] = {}
         self._videos: int | None = None
@@ -211,7 +213,7 @@ class AdapterInjector:
         """The kind of each loaded adapter, by name."""
         return {name: weights.kind for name, weights in self._weights.items()}
 
-    def get(self, name: str) -> AdapterWeights:
+    def get(self, name: str) -> AdapterWeights | LoraWeights:
         """The weights of a loaded adapter."""
         if name not in self._weights:
             raise NotFoundError(f"no adapter named {name!r} is loaded")
@@ -243,11 +245,33 @@ class AdapterInjector:
         self._weights[name] = AdapterWeights(kind, [], cond_dim=cond_dim)
         return self._weights[name]
 
+    def load_lora(
+        self, name: str, weights: LoraWeights, text_encoder: nn.Module | None = None
+    ) -> LoraWeights:
+        """Load a LoRA under `name` (inactive until selected, like adapters) and hook its layers
+        in the UNet and, where it has text-encoder layers, in `text_encoder`."""
+        if name in self._weights:
+            raise ConflictError(f"an adapter named {name!r} is already loaded")
+        self._weights[name] = weights.to(self.unet.device)
+        roots = {"unet": self.unet, "text_encoder": text_encoder}
+        self._lora_hooks[name] = weights.hook(
+            roots, lambda: self.selection(name), self.rows_per_video
+        )
+        return weights
+
+    def selection(self, name: str) -> tuple[torch.Tensor | None, torch.Tensor | float] | None:
+        """Where adapter `name` acts in the next calls: None when inactive, else (the rows that
+        use it, or None for every row; their scales (rows,), or the one scale)."""
+        chosen = self._active.get(name)
+        return None if chosen is None else (chosen.rows, chosen.scales)
+
     def unload(self, name: str) -> None:
         """Remove an adapter, and the hooks of slots no other loaded adapter uses."""
         self.get(name)
         del self._weights[name]
         self._active.pop(name, None)
+        for handle in self._lora_hooks.pop(name, []):
+            handle.remove()
         used = {slot.prefix for weights in self._weights.values() for slot in weights.slots}
         for prefix in [prefix for prefix in self._hooks if prefix not in used]:
             for handle in self._hooks.pop(prefix):
@@ -375,7 +399,7 @@ class AdapterInjector:
             if selection.rows is None:
                 output = output + selection.scales * adapter(h, shift=shift)
                 continue
-            per_video = self._rows_per_video(h.shape[0])
+            per_video = self.rows_per_video(h.shape[0])
             offsets = torch.arange(per_video, device=h.device)
             index = (selection.rows[:, None] * per_video + offsets).reshape(-1)
             delta = adapter(h[index], shift=shift)
@@ -400,8 +424,9 @@ class AdapterInjector:
             self._shifts[key] = adapter.condition_shift(cond, strength)
         return self._shifts[key]
 
-    def _rows_per_video(self, rows: int) -> int:
-        """Hidden-state rows per video under a per-row selection."""
+    def rows_per_video(self, rows: int) -> int:
+        """Hidden-state rows per video under a per-row selection (`rows` along dim 0 of a
+        layer's input, video-major)."""
         assert self._videos is not None
         if rows % self._videos:
             raise RuntimeError(
