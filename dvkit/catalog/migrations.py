@@ -119,6 +119,13 @@ def m004_settings(db: Database) -> None:
     db.execute("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+@migrations()
+def m005_adapter_method(db: Database) -> None:
+    """How an adapter acts on the base: `dreamvideo` (its adapters) or `lora`."""
+    db.execute("ALTER TABLE adapters ADD COLUMN method TEXT NOT NULL DEFAULT 'dreamvideo'")
+    db.execute("CREATE INDEX adapters_method ON adapters(method)")
+
+
 def migrate(conn: sqlite3.Connection, db_path: Path) -> None:
     """Apply pending migrations under the database's write lock, so concurrent openers agree."""
     db = Database(conn)

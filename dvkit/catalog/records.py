@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 AdapterKind = Literal["subject", "motion"]
 ADAPTER_KINDS: tuple[str, ...] = ("subject", "motion")
+AdapterMethod = Literal["dreamvideo", "lora"]
 
 
 def utc_now() -> datetime:
@@ -38,10 +39,15 @@ class BaseModelRecord(Record):
 
 
 class AdapterRecord(Record):
-    """One version of a subject or motion adapter."""
+    """One version of a subject or motion adapter: DreamVideo adapters or a LoRA."""
 
     id: int | None = None
     kind: AdapterKind
+    method: AdapterMethod = "dreamvideo"
+    rank: int | None = None
+    """A LoRA's (largest) rank."""
+    alpha: float | None = None
+    """A LoRA's alpha (None where its layers differ)."""
     name: str
     version: int = 0
     base: str
@@ -52,6 +58,7 @@ class AdapterRecord(Record):
     num_vectors: int | None = None
     hidden_ratio: float = 0.5
     placement: list[str] = Field(default_factory=list)
+    """The layers adapters sit beside (attn1, attn2, ff), or a LoRA's target layer names."""
     training: dict[str, Any] = Field(default_factory=dict)
     data_fingerprints: list[str] = Field(default_factory=list)
     blob: str

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dvkit.errors import CatalogNotWritableError, SchemaTooNewError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Number of migrations this dvkit knows; equal to the `user_version` of an up-to-date catalog."""
 
 BUSY_TIMEOUT_MS = 60_000

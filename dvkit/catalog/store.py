@@ -512,6 +512,7 @@ class Catalog:
             "name": record.name,
             "version": record.version,
             "kind": record.kind,
+            "method": record.method,
             "base": record.base,
             "base_fingerprint": record.base_fingerprint,
             "blob": record.blob,
@@ -750,6 +751,9 @@ def adapter_record(info: AdapterFileInfo, staged: StagedBlob, **fields: Any) -> 
 
     values = {
         "kind": info.kind,
+        "method": info.method,
+        "rank": info.rank,
+        "alpha": info.alpha,
         "name": info.name,
         "base": info.base,
         "base_fingerprint": info.base_fingerprint,

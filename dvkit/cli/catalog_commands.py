@@ -171,8 +171,9 @@ def import_files(
     files: Annotated[
         list[Path],
         typer.Argument(
-            help="dvkit adapter files (.safetensors), official DreamVideo checkpoints (.pth) or "
-            "textual-inversion embeddings (A1111 .pt/.safetensors, diffusers .bin/.safetensors).",
+            help="dvkit adapter files (.safetensors), official DreamVideo checkpoints (.pth), "
+            "textual-inversion embeddings (A1111 .pt/.safetensors, diffusers .bin/.safetensors) "
+            "or LoRAs (diffusers/peft, kohya/ComfyUI .safetensors, AnimateDiff MotionLoRA .ckpt).",
         ),
     ],
     name: Annotated[
@@ -193,15 +194,20 @@ def import_files(
         str | None,
         typer.Option(
             "--base",
-            help="Base an official .pth adapter or an embedding was trained for (required).",
+            help="Base an official .pth adapter, an embedding or a LoRA was trained for "
+            "(required).",
         ),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", help="What an imported LoRA is: subject or motion (required)."),
     ] = None,
     embedding: Annotated[
         list[Path] | None,
         typer.Option(
             "--embedding",
             help="Official textual-inversion file (text_embedding_of_NAME_STEP.pth) of an "
-            "identity adapter.",
+            "identity adapter, or any textual-inversion file paired with a subject LoRA.",
         ),
     ] = None,
     token: Annotated[
@@ -224,8 +230,9 @@ def import_files(
     ] = None,
 ) -> None:
     """Add adapter files to the catalog: dvkit files (name, kind and base from each header),
-    official DreamVideo .pth checkpoints (mapped onto --base) or textual-inversion embeddings
-    (token-only subjects of --base). Formats are told apart by content."""
+    official DreamVideo .pth checkpoints (mapped onto --base), textual-inversion embeddings
+    (token-only subjects of --base) or LoRAs (a --kind of --base, a subject optionally with its
+    --embedding). Formats are told apart by content."""
     from dvkit.errors import DvkitError
     from dvkit.io.embeddings import import_kind
     from dvkit.names import validate_name, validate_tag
@@ -237,11 +244,30 @@ def import_files(
         validate_name(name)
     with open_catalog(ctx, writing="import adapters") as catalog:
         kinds = {file: import_kind(file) for file in files}
+        loras = [file for file in files if kinds[file][0] == "lora"]
         official = [file for file in files if kinds[file][0] == "official"]
         learned = [found for _, found in kinds.values() if found is not None]
         own = [file for file in files if kinds[file][0] == "dvkit"]
-        _check_import_options(official, learned, own, base, embedding, token, references)
+        if loras and base is None:
+            raise DvkitError(
+                f"{loras[0]}: a LoRA file: importing it needs --base NAME, the base it was "
+                "trained for (see: dvkit base list)"
+            )
+        _check_import_options(official + loras, learned, own, base, embedding, token, references)
+        if kind is not None and len(loras) != len(files):
+            raise DvkitError("--kind applies to LoRA files only (other files say their kind)")
         prepared = {}
+        if loras:
+            from dvkit.io.lora_import import prepare_lora_file
+
+            if len(loras) > 1 and (name or embedding or token):
+                raise DvkitError("--name, --embedding and --token apply to one LoRA at a time")
+            (paired,) = embedding or [None]
+            for file in loras:
+                prepared[file] = prepare_lora_file(
+                    catalog, file, kind=kind, base=base, name=name, embedding=paired,
+                    token=token, description=description,
+                )  # fmt: skip
         if official:
             from dvkit.io.vgen import prepare_vgen_files
 

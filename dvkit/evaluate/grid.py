@@ -32,6 +32,7 @@ from dvkit.generate.compose import (
     guidance_embedding,
     install_subject,
     load_adapter,
+    load_weights,
     open_matching_base,
     warn_zero_embedding,
 )
@@ -315,8 +316,7 @@ def _generate(
                 for cell in plan.cells}),
     )  # fmt: skip
     for ref, adapter in motion_adapters.items():
-        injector.load(f"motion:{ref}", "motion", adapter.tensors.adapters,
-                      adapter.record.hidden_ratio)  # fmt: skip
+        load_weights(components, injector, f"motion:{ref}", adapter)
     for name in injector.loaded:
         injector.get(name).to(dtype=run_dtype)
     guidance = {

@@ -182,8 +182,7 @@ def compose(
         install_subject(components, injector, subject_adapter)
         scales["subject"] = subject_scale
     if motion_adapter:
-        injector.load("motion", "motion", motion_adapter.tensors.adapters,
-                      motion_adapter.record.hidden_ratio)  # fmt: skip
+        load_weights(components, injector, "motion", motion_adapter)
         scales["motion"] = motion_scale
     shown_prompt = prompt or default_prompt(subject_adapter, motion_adapter)
     text = shown_prompt
@@ -388,18 +387,36 @@ def install_subject(
     token: str | None = None,
 ) -> None:
     """Teach the text encoder the subject's embedding under `token` (default: its own token)
-    and load its identity adapter as `name` (a token-only subject, an imported textual
-    inversion, loads as an empty adapter)."""
+    and load its identity adapter or LoRA as `name` (see `load_weights`; a LoRA subject may have
+    no learned token, its trigger words being ordinary ones)."""
     embedding = subject.tensors.token_embedding
-    if embedding is None or not subject.record.token:
+    if embedding is not None and subject.record.token:
+        apply_token_embedding(
+            components.tokenizer, components.text_encoder, token or subject.record.token, embedding
+        )
+    elif subject.record.method != "lora":
         raise DvkitError(f"{subject.record.ref} has no token embedding")
-    apply_token_embedding(
-        components.tokenizer, components.text_encoder, token or subject.record.token, embedding
-    )
-    if not subject.tensors.adapters:
-        injector.load_empty(name, "subject")
-        return
-    injector.load(name, "subject", subject.tensors.adapters, subject.record.hidden_ratio)
+    load_weights(components, injector, name, subject)
+
+
+def load_weights(
+    components: BaseComponents, injector: AdapterInjector, name: str, adapter: LoadedAdapter
+) -> None:
+    """Load an adapter version's weights into `injector` as `name`: DreamVideo adapters beside
+    their layers, a LoRA on its layers of the UNet and text encoder (`dvkit.models.lora`), a
+    token-only subject (an imported textual inversion) as an empty adapter. Raises
+    `LoraMismatchError` for a LoRA whose tensors do not fit the base."""
+    record, tensors = adapter.record, adapter.tensors.adapters
+    if record.method == "lora":
+        from dvkit.models.lora import LoraWeights
+
+        roots = {"unet": components.unet, "text_encoder": components.text_encoder}
+        weights = LoraWeights.from_tensors(record.kind, tensors, roots, f"base {components.name}")
+        injector.load_lora(name, weights, components.text_encoder)
+    elif not tensors:
+        injector.load_empty(name, record.kind)
+    else:
+        injector.load(name, record.kind, tensors, record.hidden_ratio)
 
 
 def guidance_embedding(

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 MODELSPEC_VERSION = "1.0.1"
 ARCHITECTURE_SUFFIX = {"subject": "dreamvideo-identity", "motion": "dreamvideo-motion"}
+LORA_SUFFIX = "lora"
+"""ModelSpec's architecture suffix of LoRAs (`<base architecture>/lora`)."""
 REQUIRED_KEYS = (
     "modelspec.sai_model_spec",
     "modelspec.architecture",
@@ -70,6 +72,17 @@ class AdapterFileInfo:
     token_width: int | None = None
     """Width of the learned vectors (the text encoder's), read from the tensors."""
     dvkit_version: str = ""
+    method: str = "dreamvideo"
+    """`dreamvideo` (adapters beside transformer layers) or `lora` (`dvkit.models.lora`)."""
+    rank: int | None = None
+    """A LoRA's largest rank, read from the tensors."""
+    alpha: float | None = None
+    """A LoRA's alpha where all its layers share one, read from the tensors."""
+
+    @property
+    def architecture_suffix(self) -> str:
+        """What `modelspec.architecture` says after the base's architecture and a slash."""
+        return LORA_SUFFIX if self.method == "lora" else ARCHITECTURE_SUFFIX[self.kind]
 
     def metadata(self) -> dict[str, str]:
         """The header metadata for this adapter, without the hash (added on write)."""
@@ -77,7 +90,7 @@ class AdapterFileInfo:
 
         meta = {
             "modelspec.sai_model_spec": MODELSPEC_VERSION,
-            "modelspec.architecture": f"{self.architecture}/{ARCHITECTURE_SUFFIX[self.kind]}",
+            "modelspec.architecture": f"{self.architecture}/{self.architecture_suffix}",
             "modelspec.implementation": "dvkit",
             "modelspec.title": self.name,
             "modelspec.date": date.today().isoformat(),
@@ -85,6 +98,7 @@ class AdapterFileInfo:
             "dvkit.format": str(FORMAT_VERSION),
             "dvkit.version": __version__,
             "dvkit.kind": self.kind,
+            "dvkit.method": self.method,
             "dvkit.name": self.name,
             "dvkit.base": self.base,
             "dvkit.base_fingerprint": self.base_fingerprint,
@@ -92,6 +106,8 @@ class AdapterFileInfo:
             "dvkit.placement": json.dumps(self.placement),
             "dvkit.training": json.dumps(self.training, sort_keys=True),
         }
+        if self.method == "lora":
+            meta["dvkit.lora"] = json.dumps({"rank": self.rank, "alpha": self.alpha})
         if self.kind == "subject":
             meta["modelspec.trigger_phrase"] = self.token or ""
             meta["dvkit.token"] = self.token or ""
@@ -183,14 +199,20 @@ def info_from_metadata(source: str | Path, meta: Mapping[str, Any]) -> AdapterFi
         validate_name(meta["dvkit.name"])
     except InvalidNameError as exc:
         raise AdapterFileError(f"{source}: {exc}") from None
+    method = meta.get("dvkit.method", "dreamvideo")
+    if method not in ("dreamvideo", "lora"):
+        raise AdapterFileError(
+            f"{source}: unknown dvkit.method {method[:40]!r} (expected dreamvideo or lora)"
+        )
+    suffix_expected = LORA_SUFFIX if method == "lora" else ARCHITECTURE_SUFFIX[kind]
     architecture, _, suffix = meta["modelspec.architecture"].rpartition("/")
-    if suffix != ARCHITECTURE_SUFFIX[kind]:
+    if suffix != suffix_expected:
         raise AdapterFileError(
             f"{source}: modelspec.architecture is {meta['modelspec.architecture']!r}, but a "
-            f"{kind} adapter's ends in /{ARCHITECTURE_SUFFIX[kind]}"
+            f"{kind} {method} file's ends in /{suffix_expected}"
         )
     token = meta.get("dvkit.token") or None
-    if kind == "subject":
+    if kind == "subject" and (method == "dreamvideo" or token):
         _check_token(source, token, meta.get("modelspec.trigger_phrase"))
     return AdapterFileInfo(
         kind=kind,
@@ -206,6 +228,8 @@ def info_from_metadata(source: str | Path, meta: Mapping[str, Any]) -> AdapterFi
         description=meta.get("modelspec.description", ""),
         weights_hash=meta["modelspec.hash_sha256"],
         dvkit_version=meta.get("dvkit.version", ""),
+        method=method,
+        **(_lora_numbers(source, meta.get("dvkit.lora", "{}")) if method == "lora" else {}),
     )
 
 
@@ -226,6 +250,21 @@ def _hidden_ratio(source: str | Path, text: str) -> float:
     if not math.isfinite(ratio):
         raise AdapterFileError(f"{source}: dvkit.hidden_ratio {text[:40]!r} is not a number")
     return ratio
+
+
+def _lora_numbers(source: str | Path, text: str) -> dict[str, Any]:
+    """`rank` and `alpha` from a LoRA's `dvkit.lora` entry (rank is checked against the
+    tensors by `check_tensors`)."""
+    numbers = parse_json(text, f"{source}: unreadable dvkit.lora")
+    if not isinstance(numbers, dict):
+        numbers = {}
+    rank, alpha = numbers.get("rank"), numbers.get("alpha")
+    if not isinstance(rank, int) or not (alpha is None or isinstance(alpha, (int, float))):
+        raise AdapterFileError(
+            f"{source}: dvkit.lora must be a JSON object with a whole-number rank and a "
+            "numeric or null alpha"
+        )
+    return {"rank": rank, "alpha": None if alpha is None else float(alpha)}
 
 
 def _placement(source: str | Path, text: str) -> list[str]:

@@ -30,6 +30,9 @@ EXTRA_KEYS = (TOKEN_EMBEDDING_KEY, REFERENCE_IMAGES_KEY)
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 LAYER_SLOTS = ("attn1", "attn2", "ff")
 """The layers of a transformer block an adapter can sit beside, in block order."""
+_LORA_TENSOR = re.compile(
+    r"(?P<layer>(?:unet|text_encoder)\..+)\.(?P<part>lora_A\.weight|lora_B\.weight|alpha)"
+)
 _ADAPTER_TENSOR = re.compile(
     r"(?P<block>.+)\.(?P<slot>attn1|attn2|ff)_adapter\.(?P<part>(?:down|up|cond)\.(?:weight|bias))"
 )
@@ -49,8 +52,12 @@ def check_tensors(
     sit beside, in every block); hidden ratio (h = int(C · ratio), as
     `dvkit.models.adapters.hidden_width`); the condition width against `training.cond_dim`;
     the vector count against `training.num_vectors`; reference images uint8 [N, H, W, 3].
-    Raises `AdapterFileError` naming the field and both values.
+    Raises `AdapterFileError` naming the field and both values. LoRA files
+    (`dvkit.method` lora) are checked by `_check_lora`.
     """
+    if info.method == "lora":
+        _check_lora(source, info, tensors)
+        return
     adapters = _group_adapters(source, tensors)
     if not adapters and not is_token_only(info.kind, tensors):
         raise AdapterFileError(f"{source}: adapter file holds no adapter tensors")
@@ -84,6 +91,72 @@ def check_tensors(
             f"{source}: {REFERENCE_IMAGES_KEY!r} is {references.dtype} {list(references.shape)}, "
             "expected uint8 [N, H, W, 3]"
         )
+    info.params = sum(t.numel for key, t in tensors.items() if key != REFERENCE_IMAGES_KEY)
+
+
+def lora_target(layer_path: str) -> str:
+    """The target name of a LoRA layer as peft's `target_modules` names it: the last part of
+    its path, or the last two where the last is an index (`to_out.0`)."""
+    parts = layer_path.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
+
+
+def _check_lora(
+    source: str | Path, info: AdapterFileInfo, tensors: Mapping[str, TensorInfo]
+) -> None:
+    """A LoRA file: `<unet|text_encoder>.<layer>.lora_A.weight` [r, in(, kh, kw)],
+    `.lora_B.weight` [out, r(, 1, 1)] and optionally `.alpha` [] per layer, in a float dtype,
+    plus, for a subject, an optional token embedding and reference images. Checks the header's
+    rank (the largest) and placement (the target names, `lora_target`); fills in `params`."""
+    layers: dict[str, dict[str, TensorInfo]] = {}
+    for name, tensor in tensors.items():
+        if name in EXTRA_KEYS:
+            continue
+        match = _LORA_TENSOR.fullmatch(name)
+        if match is None:
+            raise AdapterFileError(
+                f"{source}: tensor {name[:120]!r} is not a LoRA weight "
+                "(<unet|text_encoder>.<layer>.<lora_A.weight|lora_B.weight|alpha>)"
+            )
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise AdapterFileError(f"{source}: tensor {name!r} is {tensor.dtype}, not float")
+        layers.setdefault(match["layer"], {})[match["part"]] = tensor
+    if not layers:
+        raise AdapterFileError(f"{source}: LoRA file holds no LoRA tensors")
+    if info.kind == "motion" and any(key in tensors for key in EXTRA_KEYS):
+        raise AdapterFileError(f"{source}: a motion LoRA holds a token embedding or images")
+    ranks = []
+    for layer, parts in layers.items():
+        down, up = parts.get("lora_A.weight"), parts.get("lora_B.weight")
+        if down is None or up is None:
+            raise AdapterFileError(f"{source}: LoRA layer {layer} lacks lora_A or lora_B")
+        rank = down.shape[0] if down.shape else 0
+        if (
+            len(down.shape) not in (2, 4)
+            or len(up.shape) != len(down.shape)
+            or up.shape[1] != rank
+            or list(up.shape[2:]) not in ([], [1, 1])
+        ):
+            raise AdapterFileError(
+                f"{source}: LoRA layer {layer}: lora_A {list(down.shape)} and lora_B "
+                f"{list(up.shape)} are not [r, in(, kh, kw)] and [out, r(, 1, 1)]"
+            )
+        ranks.append(rank)
+    if info.rank != max(ranks):
+        raise AdapterFileError(
+            f"{source}: dvkit.lora's rank is {info.rank!r}, but the largest lora_A has "
+            f"{max(ranks)} rows"
+        )
+    targets = sorted({lora_target(layer) for layer in layers})
+    if sorted(info.placement) != targets:
+        raise AdapterFileError(
+            f"{source}: dvkit.placement is {info.placement}, but the LoRA's layers are {targets}"
+        )
+    embedding = tensors.get(TOKEN_EMBEDDING_KEY)
+    if embedding is not None:
+        if not info.token:
+            raise AdapterFileError(f"{source}: a LoRA with a token embedding needs dvkit.token")
+        _check_embedding(source, info, embedding)
     info.params = sum(t.numel for key, t in tensors.items() if key != REFERENCE_IMAGES_KEY)
 
 

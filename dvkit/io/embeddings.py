@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from dvkit.io.vgen import PreparedImport, References
     from dvkit.models.components import BaseComponents
 
-ImportKind = Literal["dvkit", "official", "embedding"]
+ImportKind = Literal["dvkit", "official", "embedding", "lora"]
 A1111_KEY = "string_to_param"
 A1111_SAFETENSORS_KEY = "emb_params"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -99,11 +99,13 @@ def container(path: Path) -> Literal["safetensors", "torch"] | None:
 
 def import_kind(path: str | Path) -> tuple[ImportKind, LearnedEmbedding | None]:
     """What `dvkit import` makes of a file, by content: a dvkit file (its header has `dvkit.*`
-    metadata), an official DreamVideo adapter checkpoint, or an embedding (returned, read).
+    metadata), a LoRA (`dvkit.io.lora_layouts.looks_like_lora`), an official DreamVideo adapter
+    checkpoint, or an embedding (returned, read).
 
     A file that is neither safetensors nor PyTorch goes by its extension: `.safetensors` to the
     dvkit reader and `.pth` to the official one (each says what is wrong), others are refused.
     """
+    from dvkit.io.lora_layouts import looks_like_lora
     from dvkit.io.safetensors_header import read_header
 
     path = Path(path)
@@ -119,8 +121,11 @@ def import_kind(path: str | Path) -> tuple[ImportKind, LearnedEmbedding | None]:
             "(.pt, .bin, .safetensors)"
         )
     if found == "safetensors":
-        if any(key.startswith("dvkit.") for key in read_header(path).metadata):
+        header = read_header(path)
+        if any(key.startswith("dvkit.") for key in header.metadata):
             return "dvkit", None
+        if looks_like_lora(list(header.tensors)):
+            return "lora", None
         try:
             return "embedding", read_embedding(path)
         except EmbeddingFileError as exc:
@@ -130,6 +135,10 @@ def import_kind(path: str | Path) -> tuple[ImportKind, LearnedEmbedding | None]:
                 f"textual-inversion embedding: {reason}"
             ) from None
     loaded = _load_torch(path)
+    if isinstance(loaded, dict):
+        weights = loaded.get("state_dict", loaded)
+        if isinstance(weights, dict) and looks_like_lora([str(key) for key in weights]):
+            return "lora", None
     if _is_embedding(loaded):
         return "embedding", _embedding_from_torch(path, loaded)
     return "official", None

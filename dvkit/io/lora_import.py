@@ -1,0 +1,99 @@
+"""`dvkit import` of LoRA files: a foreign layout (`dvkit.io.lora_layouts`) checked against a
+base and written as a dvkit LoRA file (`dvkit.method` lora), optionally paired with a
+textual-inversion embedding for a subject (its learned token)."""
+
+from __future__ import annotations
+
+import importlib
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dvkit.catalog.blobs import hash_file
+from dvkit.errors import DvkitError
+from dvkit.io.adapter_layout import lora_target
+from dvkit.names import name_from_text, validate_name
+
+if TYPE_CHECKING:
+    from dvkit.catalog import Catalog
+    from dvkit.io.vgen import PreparedImport
+    from dvkit.models.components import BaseComponents
+
+LORA_KINDS = ("subject", "motion")
+
+
+def pipeline_class(components: BaseComponents) -> type:
+    """The diffusers pipeline of a base's family (`Family.reference_pipeline`)."""
+    return getattr(importlib.import_module("diffusers"), components.family.reference_pipeline)
+
+
+def prepare_lora_file(
+    catalog: Catalog,
+    path: str | Path,
+    *,
+    kind: str | None,
+    base: str,
+    name: str | None = None,
+    embedding: str | Path | None = None,
+    token: str | None = None,
+    description: str | None = None,
+) -> PreparedImport:
+    """A LoRA file as a dvkit LoRA of `base`, checked, not yet registered.
+
+    `embedding` (a textual-inversion file) pairs a subject LoRA with its learned token, named
+    `token` or `<name>`. Raises `DvkitError` without a kind, `LoraMismatchError` naming how many
+    of the file's tensors fit the base when any does not, and the embedding's own errors.
+    """
+    from dvkit.bases import open_base
+    from dvkit.io.adapter_file import TOKEN_EMBEDDING_KEY, AdapterFileInfo
+    from dvkit.io.embeddings import check_fits, read_embedding
+    from dvkit.io.lora_layouts import read_lora
+    from dvkit.io.vgen import DEFAULT_HIDDEN_RATIO, PreparedImport
+    from dvkit.models.lora import LoraMismatchError, LoraWeights
+
+    path = Path(path)
+    if kind not in LORA_KINDS:
+        raise DvkitError(f"{path}: a LoRA file; say what it is with --kind subject or motion")
+    if embedding is not None and kind != "subject":
+        raise DvkitError("--embedding pairs a LoRA with a learned token: only for --kind subject")
+    name = validate_name(name or name_from_text(path.stem) or "lora")
+    catalog.check_kind(name, kind)
+    components, record = open_base(catalog, base)
+    lora = read_lora(path, pipeline_class(components))
+    roots = {"unet": components.unet, "text_encoder": components.text_encoder}
+    try:
+        weights = LoraWeights.from_tensors(kind, lora.tensors, roots, f"base {record.name}")
+    except LoraMismatchError as exc:
+        raise LoraMismatchError(f"{path} ({lora.layout} layout): {exc}") from None
+    tensors = weights.tensors()
+    training: dict[str, Any] = {
+        "source": "lora",
+        "layout": lora.layout,
+        "file": path.name,
+        "sha256": hash_file(path),
+    }
+    if embedding is not None:
+        learned = read_embedding(embedding)
+        token = token or f"<{name}>"
+        check_fits(learned.vectors, components, record.name, token)
+        tensors[TOKEN_EMBEDDING_KEY] = learned.vectors
+        training.update(embedding_file=learned.path.name, num_vectors=learned.vectors.shape[0])
+    alphas = Counter(module.alpha for module in weights.modules_by_path.values())
+    info = AdapterFileInfo(
+        kind=kind,
+        name=name,
+        base=record.name,
+        base_fingerprint=record.fingerprint,
+        architecture=record.architecture,
+        token=token if embedding is not None else None,
+        hidden_ratio=DEFAULT_HIDDEN_RATIO,
+        placement=sorted({lora_target(p) for p in weights.modules_by_path}),
+        training=training,
+        description=description
+        if description is not None
+        else f"{lora.layout} LoRA imported from {path.name}",
+        method="lora",
+        rank=weights.rank,
+        alpha=next(iter(alphas)) if len(alphas) == 1 else None,
+    )
+    return PreparedImport(path, info, tensors)

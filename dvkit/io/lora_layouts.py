@@ -1,0 +1,250 @@
+"""LoRA files in the layouts other tools write, read into and written from dvkit's LoRA names.
+
+Read (told apart by their keys):
+
+- `diffusers`: peft names under the component (`unet.<layer>.lora_A.weight` / `lora_B`), or
+  diffusers' older ones (`unet.<layer>.processor.to_q_lora.down.weight`, `….lora.down.weight`),
+  alphas in the `lora_adapter_metadata` header entry (a peft `LoraConfig`) where there is one;
+- `kohya` (also what ComfyUI loads for UNet bases): `lora_unet_<layer with _>.lora_down.weight`,
+  `.lora_up.weight`, `.alpha`, and `lora_te_…` for the text encoder;
+- `motionlora`: AnimateDiff MotionLoRA checkpoints (`.ckpt`), the motion modules' original names
+  (`down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.
+  processor.to_q_lora.down.weight`), alpha = rank.
+
+Key conversion is diffusers' own: the pipeline's `lora_state_dict` (kohya → diffusers names,
+`loaders/lora_pipeline.py`), `convert_unet_state_dict_to_peft` and `convert_state_dict_to_peft`
+(`utils/state_dict_utils.py`); `convert_state_dict_to_kohya` writes the kohya layout. dvkit adds
+two renames diffusers lacks: MotionLoRA's original module names to `UNetMotionModel`'s (the
+mapping of diffusers' `scripts/convert_animatediff_motion_lora_to_diffusers.py`), and
+`motion_modules`, which diffusers' kohya conversion splits at its underscore.
+PyTorch files are read only with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from dvkit.errors import AdapterFileError
+
+if TYPE_CHECKING:
+    import torch
+
+Layout = Literal["diffusers", "kohya", "motionlora"]
+EXPORT_LAYOUTS = ("diffusers", "comfyui")
+KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_")
+_LORA_KEY = re.compile(r"(^|[._])lora([._]|$)|lora_[AB]\.|_lora\.")
+_METADATA_KEY = "lora_adapter_metadata"
+
+
+@dataclass
+class ForeignLora:
+    """A LoRA file read into dvkit names (`dvkit.models.lora`): A, B and alpha per layer."""
+
+    path: Path
+    layout: Layout
+    tensors: dict[str, torch.Tensor]
+
+
+def looks_like_lora(keys: list[str]) -> bool:
+    """Whether tensor names are a LoRA's (every name but alphas names a LoRA part)."""
+    named = [key for key in keys if not key.endswith(".alpha")]
+    return bool(named) and all(_LORA_KEY.search(key) for key in named)
+
+
+def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
+    """A LoRA file in any layout above, converted to dvkit names with one alpha per layer
+    (α = r where the file gives none, as diffusers and peft assume).
+
+    `pipeline_class` is the base family's diffusers pipeline, whose `lora_state_dict` converts
+    kohya names. Raises `AdapterFileError` for a file that holds no LoRA.
+    """
+    path = Path(path)
+    loaded, header = _load(path)
+    keys = list(loaded)
+    if not looks_like_lora(keys):
+        raise AdapterFileError(f"{path}: not a LoRA file (its tensor names are not LoRA weights)")
+    layout: Layout
+    if all(key.startswith(KOHYA_PREFIXES) for key in keys):
+        layout = "kohya"
+        converted, alphas = pipeline_class.lora_state_dict(dict(loaded))
+        converted = {_fix_motion_modules(k): v for k, v in converted.items()}
+        alphas = {_fix_motion_modules(k): v for k, v in (alphas or {}).items()}
+    else:
+        layout = "motionlora" if any(".temporal_transformer." in k for k in keys) else "diffusers"
+        if layout == "motionlora":
+            loaded = {f"unet.{_motion_module_name(k)}": v for k, v in loaded.items()}
+        elif not any(k.startswith(("unet.", "text_encoder.")) for k in keys):
+            loaded = {f"unet.{k}": v for k, v in loaded.items()}
+        converted, alphas = loaded, {}
+    # alphas go through the same conversion as the layers' down weights
+    as_down = {
+        name if name.endswith("down.weight") else f"{name}.lora.down.weight": value
+        for name, value in ((k.removesuffix(".alpha"), v) for k, v in alphas.items())
+    }
+    tensors: dict[str, torch.Tensor] = {}
+    for component in ("unet", "text_encoder"):
+        part = _to_peft(component, converted)
+        layer_alphas = {
+            k.removesuffix(".lora_A.weight"): v for k, v in _to_peft(component, as_down).items()
+        }
+        config = _adapter_config(header, component)
+        for key, value in part.items():
+            tensors[key] = value
+            if key.endswith(".lora_A.weight"):
+                layer = key.removesuffix(".lora_A.weight")
+                alpha = layer_alphas.get(layer, _configured_alpha(layer, value.shape[0], config))
+                tensors[f"{layer}.alpha"] = _scalar(alpha)
+    return ForeignLora(path, layout, tensors)
+
+
+def to_diffusers(
+    tensors: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, Any]]]:
+    """dvkit LoRA tensors as diffusers' `save_lora_weights` takes them: per component, peft
+    names without the component, and a peft `LoraConfig` (as a dict) giving each layer's rank
+    and alpha (`rank_pattern`, `alpha_pattern` where a layer differs from the most common)."""
+    from collections import Counter
+
+    from peft import LoraConfig
+
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    for component in ("unet", "text_encoder"):
+        part = {
+            k.removeprefix(f"{component}."): v
+            for k, v in tensors.items()
+            if k.startswith(f"{component}.") and not k.endswith(".alpha")
+        }
+        if not part:
+            continue
+        ranks = {
+            k.removesuffix(".lora_A.weight"): v.shape[0]
+            for k, v in part.items()
+            if k.endswith(".lora_A.weight")
+        }
+        alphas = {layer: float(tensors[f"{component}.{layer}.alpha"]) for layer in ranks}
+        rank = Counter(ranks.values()).most_common(1)[0][0]
+        alpha = Counter(alphas.values()).most_common(1)[0][0]
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            target_modules=sorted(ranks),
+            rank_pattern={f"^{k}$": v for k, v in ranks.items() if v != rank},
+            alpha_pattern={f"^{k}$": v for k, v in alphas.items() if v != alpha},
+        ).to_dict()
+        config["target_modules"] = sorted(config["target_modules"])
+        layers[component] = part
+        configs[component] = {k: v for k, v in config.items() if _jsonable(v)}
+    return layers, configs
+
+
+def to_kohya(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """dvkit LoRA tensors in the kohya / ComfyUI layout (`lora_unet_…`, `lora_te_…`), by
+    diffusers' `convert_state_dict_to_kohya`, each layer with its own alpha."""
+    from diffusers.utils import convert_state_dict_to_kohya
+
+    peft_names = {k: v for k, v in tensors.items() if not k.endswith(".alpha")}
+    converted = convert_state_dict_to_kohya(peft_names)
+    # diffusers names the one text encoder of SD-style bases `lora_te1_` (SDXL's first);
+    # kohya and ComfyUI call it `lora_te_`.
+    converted = {re.sub(r"^lora_te1_", "lora_te_", k): v for k, v in converted.items()}
+    for layer_alpha in [k for k in tensors if k.endswith(".alpha")]:
+        down = convert_state_dict_to_kohya(
+            {layer_alpha.removesuffix(".alpha") + ".lora_A.weight": tensors[layer_alpha]}
+        )
+        kohya_down = re.sub(r"^lora_te1_", "lora_te_", next(k for k in down if "lora_down" in k))
+        converted[kohya_down.removesuffix(".lora_down.weight") + ".alpha"] = tensors[layer_alpha]
+    return converted
+
+
+def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and (safetensors) header metadata of a file; a checkpoint's `state_dict`."""
+    import torch
+
+    from dvkit.io.embeddings import container
+    from dvkit.io.vgen import load_weights_only
+
+    kind = container(path)
+    if kind == "safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, "pt") as handle:
+                return {k: handle.get_tensor(k) for k in handle.keys()}, handle.metadata() or {}
+        except Exception as exc:  # safetensors raises its own errors for damaged data
+            raise AdapterFileError(f"{path}: unreadable safetensors file ({exc})") from None
+    if kind is None:
+        raise AdapterFileError(f"{path}: neither a safetensors nor a PyTorch file")
+    loaded = load_weights_only(path)
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(
+        isinstance(v, torch.Tensor) for v in loaded.values()
+    ):
+        raise AdapterFileError(f"{path}: not a LoRA checkpoint (not a dict of tensors)")
+    return loaded, {}
+
+
+def _motion_module_name(key: str) -> str:
+    """An original AnimateDiff motion-module name as `UNetMotionModel` names it (no
+    `temporal_transformer`, `attention_blocks.0/1` → `attn1/2`)."""
+    key = key.replace(".temporal_transformer.", ".")
+    return re.sub(r"\.attention_blocks\.(\d+)\.", lambda m: f".attn{int(m[1]) + 1}.", key)
+
+
+def _fix_motion_modules(key: str) -> str:
+    return key.replace(".motion.modules.", ".motion_modules.")
+
+
+def _adapter_config(header: Mapping[str, str], component: str) -> dict[str, Any]:
+    """The peft `LoraConfig` fields diffusers saved for `component` (its `lora_adapter_metadata`
+    header entry; keys prefixed with the component), or {}."""
+    text = header.get(_METADATA_KEY)
+    if not text:
+        return {}
+    try:
+        metadata = json.loads(text)
+    except ValueError:
+        return {}
+    prefix = f"{component}."
+    return {k.removeprefix(prefix): v for k, v in metadata.items() if k.startswith(prefix)}
+
+
+def _to_peft(component: str, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of `component` (`unet.…`, `text_encoder.…`) under peft names, by diffusers'
+    converters (text encoders first from diffusers' old `to_q_lora` names to CLIP's `q_proj`)."""
+    from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+    from diffusers.utils.state_dict_utils import StateDictType
+
+    part = {k: v for k, v in tensors.items() if k.startswith(f"{component}.")}
+    if component == "text_encoder" and any("_lora." in k for k in part):
+        part = convert_state_dict_to_peft(part, StateDictType.DIFFUSERS_OLD)
+    return convert_unet_state_dict_to_peft(part) if part else {}
+
+
+def _configured_alpha(layer: str, rank: int, config: Mapping[str, Any]) -> float:
+    """A layer's alpha by a peft config (`alpha_pattern`, else `lora_alpha`), else its rank."""
+    module = layer.split(".", 1)[1]
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if re.search(pattern, module):
+            return float(value)
+    return float(config.get("lora_alpha", rank))
+
+
+def _scalar(value: float) -> torch.Tensor:
+    import torch
+
+    return torch.tensor(float(value))
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True

@@ -1,0 +1,295 @@
+"""LoRAs on `tiny-animatediff`: files in each layout imported and composed as diffusers'
+`AnimateDiffPipeline.load_lora_weights` loads them, beside DreamVideo adapters, per row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from dvkit.bases import open_base
+from dvkit.generate.compose import install_subject, load_adapter, load_weights
+from dvkit.generate.sampler import Row, SamplerSettings, initial_latents, sample
+from dvkit.io.adapter_file import TOKEN_EMBEDDING_KEY, AdapterFileInfo, write_adapter_file
+from dvkit.models.injection import AdapterInjector, create_adapter_state
+
+BASE = "tiny-animatediff"
+SETTINGS = SamplerSettings(steps=3, guidance_scale=7.5, frames=3, height=8, width=8)
+PROMPT, NEGATIVE = "a cat surfing", "a dog"
+SPATIAL = ("attn1.to_q", "attn2.to_k", "attn2.to_v", "attn1.to_out.0")
+TEMPORAL = ("attn1.to_q", "attn1.to_v", "attn2.to_k", "attn1.to_out.0")
+
+
+def _layers(unet: torch.nn.Module, motion: bool) -> list[str]:
+    """Attention projections of the temporal (motion) or spatial transformer blocks, and for
+    the spatial kind the first resnet convolution (a Conv2d LoRA)."""
+    names = []
+    for name, _ in unet.named_modules():
+        in_motion = ".motion_modules." in name
+        if in_motion == motion and name.endswith(TEMPORAL if motion else SPATIAL):
+            names.append(name)
+    if not motion:
+        names.append("down_blocks.0.resnets.0.conv1")
+    return names
+
+
+def _lora_weights(unet: torch.nn.Module, motion: bool, seed: int, rank: int = 2) -> dict:
+    """Random LoRA weights {layer: (A, B)} on the layers `_layers` picks."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for name in _layers(unet, motion):
+        layer = unet.get_submodule(name)
+        if isinstance(layer, torch.nn.Conv2d):
+            shapes = (
+                (rank, layer.in_channels, *layer.kernel_size),
+                (layer.out_channels, rank, 1, 1),
+            )
+        else:
+            shapes = ((rank, layer.in_features), (layer.out_features, rank))
+        weights[name] = tuple(0.3 * torch.randn(s, generator=generator) for s in shapes)
+    return weights
+
+
+def _peft_file(path: Path, weights: dict) -> Path:
+    save_file(
+        {
+            f"unet.{name}.lora_{part}.weight": tensor
+            for name, (down, up) in weights.items()
+            for part, tensor in (("A", down), ("B", up))
+        },
+        path,
+    )
+    return path
+
+
+def _kohya_file(path: Path, weights: dict, alpha: float) -> Path:
+    tensors = {}
+    for name, (down, up) in weights.items():
+        key = "lora_unet_" + name.replace(".", "_")
+        tensors |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up}
+        tensors[f"{key}.alpha"] = torch.tensor(alpha)
+    save_file(tensors, path)
+    return path
+
+
+def _motionlora_ckpt(path: Path, weights: dict) -> Path:
+    """AnimateDiff's MotionLoRA layout: original motion-module names, `processor.to_q_lora`."""
+    tensors = {}
+    for name, (down, up) in weights.items():
+        block, attn, projection = name.rsplit(".", 2)[0], *name.rsplit(".", 2)[1:]
+        if projection == "0":  # to_out.0
+            block, attn, projection = name.rsplit(".", 3)[0], name.rsplit(".", 3)[1], "to_out"
+        block = block.replace(".motion_modules.0.", ".motion_modules.0.temporal_transformer.")
+        index = int(attn.removeprefix("attn")) - 1
+        key = f"{block}.attention_blocks.{index}.processor.{projection}_lora"
+        tensors |= {f"{key}.down.weight": down, f"{key}.up.weight": up}
+    torch.save({"state_dict": tensors}, path)
+    return path
+
+
+def _pipeline(base):
+    from diffusers import AnimateDiffPipeline
+
+    pipe = AnimateDiffPipeline(
+        vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
+        motion_adapter=None, scheduler=base.family.sampling_scheduler(base),
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _diffusers_frames(base, files: dict[str, tuple[Path | dict, float]]) -> torch.Tensor:
+    """Frames (1, F, H, W, 3) of `AnimateDiffPipeline` with each file loaded by
+    `load_lora_weights` under its name, at its scale (`set_adapters`)."""
+    pipe = _pipeline(base)
+    for name, (file, _) in files.items():
+        pipe.load_lora_weights(file if isinstance(file, dict) else str(file), adapter_name=name)
+    pipe.set_adapters(list(files), [scale for _, scale in files.values()])
+    row = Row(PROMPT, seed=5, negative_prompt=NEGATIVE)
+    start = initial_latents(base, [row], SETTINGS, 1.0)
+    try:
+        frames = pipe(
+            PROMPT, num_inference_steps=SETTINGS.steps, height=8, width=8, num_frames=3,
+            guidance_scale=SETTINGS.guidance_scale, negative_prompt=NEGATIVE, latents=start,
+            output_type="pt",
+        ).frames  # fmt: skip
+    finally:
+        pipe.unload_lora_weights()
+    return frames.permute(0, 1, 3, 4, 2)
+
+
+def _catalog_frames(
+    catalog, refs: dict[str, float], rows: list[dict] | None = None
+) -> torch.Tensor:
+    """Frames of the catalog's adapters as `compose` loads them (`load_weights`), one row per
+    entry of `rows` (adapter refs → scales; default one row with `refs`)."""
+    components, _ = open_base(catalog, BASE)
+    injector = AdapterInjector(components.unet)
+    loaded = {ref: load_adapter(catalog, ref, None, catalog.show(ref).kind) for ref in refs}
+    for ref, adapter in loaded.items():
+        if adapter.record.kind == "subject":
+            install_subject(components, injector, adapter, ref)
+        else:
+            load_weights(components, injector, ref, adapter)
+    text = PROMPT
+    for ref, adapter in loaded.items():
+        if adapter.record.token:
+            text = f"{text} {adapter.record.token}"
+    rows = [Row(text, 5, NEGATIVE, scales) for scales in (rows or [refs])]
+    try:
+        return sample(components, rows, SETTINGS, injector)
+    finally:
+        injector.detach()
+
+
+@pytest.fixture
+def unet():
+    from dvkit.models.tiny_animatediff import build_tiny_animatediff_base
+
+    return build_tiny_animatediff_base().unet
+
+
+def test_each_layout_imports_and_composes_as_diffusers_loads_it(cli, home, tmp_path, unet):
+    from dvkit.catalog import Catalog
+
+    spatial, temporal = _lora_weights(unet, False, 1), _lora_weights(unet, True, 2)
+    files = {
+        "peft": (_peft_file(tmp_path / "peft.safetensors", spatial | temporal), 0.7),
+        "kohya": (_kohya_file(tmp_path / "kohya.safetensors", spatial, alpha=1.0), 1.3),
+    }
+    for name, (file, _) in files.items():
+        code, out, err = cli("--home", home, "import", file, "--kind", "motion", "--base", BASE,
+                             "--name", name)  # fmt: skip
+        assert code == 0, err
+        assert f"imported as {name}@1" in out
+    with Catalog.open(home) as catalog:
+        record = catalog.show("kohya")
+        assert (record.method, record.rank, record.alpha) == ("lora", 2, 1.0)
+        assert "to_q" in record.placement and "conv1" in record.placement
+        base = open_base(catalog, BASE)[0]
+        for name, (file, scale) in files.items():
+            ours = _catalog_frames(catalog, {name: scale})
+            theirs = _diffusers_frames(base, {name: (file, scale)})
+            assert (ours - theirs).abs().max().item() <= 1e-4, name
+        both = _catalog_frames(catalog, {"peft": 0.7, "kohya": 1.3})
+        theirs = _diffusers_frames(base, files)
+        assert (both - theirs).abs().max().item() <= 1e-4
+
+
+def test_a_file_that_does_not_fit_is_refused_naming_how_many_keys_fit(cli, home, tmp_path, unet):
+    weights = _lora_weights(unet, False, 1)
+    tensors = {
+        f"unet.{name}.lora_{part}.weight": tensor
+        for name, (down, up) in weights.items()
+        for part, tensor in (("A", down), ("B", up))
+    }
+    tensors["unet.down_blocks.7.attn.to_q.lora_A.weight"] = torch.zeros(2, 16)
+    tensors["unet.down_blocks.7.attn.to_q.lora_B.weight"] = torch.zeros(16, 2)
+    save_file(tensors, tmp_path / "other.safetensors")
+    code, out, err = cli("--home", home, "import", tmp_path / "other.safetensors", "--kind",
+                         "subject", "--base", BASE)  # fmt: skip
+    assert code == 1 and "Traceback" not in err and err.count("\n") == 1
+    fits = 2 * len(weights) * 3 // 2  # A, B and the alpha dvkit adds per fitting layer
+    assert f"{fits} of {fits + 3} LoRA tensors fit base {BASE}" in err
+    code, out, _ = cli("--home", home, "list")
+    assert "other" not in out
+
+
+def _dreamvideo_file(catalog, tmp_path: Path, kind: str, seed: int) -> Path:
+    """A DreamVideo adapter of `tiny-animatediff` with random (non-zero) weights."""
+    components, record = open_base(catalog, BASE)
+    generator = torch.Generator().manual_seed(seed)
+    cond = 12 if kind == "motion" else None
+    tensors = {
+        key: 0.2 * torch.randn(value.shape, generator=generator)
+        for key, value in create_adapter_state(components.unet, kind, cond_dim=cond).items()
+    }
+    name = f"dv{kind}"
+    if kind == "subject":
+        tensors[TOKEN_EMBEDDING_KEY] = torch.randn(1, 32, generator=generator)
+    info = AdapterFileInfo(
+        kind=kind, name=name, base=BASE, base_fingerprint=record.fingerprint,
+        architecture="animatediff", token="<dvsubject>" if kind == "subject" else None,
+        initializer="cat" if kind == "subject" else None,
+        placement=["attn2"] if kind == "subject" else ["attn1", "attn2", "ff"],
+    )  # fmt: skip
+    path = tmp_path / f"{name}.safetensors"
+    write_adapter_file(path, tensors, info)
+    return path
+
+
+def _embedding_file(path: Path, seed: int) -> Path:
+    generator = torch.Generator().manual_seed(seed)
+    save_file({"<lorasubject>": torch.randn(1, 32, generator=generator)}, path)
+    return path
+
+
+@pytest.fixture
+def four(cli, home, tmp_path, unet):
+    """A catalog with a DreamVideo subject and motion, a subject LoRA paired with a learned
+    token, and a MotionLoRA `.ckpt` imported as a motion."""
+    from dvkit.catalog import Catalog
+
+    with Catalog.open(home) as catalog:
+        for kind, seed in (("subject", 3), ("motion", 4)):
+            catalog.import_file(_dreamvideo_file(catalog, tmp_path, kind, seed))
+    subject = _peft_file(tmp_path / "s.safetensors", _lora_weights(unet, False, 5))
+    embedding = _embedding_file(tmp_path / "learned_embeds.safetensors", 6)
+    code, _, err = cli("--home", home, "import", subject, "--kind", "subject", "--base", BASE,
+                       "--name", "lorasubject", "--embedding", embedding)  # fmt: skip
+    assert code == 0, err
+    ckpt = _motionlora_ckpt(tmp_path / "mm_zoom.ckpt", _lora_weights(unet, True, 7))
+    code, out, err = cli("--home", home, "import", ckpt, "--kind", "motion", "--base", BASE,
+                         "--name", "zoom")  # fmt: skip
+    assert code == 0, err
+    return home
+
+
+def test_motionlora_ckpt_imports_as_a_motion_and_composes_with_a_dreamvideo_subject(four):
+    from dvkit.catalog import Catalog
+    from dvkit.io.lora_layouts import read_lora
+
+    with Catalog.open(four) as catalog:
+        zoom = catalog.show("zoom")
+        assert (zoom.kind, zoom.method, zoom.training["layout"]) == ("motion", "lora", "motionlora")
+        assert catalog.show("lorasubject").token == "<lorasubject>"
+        together = _catalog_frames(catalog, {"dvsubject": 1.0, "zoom": 0.8})
+        alone = _catalog_frames(catalog, {"dvsubject": 1.0, "zoom": 0.0})
+        assert (together - alone).abs().max().item() > 1e-3
+        # the same weights in diffusers' names, loaded by diffusers on the subject's frames
+        base = open_base(catalog, BASE)[0]
+    tensors = read_lora(Path(four).parent / "mm_zoom.ckpt", type(_pipeline(base))).tensors
+    peft = {k: v for k, v in tensors.items() if not k.endswith(".alpha")}
+    assert len(peft) == 2 * len(_layers(base.unet, True))
+
+
+def test_grid_of_dreamvideo_and_lora_subjects_and_motions_batched_equals_one_at_a_time(four):
+    from dvkit.catalog import Catalog
+    from dvkit.evaluate.grid import bench
+
+    pairs = [
+        {s: 1.0, m: scale}
+        for s in ("dvsubject", "lorasubject")
+        for m, scale in (("dvmotion", 1.0), ("zoom", 0.6))
+    ]
+    with Catalog.open(four) as catalog:
+        refs = {"dvsubject": 1.0, "lorasubject": 1.0, "dvmotion": 1.0, "zoom": 0.6}
+        batched = _catalog_frames(catalog, refs, pairs)
+        for index, pair in enumerate(pairs):
+            alone = _catalog_frames(catalog, refs, [pair])
+            assert (batched[index] - alone[0]).abs().max().item() <= 1e-5
+        small = SamplerSettings(steps=2, frames=3, height=8, width=8)
+        options = {"clip": "tiny", "dino": "tiny", "device": "cpu", "baselines": False}
+        subjects, motions = ["dvsubject", "lorasubject"], ["dvmotion", "zoom"]
+        grid = bench(catalog, subjects, motions, seeds=[1], batch_size=4, settings=small, **options)
+        catalog._conn.execute("DELETE FROM evaluations")
+        single = bench(
+            catalog, subjects, motions, seeds=[1], batch_size=1, settings=small, **options
+        )
+    assert grid.generated == single.generated == 4
+    by_cell = {row["cell"]: row["metrics"] for row in grid.rows}
+    for row in single.rows:
+        for name, value in row["metrics"].items():
+            assert value == pytest.approx(by_cell[row["cell"]][name], abs=1e-5)
