@@ -293,3 +293,81 @@ def test_grid_of_dreamvideo_and_lora_subjects_and_motions_batched_equals_one_at_
     for row in single.rows:
         for name, value in row["metrics"].items():
             assert value == pytest.approx(by_cell[row["cell"]][name], abs=1e-5)
+
+
+def _frames_of(pipe, base) -> torch.Tensor:
+    row = Row(PROMPT, seed=5, negative_prompt=NEGATIVE)
+    start = initial_latents(base, [row], SETTINGS, 1.0)
+    frames = pipe(
+        PROMPT, num_inference_steps=SETTINGS.steps, height=8, width=8, num_frames=3,
+        guidance_scale=SETTINGS.guidance_scale, negative_prompt=NEGATIVE, latents=start,
+        output_type="pt",
+    ).frames  # fmt: skip
+    return frames.permute(0, 1, 3, 4, 2)
+
+
+def test_exports_in_diffusers_and_comfyui_layouts_load_back_in_diffusers(cli, home, tmp_path, unet):
+    from safetensors import safe_open
+
+    from dvkit.catalog import Catalog
+
+    spatial, temporal = _lora_weights(unet, False, 1), _lora_weights(unet, True, 2)
+    sources = {
+        "both": _peft_file(tmp_path / "both.safetensors", spatial | temporal),
+        "kohya": _kohya_file(tmp_path / "kohya.safetensors", spatial, alpha=1.0),
+    }
+    for name, file in sources.items():
+        code, _, err = cli("--home", home, "import", file, "--kind", "motion", "--base", BASE,
+                           "--name", name)  # fmt: skip
+        assert code == 0, err
+    exports = {"both": "diffusers", "kohya": "comfyui"}
+    with Catalog.open(home) as catalog:
+        base = open_base(catalog, BASE)[0]
+        for name, fmt in exports.items():
+            out = tmp_path / f"{name}-{fmt}.safetensors"
+            code, _, err = cli("--home", home, "export", name, "--out", out, "--format", fmt)
+            assert code == 0, err
+            with safe_open(out, "pt") as handle:
+                meta, keys = handle.metadata(), list(handle.keys())
+            assert meta["modelspec.architecture"] == "animatediff/lora"
+            assert meta["modelspec.title"] == name
+            assert all(k.startswith("lora_unet_") for k in keys) == (fmt == "comfyui")
+            ours = _catalog_frames(catalog, {name: 0.9})
+            theirs = _diffusers_frames(base, {name: (out, 0.9)})
+            assert (ours - theirs).abs().max().item() <= 1e-4, fmt
+    code, _, err = cli("--home", home, "import", tmp_path / "both-diffusers.safetensors",
+                       "--kind", "motion", "--base", BASE, "--name", "again")  # fmt: skip
+    assert code == 0, err
+    with Catalog.open(home) as catalog:
+        assert catalog.show("again").weights_hash == catalog.show("both").weights_hash
+
+
+def test_into_base_folder_loads_with_the_pipeline_and_samples_what_dvkit_composes(
+    four, cli, tmp_path
+):
+    from diffusers import AnimateDiffPipeline
+
+    from dvkit.catalog import Catalog
+
+    out = tmp_path / "fused"
+    code, out_text, err = cli("--home", four, "export", "--merged", "--into-base", out,
+                              "--subject", "lorasubject", "--motion", "zoom",
+                              "--subject-scale", "0.8", "--motion-scale", "1.2")  # fmt: skip
+    assert code == 0, err
+    pipe = AnimateDiffPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    global PROMPT
+    with Catalog.open(four) as catalog:
+        ours = _catalog_frames(catalog, {"lorasubject": 0.8, "zoom": 1.2})
+        base = open_base(catalog, BASE)[0]
+    prompt = PROMPT
+    try:
+        PROMPT = f"{prompt} <lorasubject>"
+        theirs = _frames_of(pipe, base)
+    finally:
+        PROMPT = prompt
+    assert (ours - theirs).abs().max().item() <= 1e-4
+    code, _, err = cli("--home", four, "export", "--merged", "--into-base", tmp_path / "no",
+                       "--subject", "dvsubject")  # fmt: skip
+    assert code == 1 and err.count("\n") == 1
+    assert "non-linear" in err and "cannot be fused" in err

@@ -18,8 +18,9 @@ from dvkit.models.builtin import DEFAULT_IMAGE_STRENGTH
 def export(
     ctx: typer.Context,
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="File to write (must end in .safetensors).")
-    ],
+        Path | None,
+        typer.Option("--out", "-o", help="File to write (must end in .safetensors)."),
+    ] = None,
     ref: Annotated[
         str | None, typer.Argument(help="NAME or NAME@VERSION (not with --merged).")
     ] = None,
@@ -122,10 +123,27 @@ def export(
             help=described("Per-frame offset added to the starting noise.", BASE_DEFAULT),
         ),
     ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Layout of a single export: dvkit, or for LoRAs diffusers (peft names, "
+            "pipe.load_lora_weights) or comfyui (kohya lora_unet_* names).",
+        ),
+    ] = "dvkit",
+    into_base: Annotated[
+        Path | None,
+        typer.Option(
+            "--into-base",
+            help="With --merged: write a diffusers folder of the base with the LoRA --subject "
+            "and --motion fused at their scales and the subject's token added.",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write an adapter version as a standalone .safetensors file, or (--merged) a subject and a
-    motion with their composition recipe in one file."""
+    """Write an adapter version as a standalone .safetensors file (a LoRA also in the diffusers
+    or ComfyUI layout), or (--merged) a subject and a motion with their composition recipe in
+    one file, or (--merged --into-base) LoRAs fused into a copy of their base."""
     pair_options = {
         "--subject": subject,
         "--motion": motion,
@@ -140,6 +158,11 @@ def export(
         "--motion-until": motion_until,
         "--offset-noise": offset_noise,
     }
+    if into_base is not None:
+        _export_into_base(ctx, merged, into_base, out, pair_options, force)
+        return
+    if out is None:
+        raise DvkitError("give the file to write with --out FILE")
     if not merged:
         used = [option for option, value in pair_options.items() if value is not None]
         if used:
@@ -150,7 +173,12 @@ def export(
 
         check_out_path(out, force)
         with open_catalog(ctx) as catalog:
-            result = export_adapter(catalog, ref, out, step=step, overwrite=force)
+            if fmt == "dvkit":
+                result = export_adapter(catalog, ref, out, step=step, overwrite=force)
+            else:
+                from dvkit.io.lora_export import export_lora
+
+                result = export_lora(catalog, ref, out, fmt, step=step, overwrite=force)
     else:
         if ref is not None or step is not None:
             raise DvkitError(
@@ -184,6 +212,43 @@ def export(
         f"exported {' + '.join(result.refs)} to {result.path} "
         f"({render.human_size(result.size)}, weights {result.weights_hash[:14]}…)"
     )
+
+
+def _export_into_base(
+    ctx: typer.Context,
+    merged: bool,
+    folder: Path,
+    out: Path | None,
+    options: dict[str, object],
+    force: bool,
+) -> None:
+    """`--merged --into-base FOLDER`: the LoRA subject and motion fused into their base."""
+    if not merged:
+        raise DvkitError("--into-base writes a merged base: add --merged")
+    allowed = ("--subject", "--motion", "--subject-scale", "--motion-scale")
+    used = [option for option, value in options.items() if value is not None]
+    other = [option for option in used if option not in allowed]
+    if out is not None or other:
+        raise DvkitError(
+            f"{'--out' if out is not None else other[0]} does not apply to --into-base "
+            "(it takes --subject, --motion and their scales)"
+        )
+    parts = [
+        (kind, str(options[f"--{kind}"]), _scale(options[f"--{kind}-scale"]))
+        for kind in ("subject", "motion")
+        if options[f"--{kind}"] is not None
+    ]
+    if not parts:
+        raise DvkitError("--into-base needs --subject REF and/or --motion REF")
+    from dvkit.io.lora_export import export_into_base
+
+    with open_catalog(ctx) as catalog:
+        fused = export_into_base(catalog, folder, parts, overwrite=force)
+    print(f"fused {' + '.join(fused)} into a copy of their base at {folder}")
+
+
+def _scale(given: object) -> float:
+    return 1.0 if given is None else float(given)  # type: ignore[arg-type]
 
 
 COMMANDS = {"export": export}

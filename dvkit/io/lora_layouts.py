@@ -154,11 +154,10 @@ def to_kohya(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # kohya and ComfyUI call it `lora_te_`.
     converted = {re.sub(r"^lora_te1_", "lora_te_", k): v for k, v in converted.items()}
     for layer_alpha in [k for k in tensors if k.endswith(".alpha")]:
-        down = convert_state_dict_to_kohya(
-            {layer_alpha.removesuffix(".alpha") + ".lora_A.weight": tensors[layer_alpha]}
-        )
-        kohya_down = re.sub(r"^lora_te1_", "lora_te_", next(k for k in down if "lora_down" in k))
-        converted[kohya_down.removesuffix(".lora_down.weight") + ".alpha"] = tensors[layer_alpha]
+        down_name = layer_alpha.removesuffix(".alpha") + ".lora_A.weight"
+        one = convert_state_dict_to_kohya({down_name: tensors[down_name]})
+        alpha_key = re.sub(r"^lora_te1_", "lora_te_", next(k for k in one if k.endswith(".alpha")))
+        converted[alpha_key] = tensors[layer_alpha]
     return converted
 
 
