@@ -72,6 +72,8 @@ POSITIVE = Range(0, low_open=True)
 """Learning rates, and the rate at which training clips are sampled (frames per second)."""
 HIDDEN_RATIO = Range(0, 4, low_open=True)
 """Adapter hidden width / channels (DreamVideo: 0.5)."""
+LORA_ALPHA = Range(0, 1024, low_open=True)
+"""A trained LoRA's alpha (its update is scaled by alpha / rank; peft's default alpha: 8)."""
 ADAPTER_SCALE = Range(-10, 10)
 """Weight of an adapter's output at sampling: 1 as trained, 0 off, negative subtracts it;
 beyond ±10 it swamps the base's own features."""
@@ -131,6 +133,8 @@ AT_LEAST_ONE = Whole(1)
 """Batch sizes, counts, steps between checkpoints, training steps of a motion."""
 AT_LEAST_ZERO = Whole(0)
 """Training steps of a stage that may be skipped, checkpoint steps, `--limit` (0: all)."""
+LORA_RANK = Whole(1, 256)
+"""Rank of a trained LoRA."""
 VECTORS = Whole(1, 16)
 """Vectors per learned token."""
 CLIP_WINDOWS = Whole(1, 256)

@@ -134,7 +134,7 @@ def _catalog_frames(
         else:
             load_weights(components, injector, ref, adapter)
     text = PROMPT
-    for ref, adapter in loaded.items():
+    for adapter in loaded.values():
         if adapter.record.token:
             text = f"{text} {adapter.record.token}"
     rows = [Row(text, 5, NEGATIVE, scales) for scales in (rows or [refs])]
@@ -371,3 +371,39 @@ def test_into_base_folder_loads_with_the_pipeline_and_samples_what_dvkit_compose
                        "--subject", "dvsubject")  # fmt: skip
     assert code == 1 and err.count("\n") == 1
     assert "non-linear" in err and "cannot be fused" in err
+
+
+def test_training_lora_subjects_and_motions_registers_loras_the_grid_composes(
+    catalog, tmp_path
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from dvkit.evaluate.grid import bench
+    from dvkit.train.api import add_motion, add_subject
+
+    rng = np.random.default_rng(0)
+    images, videos = tmp_path / "images", tmp_path / "videos" / "0"
+    images.mkdir()
+    videos.mkdir(parents=True)
+    for index in range(4):
+        pixels = (rng.random((8, 8, 3)) * 255).astype("uint8")
+        Image.fromarray(pixels).save((images if index < 2 else videos) / f"{index}.png")
+        Image.fromarray(pixels).save(videos / f"{index + 4}.png")
+    fast = {"preset": "quick", "resolution": 8, "base": BASE, "adapter": "lora"}
+    cat = add_subject("cat", [images], catalog=catalog, inversion_steps=1, identity_steps=2,
+                      lora_rank=3, lora_alpha=6.0, **fast)  # fmt: skip
+    surf = add_motion("surf", [videos], catalog=catalog, steps=2, frames=4, **fast)
+    assert (cat.method, cat.rank, cat.alpha, cat.token) == ("lora", 3, 6.0, "<cat>")
+    assert (surf.method, surf.rank, surf.alpha) == ("lora", 4, 4.0)
+    assert cat.placement == surf.placement == ["to_k", "to_out.0", "to_q", "to_v"]
+    tensors = load_adapter(catalog, "surf", None, "motion").tensors.adapters
+    ups = [value for key, value in tensors.items() if key.endswith("lora_B.weight")]
+    assert all(".motion_modules." in key for key in tensors)
+    assert max(up.abs().max().item() for up in ups) > 0  # trained away from B = 0
+    subject_layers = load_adapter(catalog, "cat", None, "subject").tensors.adapters
+    assert all(".attentions." in key for key in subject_layers)
+    small = SamplerSettings(steps=2, frames=3, height=8, width=8)
+    grid = bench(catalog, ["cat"], ["surf"], seeds=[0], settings=small, clip="tiny",
+                 dino="tiny", device="cpu", baselines=False)  # fmt: skip
+    assert grid.generated == 1 and grid.rows[0]["prompt"] == "a <cat> surf"

@@ -104,14 +104,16 @@ def show(
     base_note = "" if row["base"] in bases else " (not in this catalog)"
     fields: list[tuple[str, Any]] = [
         ("kind", row["kind"]),
+        ("type", render.adapter_type(row)),
+        ("alpha", row.get("alpha")),
         ("base", f"{row['base']} ({row['base_fingerprint'][:12]}){base_note}"),
         ("token", row.get("token")),
         ("initializer", row.get("initializer")),
         ("vectors", row.get("num_vectors")),
         ("parameters", f"{row['params']:,}"),
         ("size", render.human_size(row["size"])),
-        ("hidden ratio", row.get("hidden_ratio")),
-        ("placement", _placement(row)),
+        ("hidden ratio", None if row.get("method") == "lora" else row.get("hidden_ratio")),
+        ("targets" if row.get("method") == "lora" else "placement", _placement(row)),
         ("tags", row["tags"]),
         ("description", row.get("description")),
         ("created", row["created"]),

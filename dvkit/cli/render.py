@@ -49,13 +49,16 @@ def console():  # noqa: ANN201 - rich is imported lazily
 def adapters_table(rows: list[dict[str, Any]], all_versions: bool) -> None:
     """Adapters, one line each. Names, numbers and dates are never cut; a description takes the
     width that is left and ends in "…" when it does not fit (`dvkit show` has it whole); in a
-    terminal with no room for it, the column is left out and a last line says so."""
+    terminal with no room for it, the column is left out and a last line says so. A TYPE
+    column (`adapter_type`) appears when any of them is a LoRA."""
     from rich.table import Table
     from rich.text import Text
 
     out = console()
-    cells = [_adapter_cells(row, all_versions) for row in rows]
-    columns = ("NAME", "KIND", "BASE", "PARAMS", "SIZE", "TAGS", "CREATED")
+    typed = any(row.get("method") == "lora" for row in rows)
+    cells = [_adapter_cells(row, all_versions, typed) for row in rows]
+    columns = ("NAME", "KIND", *(("TYPE",) if typed else ()), "BASE", "PARAMS", "SIZE", "TAGS",
+               "CREATED")  # fmt: skip
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     room = out.width - sum(width + 2 for width in widths) - 1
     described = any(row.get("description") for row in rows)
@@ -73,19 +76,27 @@ def adapters_table(rows: list[dict[str, Any]], all_versions: bool) -> None:
         out.print("(descriptions: a wider terminal, or dvkit show NAME)")
 
 
-def _adapter_cells(row: dict[str, Any], all_versions: bool) -> tuple[str, ...]:
+def _adapter_cells(row: dict[str, Any], all_versions: bool, typed: bool) -> tuple[str, ...]:
     name = f"{row['name']}@{row['version']}"
     if not all_versions and row.get("versions", 1) > 1:
         name += f" ({row['versions']} versions)"
     return (
         name,
         row["kind"],
+        *((adapter_type(row),) if typed else ()),
         row["base"],
         human_count(row["params"]),
         human_size(row["size"]),
         ", ".join(row["tags"]),
         str(row["created"])[:10],
     )
+
+
+def adapter_type(row: dict[str, Any]) -> str:
+    """`dreamvideo`, or `lora r<rank>` (a LoRA and its largest rank)."""
+    if row.get("method") == "lora":
+        return f"lora r{row.get('rank')}"
+    return "dreamvideo"
 
 
 def bases_table(rows: list[dict[str, Any]]) -> None:

@@ -73,6 +73,29 @@ HiddenRatio = Annotated[
         help=described("Adapter width / C.", PRESET_DEFAULT),
     ),
 ]
+AdapterType = Annotated[
+    str | None,
+    typer.Option(
+        "--adapter",
+        help=described(
+            "What to train: dreamvideo (adapters) or lora (MotionDirector-style: spatial "
+            "attention for subjects, temporal for motions).",
+            "dreamvideo",
+        ),
+    ),
+]
+LoraRank = Annotated[
+    int | None,
+    typer.Option("--lora-rank", parser=whole(ranges.LORA_RANK), help=described("LoRA rank.", "4")),
+]
+LoraAlpha = Annotated[
+    float | None,
+    typer.Option(
+        "--lora-alpha",
+        parser=number(ranges.LORA_ALPHA),
+        help=described("LoRA alpha (updates scale by alpha / rank).", "the rank"),
+    ),
+]
 CheckpointEvery = Annotated[
     int | None,
     typer.Option(
@@ -193,6 +216,9 @@ def add_subject(
     resolution: Resolution = None,
     seed: Seed = None,
     hidden_ratio: HiddenRatio = None,
+    adapter: AdapterType = None,
+    lora_rank: LoraRank = None,
+    lora_alpha: LoraAlpha = None,
     high_noise_share: HighNoiseShare = None,
     high_noise_band: HighNoiseBand = None,
     offset_noise: TrainingOffsetNoise = None,
@@ -223,6 +249,9 @@ def add_subject(
         "resolution": resolution,
         "seed": seed,
         "hidden_ratio": hidden_ratio,
+        "adapter": adapter,
+        "lora_rank": lora_rank,
+        "lora_alpha": lora_alpha,
         "high_noise_share": high_noise_share,
         "high_noise_band": high_noise_band,
         "offset_noise": offset_noise,
@@ -290,6 +319,9 @@ def add_motion(
     resolution: Resolution = None,
     seed: Seed = None,
     hidden_ratio: HiddenRatio = None,
+    adapter: AdapterType = None,
+    lora_rank: LoraRank = None,
+    lora_alpha: LoraAlpha = None,
     text_dropout: Annotated[
         float | None,
         typer.Option(
@@ -355,6 +387,9 @@ def add_motion(
         "resolution": resolution,
         "seed": seed,
         "hidden_ratio": hidden_ratio,
+        "adapter": adapter,
+        "lora_rank": lora_rank,
+        "lora_alpha": lora_alpha,
         "text_dropout": text_dropout,
         "image_dropout": image_dropout,
         "image_strength_uncond": image_strength_uncond,

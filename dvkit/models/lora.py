@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from dvkit.errors import DvkitError
+from dvkit.families import family_of_denoiser
 from dvkit.models.adapters import AdapterKind
 
 COMPONENTS = ("unet", "text_encoder")
@@ -180,13 +181,19 @@ class LoraWeights(nn.Module):
         """The largest rank of its layers."""
         return max(module.rank for module in self.modules_by_path.values())
 
+    def parameters_by_name(self) -> dict[str, nn.Parameter]:
+        """A and B of every layer under their file-format names (what training optimises)."""
+        named = {}
+        for path in self.modules_by_path:
+            key = _module_key(path)
+            named[f"{path}.lora_A.weight"] = self.down[key]
+            named[f"{path}.lora_B.weight"] = self.up[key]
+        return named
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every weight under its file-format name (A and B share storage with the module)."""
-        tensors = {}
+        tensors = {name: value.detach() for name, value in self.parameters_by_name().items()}
         for path, module in self.modules_by_path.items():
-            key = _module_key(path)
-            tensors[f"{path}.lora_A.weight"] = self.down[key].detach()
-            tensors[f"{path}.lora_B.weight"] = self.up[key].detach()
             tensors[f"{path}.alpha"] = torch.tensor(module.alpha)
         return tensors
 
@@ -283,3 +290,23 @@ def _misfit(
 def _module_key(path: str) -> str:
     """A layer path as a ParameterDict key (keys cannot contain dots)."""
     return path.replace(".", "/")
+
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+"""The layers a trained LoRA adapts in each transformer block: the attention projections, as
+peft's and diffusers' Stable Diffusion LoRA scripts target them (`train_text_to_image_lora.py`)
+and MotionDirector's spatial and temporal LoRAs do."""
+
+
+def lora_layers(unet: nn.Module, kind: AdapterKind) -> list[str]:
+    """The `unet.<path>` of every `LORA_TARGETS` layer inside the containers the base's family
+    names for `kind` (`Family.sites`): spatial attention for subjects, temporal for motions."""
+    containers = family_of_denoiser(unet).containers(kind)
+    found = []
+    for path, container in unet.named_modules():
+        if not isinstance(container, containers):
+            continue
+        for sub_path, layer in container.named_modules():
+            if isinstance(layer, nn.Linear) and sub_path.endswith(LORA_TARGETS):
+                found.append(f"unet.{path}.{sub_path}")
+    return found

@@ -47,6 +47,7 @@ from dvkit.train.settings import (
     preset_values,
 )
 from dvkit.train.setup import run_key
+from dvkit.train.weights import file_fields
 from dvkit.wording import plural
 
 SettingsT = TypeVar("SettingsT", SubjectSettings, MotionSettings)
@@ -139,7 +140,8 @@ def add_subject(
         {**result.identity, **extra},
         {step: {**tensors, **extra} for step, tensors in result.kept.items()},
         fingerprints, tags, result.loss_curves, time.perf_counter() - start, run_device,
-        token=settings.token, initializer=initializer, placement=["attn2"],
+        token=settings.token, initializer=initializer,
+        **file_fields("subject", settings, result.identity),
     )  # fmt: skip
 
 
@@ -292,7 +294,8 @@ def add_motion(
     return _finish(
         catalog, world, folder, "motion", name, base_record, settings, description,
         result.tensors, result.kept, fingerprints, tags, result.loss_curves,
-        time.perf_counter() - start, run_device, placement=["attn1", "attn2", "ff"],
+        time.perf_counter() - start, run_device,
+        **file_fields("motion", settings, result.tensors),
     )  # fmt: skip
 
 

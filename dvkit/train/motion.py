@@ -17,13 +17,14 @@ import torch
 
 from dvkit.models.components import BaseComponents
 from dvkit.models.image_encoder import AppearanceEncoder
-from dvkit.models.injection import AdapterInjector, create_adapter_state
+from dvkit.models.injection import AdapterInjector
 from dvkit.train.data import MotionClips
 from dvkit.train.diffusion import diffusion_loss, sample_latents
 from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import MotionSettings
 from dvkit.train.setup import loop_settings, make_generator, prepare_base
+from dvkit.train.weights import fresh_weights
 
 ADAPTER_NAME = "motion"
 
@@ -67,11 +68,7 @@ def train_motion(
     batch = settings.batch_size
 
     injector = AdapterInjector(unet)
-    fresh = create_adapter_state(
-        unet, "motion", settings.hidden_ratio, cond_dim=embeds.shape[1], seed=settings.seed
-    )
-    weights = injector.load(ADAPTER_NAME, "motion", fresh, settings.hidden_ratio)
-    injector.train_adapter(ADAPTER_NAME)
+    weights = fresh_weights(injector, base, "motion", settings, ADAPTER_NAME, embeds.shape[1])
 
     def motion_loss(gen: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(first), (batch,), generator=gen, device=device)

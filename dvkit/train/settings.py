@@ -30,6 +30,11 @@ class CommonSettings(BaseModel):
     batch_size: int = Field(4, ge=1)
     seed: int = Field(0, ge=SEED.low, le=SEED.high)
     hidden_ratio: float = Field(0.5, gt=0, le=4)
+    adapter: Literal["dreamvideo", "lora"] = Field(
+        "dreamvideo", description="what trains: DreamVideo adapters or a MotionDirector-style LoRA"
+    )
+    lora_rank: int = Field(4, ge=1, le=256)
+    lora_alpha: float | None = Field(None, gt=0, le=1024, description="LoRA alpha (None: rank)")
     warmup_steps: int = Field(10, ge=0)
     offset_noise: float = Field(0.1, ge=0, le=1)
     checkpoint_every: int = Field(100, ge=1, description="steps between resumable checkpoints")

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from dvkit.models.components import BaseComponents
-from dvkit.models.injection import AdapterInjector, create_adapter_state
+from dvkit.models.injection import AdapterInjector
 from dvkit.models.textual_inversion import (
     TrainableRows,
     add_placeholder_tokens,
@@ -30,6 +30,7 @@ from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import SubjectSettings
 from dvkit.train.setup import loop_settings, make_generator, prepare_base
+from dvkit.train.weights import fresh_weights
 
 ADAPTER_NAME = "identity"
 
@@ -37,7 +38,7 @@ ADAPTER_NAME = "identity"
 @dataclass
 class SubjectResult:
     identity: dict[str, torch.Tensor]
-    """Identity-adapter tensors under their file-format names."""
+    """Identity-adapter (or spatial LoRA) tensors under their file-format names."""
     embedding: torch.Tensor
     """The learned token embedding [num_vectors, dim]."""
     kept: dict[int, dict[str, torch.Tensor]]
@@ -123,9 +124,7 @@ def train_subject(
     with torch.no_grad():
         text = family.embed_ids(base, input_ids).expand(batch, -1, -1)
     injector = AdapterInjector(unet)
-    fresh = create_adapter_state(unet, "subject", settings.hidden_ratio, seed=settings.seed)
-    weights = injector.load(ADAPTER_NAME, "subject", fresh, settings.hidden_ratio)
-    injector.train_adapter(ADAPTER_NAME)
+    weights = fresh_weights(injector, base, "subject", settings, ADAPTER_NAME)
 
     def identity_loss(gen: torch.Generator) -> torch.Tensor:
         noisy, target, timesteps, mask = noisy_batch(gen)

@@ -1,0 +1,67 @@
+"""The weights a training run learns: DreamVideo adapters, or (`settings.adapter` lora) a
+MotionDirector-style LoRA (Zhao et al. 2023, "MotionDirector": spatial LoRAs on the spatial
+attention layers for appearance, temporal LoRAs on the temporal ones for motion).
+
+Both train through `AdapterInjector`'s hooks, so the base's modules and state dict never change
+(peft's module replacement would change the keys dvkit fingerprints); a LoRA starts as peft
+starts one (A Kaiming-uniform, B zero) and scales its update by alpha / rank as peft does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dvkit.io.adapter_layout import lora_target
+from dvkit.models.adapters import AdapterKind
+from dvkit.models.components import BaseComponents
+from dvkit.models.injection import AdapterInjector, AdapterWeights, create_adapter_state
+from dvkit.models.lora import LoraWeights, lora_layers
+from dvkit.train.settings import CommonSettings
+
+SLOT_PLACEMENT = {"subject": ["attn2"], "motion": ["attn1", "attn2", "ff"]}
+
+
+def fresh_weights(
+    injector: AdapterInjector,
+    base: BaseComponents,
+    kind: AdapterKind,
+    settings: CommonSettings,
+    name: str,
+    cond_dim: int | None = None,
+) -> AdapterWeights | LoraWeights:
+    """Load fresh (zero-output) weights of `kind` under `name` and make them the only trainable
+    part (`AdapterInjector.train_adapter`); `cond_dim` is the image-embedding width of motion
+    adapters (LoRAs take no condition)."""
+    if settings.adapter == "lora":
+        roots = {"unet": base.unet}
+        layers = lora_layers(base.unet, kind)
+        alpha = settings.lora_alpha or float(settings.lora_rank)
+        lora = LoraWeights.create(kind, roots, layers, settings.lora_rank, alpha, settings.seed)
+        weights: AdapterWeights | LoraWeights = injector.load_lora(name, lora)
+    else:
+        fresh = create_adapter_state(
+            base.unet, kind, settings.hidden_ratio, cond_dim=cond_dim, seed=settings.seed
+        )
+        weights = injector.load(name, kind, fresh, settings.hidden_ratio)
+    injector.train_adapter(name)
+    return weights
+
+
+def file_fields(
+    kind: AdapterKind, settings: CommonSettings, tensors: dict[str, torch.Tensor]
+) -> dict[str, Any]:
+    """The adapter-file header fields a run's weights determine: method, and the placement of
+    DreamVideo adapters or a LoRA's targets, rank and alpha."""
+    if settings.adapter != "lora":
+        return {"placement": SLOT_PLACEMENT[kind]}
+    layers = [
+        key.removesuffix(".lora_A.weight") for key in tensors if key.endswith("lora_A.weight")
+    ]
+    return {
+        "method": "lora",
+        "rank": settings.lora_rank,
+        "alpha": settings.lora_alpha or float(settings.lora_rank),
+        "placement": sorted({lora_target(layer) for layer in layers}),
+    }
