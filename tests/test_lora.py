@@ -52,10 +52,24 @@ def _lora_weights(unet: torch.nn.Module, motion: bool, seed: int, rank: int = 2)
     return weights
 
 
+def _text(seed: int, rank: int = 2) -> dict:
+    """Random LoRA weights on the tiny text encoder's first-layer attention projections, named
+    as files name them (`text_model.`, which transformers 5's CLIPTextModel no longer has)."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        f"text_encoder.text_model.encoder.layers.0.self_attn.{name}": (
+            0.3 * torch.randn(rank, 32, generator=generator),
+            0.3 * torch.randn(32, rank, generator=generator),
+        )
+        for name in ("q_proj", "v_proj", "out_proj")  # diffusers reads kohya's only with out_proj
+    }
+
+
 def _peft_file(path: Path, weights: dict) -> Path:
+    """peft names under the component (`unet.` unless the layer names `text_encoder.`)."""
     save_file(
         {
-            f"unet.{name}.lora_{part}.weight": tensor
+            f"{_component(name)}{name}.lora_{part}.weight": tensor
             for name, (down, up) in weights.items()
             for part, tensor in (("A", down), ("B", up))
         },
@@ -64,12 +78,21 @@ def _peft_file(path: Path, weights: dict) -> Path:
     return path
 
 
-def _kohya_file(path: Path, weights: dict, alpha: float) -> Path:
+def _component(name: str) -> str:
+    return "" if name.startswith("text_encoder.") else "unet."
+
+
+def _kohya_file(path: Path, weights: dict, alpha: float, alternate: bool = False) -> Path:
+    """kohya names: `lora_unet_<layer>` (`lora_te_<layer>` for `text_encoder.` layers), each
+    layer's `alpha`, or with `alternate` every other layer's `alpha` + 1."""
     tensors = {}
-    for name, (down, up) in weights.items():
-        key = "lora_unet_" + name.replace(".", "_")
+    for index, (name, (down, up)) in enumerate(weights.items()):
+        if name.startswith("text_encoder."):
+            key = "lora_te_" + name.removeprefix("text_encoder.").replace(".", "_")
+        else:
+            key = "lora_unet_" + name.replace(".", "_")
         tensors |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up}
-        tensors[f"{key}.alpha"] = torch.tensor(alpha)
+        tensors[f"{key}.alpha"] = torch.tensor(alpha + (index % 2 if alternate else 0))
     save_file(tensors, path)
     return path
 
@@ -156,8 +179,8 @@ def test_each_layout_imports_and_composes_as_diffusers_loads_it(cli, home, tmp_p
 
     spatial, temporal = _lora_weights(unet, False, 1), _lora_weights(unet, True, 2)
     files = {
-        "peft": (_peft_file(tmp_path / "peft.safetensors", spatial | temporal), 0.7),
-        "kohya": (_kohya_file(tmp_path / "kohya.safetensors", spatial, alpha=1.0), 1.3),
+        "peft": (_peft_file(tmp_path / "peft.safetensors", spatial | temporal | _text(3)), 0.7),
+        "kohya": (_kohya_file(tmp_path / "kohya.safetensors", spatial | _text(1), alpha=1.0), 1.3),
     }
     for name, (file, _) in files.items():
         code, out, err = cli("--home", home, "import", file, "--kind", "motion", "--base", BASE,
@@ -167,7 +190,9 @@ def test_each_layout_imports_and_composes_as_diffusers_loads_it(cli, home, tmp_p
     with Catalog.open(home) as catalog:
         record = catalog.show("kohya")
         assert (record.method, record.rank, record.alpha) == ("lora", 2, 1.0)
-        assert "to_q" in record.placement and "conv1" in record.placement
+        assert {"to_q", "conv1", "q_proj"} <= set(record.placement)
+        methods = dict(catalog._conn.execute("SELECT name, method FROM adapters").fetchall())
+        assert methods == {"peft": "lora", "kohya": "lora"}
         base = open_base(catalog, BASE)[0]
         for name, (file, scale) in files.items():
             ours = _catalog_frames(catalog, {name: scale})
@@ -313,17 +338,21 @@ def test_exports_in_diffusers_and_comfyui_layouts_load_back_in_diffusers(cli, ho
 
     spatial, temporal = _lora_weights(unet, False, 1), _lora_weights(unet, True, 2)
     sources = {
-        "both": _peft_file(tmp_path / "both.safetensors", spatial | temporal),
-        "kohya": _kohya_file(tmp_path / "kohya.safetensors", spatial, alpha=1.0),
+        "both": _peft_file(tmp_path / "both.safetensors", spatial | temporal | _text(3)),
+        # per-layer alphas, which diffusers 0.42 reads wrongly from kohya files (its alpha
+        # patterns keep `processor.to_q_lora.down.weight`) but reads from its own layout
+        "kohya": _kohya_file(tmp_path / "kohya.safetensors", spatial | _text(1), 1.0, True),
+        "flat": _kohya_file(tmp_path / "flat.safetensors", spatial | _text(4), 1.0),
     }
     for name, file in sources.items():
         code, _, err = cli("--home", home, "import", file, "--kind", "motion", "--base", BASE,
                            "--name", name)  # fmt: skip
         assert code == 0, err
-    exports = {"both": "diffusers", "kohya": "comfyui"}
+    # diffusers 0.42 reads neither per-layer alphas nor motion modules from kohya names
+    exports = [("both", "diffusers"), ("kohya", "diffusers"), ("flat", "comfyui")]
     with Catalog.open(home) as catalog:
         base = open_base(catalog, BASE)[0]
-        for name, fmt in exports.items():
+        for name, fmt in exports:
             out = tmp_path / f"{name}-{fmt}.safetensors"
             code, _, err = cli("--home", home, "export", name, "--out", out, "--format", fmt)
             assert code == 0, err
@@ -331,15 +360,25 @@ def test_exports_in_diffusers_and_comfyui_layouts_load_back_in_diffusers(cli, ho
                 meta, keys = handle.metadata(), list(handle.keys())
             assert meta["modelspec.architecture"] == "animatediff/lora"
             assert meta["modelspec.title"] == name
-            assert all(k.startswith("lora_unet_") for k in keys) == (fmt == "comfyui")
+            assert all(k.startswith(("lora_unet_", "lora_te_")) for k in keys) == (fmt == "comfyui")
+            assert any(".text_model." in k or "_text_model_" in k for k in keys)
             ours = _catalog_frames(catalog, {name: 0.9})
             theirs = _diffusers_frames(base, {name: (out, 0.9)})
             assert (ours - theirs).abs().max().item() <= 1e-4, fmt
-    code, _, err = cli("--home", home, "import", tmp_path / "both-diffusers.safetensors",
-                       "--kind", "motion", "--base", BASE, "--name", "again")  # fmt: skip
+    code, _, err = cli("--home", home, "export", "kohya", "--out", tmp_path / "k.safetensors",
+                       "--format", "comfyui")  # fmt: skip
     assert code == 0, err
+    for exported, name in (("both-diffusers", "both"), ("k", "kohya")):
+        code, _, err = cli("--home", home, "import", tmp_path / f"{exported}.safetensors",
+                           "--kind", "motion", "--base", BASE, "--name", f"{name}-again")  # fmt: skip
+        assert code == 0, err
     with Catalog.open(home) as catalog:
-        assert catalog.show("again").weights_hash == catalog.show("both").weights_hash
+        for name in ("both", "kohya"):  # the same weights back, alphas and all
+            assert catalog.show(f"{name}-again").weights_hash == catalog.show(name).weights_hash
+        assert catalog.show("kohya").alpha is None  # its layers' alphas differ
+        tensors = load_adapter(catalog, "kohya", None, "motion").tensors.adapters
+    alphas = [float(value) for key, value in tensors.items() if key.endswith(".alpha")]
+    assert sorted(set(alphas)) == [1.0, 2.0]
 
 
 def test_into_base_folder_loads_with_the_pipeline_and_samples_what_dvkit_composes(

@@ -47,7 +47,7 @@ def prepare_lora_file(
     from dvkit.bases import open_base
     from dvkit.io.adapter_file import TOKEN_EMBEDDING_KEY, AdapterFileInfo
     from dvkit.io.embeddings import check_fits, read_embedding
-    from dvkit.io.lora_layouts import read_lora
+    from dvkit.io.lora_layouts import model_names, read_lora
     from dvkit.io.vgen import DEFAULT_HIDDEN_RATIO, PreparedImport
     from dvkit.models.lora import LoraMismatchError, LoraWeights
 
@@ -61,6 +61,7 @@ def prepare_lora_file(
     components, record = open_base(catalog, base)
     lora = read_lora(path, pipeline_class(components))
     roots = {"unet": components.unet, "text_encoder": components.text_encoder}
+    lora.tensors = model_names(lora.tensors, components.text_encoder)
     try:
         weights = LoraWeights.from_tensors(kind, lora.tensors, roots, f"base {record.name}")
     except LoraMismatchError as exc:

@@ -102,16 +102,48 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
     return ForeignLora(path, layout, tensors)
 
 
+def file_names(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """dvkit LoRA tensors with CLIP text-encoder layers named as LoRA files name them, under
+    `text_model.` (transformers 5's CLIPTextModel has its layers at the top; dvkit names a
+    layer by the loaded model's own path)."""
+    text = "text_encoder."
+    return {
+        key.replace(text, f"{text}text_model.", 1)
+        if key.startswith(text) and not key.startswith(f"{text}text_model.")
+        else key: value
+        for key, value in tensors.items()
+    }
+
+
+def model_names(
+    tensors: Mapping[str, torch.Tensor], text_encoder: torch.nn.Module
+) -> dict[str, torch.Tensor]:
+    """LoRA tensors read from a file with text-encoder layers named by `text_encoder`'s own
+    paths (without `text_model.` where the model has none; see `file_names`)."""
+    if hasattr(text_encoder, "text_model"):
+        return dict(tensors)
+    return {
+        key.replace("text_encoder.text_model.", "text_encoder.", 1): value
+        for key, value in tensors.items()
+    }
+
+
 def to_diffusers(
     tensors: Mapping[str, torch.Tensor],
 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, Any]]]:
     """dvkit LoRA tensors as diffusers' `save_lora_weights` takes them: per component, peft
     names without the component, and a peft `LoraConfig` (as a dict) giving each layer's rank
-    and alpha (`rank_pattern`, `alpha_pattern` where a layer differs from the most common)."""
+    and alpha (`rank_pattern`, `alpha_pattern` where a layer differs from the most common).
+
+    The config names layers by patterns that fit a CLIP text encoder with or without
+    `text_model.` (transformers 4 and 5): `target_modules` as one regex (peft full-matches it),
+    pattern keys without `text_model.` (peft matches them at the end of a layer's path,
+    `peft.utils.other.get_pattern_key`)."""
     from collections import Counter
 
     from peft import LoraConfig
 
+    tensors = file_names(tensors)
     layers: dict[str, dict[str, torch.Tensor]] = {}
     configs: dict[str, dict[str, Any]] = {}
     for component in ("unet", "text_encoder"):
@@ -130,14 +162,14 @@ def to_diffusers(
         alphas = {layer: float(tensors[f"{component}.{layer}.alpha"]) for layer in ranks}
         rank = Counter(ranks.values()).most_common(1)[0][0]
         alpha = Counter(alphas.values()).most_common(1)[0][0]
+        paths = {layer: re.escape(layer.removeprefix("text_model.")) for layer in ranks}
         config = LoraConfig(
             r=rank,
             lora_alpha=alpha,
-            target_modules=sorted(ranks),
-            rank_pattern={f"^{k}$": v for k, v in ranks.items() if v != rank},
-            alpha_pattern={f"^{k}$": v for k, v in alphas.items() if v != alpha},
+            target_modules=r"(?:text_model\.)?(?:" + "|".join(sorted(paths.values())) + ")",
+            rank_pattern={paths[k]: v for k, v in ranks.items() if v != rank},
+            alpha_pattern={paths[k]: v for k, v in alphas.items() if v != alpha},
         ).to_dict()
-        config["target_modules"] = sorted(config["target_modules"])
         layers[component] = part
         configs[component] = {k: v for k, v in config.items() if _jsonable(v)}
     return layers, configs
@@ -148,6 +180,7 @@ def to_kohya(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     diffusers' `convert_state_dict_to_kohya`, each layer with its own alpha."""
     from diffusers.utils import convert_state_dict_to_kohya
 
+    tensors = file_names(tensors)
     peft_names = {k: v for k, v in tensors.items() if not k.endswith(".alpha")}
     converted = convert_state_dict_to_kohya(peft_names)
     # diffusers names the one text encoder of SD-style bases `lora_te1_` (SDXL's first);
