@@ -130,16 +130,21 @@ def _diffusers_frames(base, files: dict[str, tuple[Path | dict, float]]) -> torc
     for name, (file, _) in files.items():
         pipe.load_lora_weights(file if isinstance(file, dict) else str(file), adapter_name=name)
     pipe.set_adapters(list(files), [scale for _, scale in files.values()])
-    row = Row(PROMPT, seed=5, negative_prompt=NEGATIVE)
-    start = initial_latents(base, [row], SETTINGS, 1.0)
     try:
-        frames = pipe(
-            PROMPT, num_inference_steps=SETTINGS.steps, height=8, width=8, num_frames=3,
-            guidance_scale=SETTINGS.guidance_scale, negative_prompt=NEGATIVE, latents=start,
-            output_type="pt",
-        ).frames  # fmt: skip
+        return _frames_of(pipe, base, PROMPT)
     finally:
         pipe.unload_lora_weights()
+
+
+def _frames_of(pipe, base, prompt: str) -> torch.Tensor:
+    """Frames (1, F, H, W, 3) of a diffusers pipeline from the sampler's starting noise."""
+    row = Row(prompt, seed=5, negative_prompt=NEGATIVE)
+    start = initial_latents(base, [row], SETTINGS, 1.0)
+    frames = pipe(
+        prompt, num_inference_steps=SETTINGS.steps, height=8, width=8, num_frames=3,
+        guidance_scale=SETTINGS.guidance_scale, negative_prompt=NEGATIVE, latents=start,
+        output_type="pt",
+    ).frames  # fmt: skip
     return frames.permute(0, 1, 3, 4, 2)
 
 
@@ -320,17 +325,6 @@ def test_grid_of_dreamvideo_and_lora_subjects_and_motions_batched_equals_one_at_
             assert value == pytest.approx(by_cell[row["cell"]][name], abs=1e-5)
 
 
-def _frames_of(pipe, base) -> torch.Tensor:
-    row = Row(PROMPT, seed=5, negative_prompt=NEGATIVE)
-    start = initial_latents(base, [row], SETTINGS, 1.0)
-    frames = pipe(
-        PROMPT, num_inference_steps=SETTINGS.steps, height=8, width=8, num_frames=3,
-        guidance_scale=SETTINGS.guidance_scale, negative_prompt=NEGATIVE, latents=start,
-        output_type="pt",
-    ).frames  # fmt: skip
-    return frames.permute(0, 1, 3, 4, 2)
-
-
 def test_exports_in_diffusers_and_comfyui_layouts_load_back_in_diffusers(cli, home, tmp_path, unet):
     from safetensors import safe_open
 
@@ -369,8 +363,9 @@ def test_exports_in_diffusers_and_comfyui_layouts_load_back_in_diffusers(cli, ho
                        "--format", "comfyui")  # fmt: skip
     assert code == 0, err
     for exported, name in (("both-diffusers", "both"), ("k", "kohya")):
-        code, _, err = cli("--home", home, "import", tmp_path / f"{exported}.safetensors",
-                           "--kind", "motion", "--base", BASE, "--name", f"{name}-again")  # fmt: skip
+        file = tmp_path / f"{exported}.safetensors"
+        code, _, err = cli("--home", home, "import", file, "--kind", "motion", "--base", BASE,
+                           "--name", f"{name}-again")  # fmt: skip
         assert code == 0, err
     with Catalog.open(home) as catalog:
         for name in ("both", "kohya"):  # the same weights back, alphas and all
@@ -395,21 +390,42 @@ def test_into_base_folder_loads_with_the_pipeline_and_samples_what_dvkit_compose
     assert code == 0, err
     pipe = AnimateDiffPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
-    global PROMPT
     with Catalog.open(four) as catalog:
         ours = _catalog_frames(catalog, {"lorasubject": 0.8, "zoom": 1.2})
         base = open_base(catalog, BASE)[0]
-    prompt = PROMPT
-    try:
-        PROMPT = f"{prompt} <lorasubject>"
-        theirs = _frames_of(pipe, base)
-    finally:
-        PROMPT = prompt
+    theirs = _frames_of(pipe, base, f"{PROMPT} <lorasubject>")
     assert (ours - theirs).abs().max().item() <= 1e-4
     code, _, err = cli("--home", four, "export", "--merged", "--into-base", tmp_path / "no",
                        "--subject", "dvsubject")  # fmt: skip
     assert code == 1 and err.count("\n") == 1
     assert "non-linear" in err and "cannot be fused" in err
+    assert not (tmp_path / "no").exists()
+    code, _, err = cli("--home", four, "export", "dvmotion", "--out", tmp_path / "x.safetensors",
+                       "--format", "diffusers")  # fmt: skip
+    assert code == 1 and "only LoRAs export to the diffusers layout" in err
+
+
+def test_subject_lora_export_carries_its_token_for_diffusers(four, cli, tmp_path):
+    from safetensors import safe_open
+
+    from dvkit.catalog import Catalog
+
+    out = tmp_path / "subject.safetensors"
+    code, _, err = cli("--home", four, "export", "lorasubject", "--out", out, "--format",
+                       "diffusers")  # fmt: skip
+    assert code == 0, err
+    with safe_open(out, "pt") as handle:
+        assert handle.metadata()["modelspec.trigger_phrase"] == "<lorasubject>"
+    embedding = tmp_path / "subject.embedding.safetensors"
+    with Catalog.open(four) as catalog:
+        components = open_base(catalog, BASE)[0]
+        ours = _catalog_frames(catalog, {"lorasubject": 0.9})
+    pipe = _pipeline(components)
+    pipe.load_textual_inversion(str(embedding))
+    pipe.load_lora_weights(str(out), adapter_name="subject")
+    pipe.set_adapters(["subject"], [0.9])
+    theirs = _frames_of(pipe, components, f"{PROMPT} <lorasubject>")
+    assert (ours - theirs).abs().max().item() <= 1e-4
 
 
 def test_training_lora_subjects_and_motions_registers_loras_the_grid_composes(
@@ -446,3 +462,22 @@ def test_training_lora_subjects_and_motions_registers_loras_the_grid_composes(
     grid = bench(catalog, ["cat"], ["surf"], seeds=[0], settings=small, clip="tiny",
                  dino="tiny", device="cpu", baselines=False)  # fmt: skip
     assert grid.generated == 1 and grid.rows[0]["prompt"] == "a <cat> surf"
+
+
+def test_compose_takes_lora_subjects_and_motions_at_their_scales(four, cli, tmp_path):
+    from dvkit.catalog import Catalog
+    from dvkit.generate.compose import compose
+
+    small = {"steps": 2, "frames": 3, "size": 8, "record": False}
+    with Catalog.open(four) as catalog:
+        full = compose("lorasubject", "zoom", "a <lorasubject> zooming", catalog=catalog, **small)
+        still = compose("lorasubject", "zoom", "a <lorasubject> zooming", catalog=catalog,
+                        motion_scale=0.0, **small)  # fmt: skip
+    assert full.frames.shape == (1, 3, 8, 8, 3)
+    assert full.settings["motion_scale"] == 1.0 and still.settings["motion_scale"] == 0.0
+    assert abs(full.frames.astype(int) - still.frames.astype(int)).max() > 0
+    out = tmp_path / "video.gif"
+    code, _, err = cli("--home", four, "compose", "--subject", "dvsubject", "--motion", "zoom",
+                       "--steps", "2", "--frames", "3", "--size", "8", "--out", out)  # fmt: skip
+    assert code == 0, err
+    assert out.exists()
