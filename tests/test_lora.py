@@ -20,6 +20,8 @@ SETTINGS = SamplerSettings(steps=3, guidance_scale=7.5, frames=3, height=8, widt
 PROMPT, NEGATIVE = "a cat surfing", "a dog"
 SPATIAL = ("attn1.to_q", "attn2.to_k", "attn2.to_v", "attn1.to_out.0")
 TEMPORAL = ("attn1.to_q", "attn1.to_v", "attn2.to_k", "attn1.to_out.0")
+TEMPORAL_PARTS = (".motion_modules.", ".temp_attentions.", ".transformer_in.")
+"""Where temporal blocks sit: AnimateDiff's motion modules, ModelScope's temporal attentions."""
 
 
 def _layers(unet: torch.nn.Module, motion: bool) -> list[str]:
@@ -27,7 +29,7 @@ def _layers(unet: torch.nn.Module, motion: bool) -> list[str]:
     the spatial kind the first resnet convolution (a Conv2d LoRA)."""
     names = []
     for name, _ in unet.named_modules():
-        in_motion = ".motion_modules." in name
+        in_motion = any(part in f".{name}" for part in TEMPORAL_PARTS)
         if in_motion == motion and name.endswith(TEMPORAL if motion else SPATIAL):
             names.append(name)
     if not motion:
@@ -149,11 +151,15 @@ def _frames_of(pipe, base, prompt: str) -> torch.Tensor:
 
 
 def _catalog_frames(
-    catalog, refs: dict[str, float], rows: list[dict] | None = None
+    catalog,
+    refs: dict[str, float],
+    rows: list[dict] | None = None,
+    base: str = BASE,
+    settings: SamplerSettings = SETTINGS,
 ) -> torch.Tensor:
     """Frames of the catalog's adapters as `compose` loads them (`load_weights`), one row per
     entry of `rows` (adapter refs → scales; default one row with `refs`)."""
-    components, _ = open_base(catalog, BASE)
+    components, _ = open_base(catalog, base)
     injector = AdapterInjector(components.unet)
     loaded = {ref: load_adapter(catalog, ref, None, catalog.show(ref).kind) for ref in refs}
     for ref, adapter in loaded.items():
@@ -167,7 +173,7 @@ def _catalog_frames(
             text = f"{text} {adapter.record.token}"
     rows = [Row(text, 5, NEGATIVE, scales) for scales in (rows or [refs])]
     try:
-        return sample(components, rows, SETTINGS, injector)
+        return sample(components, rows, settings, injector)
     finally:
         injector.detach()
 
@@ -481,3 +487,35 @@ def test_compose_takes_lora_subjects_and_motions_at_their_scales(four, cli, tmp_
                        "--steps", "2", "--frames", "3", "--size", "8", "--out", out)  # fmt: skip
     assert code == 0, err
     assert out.exists()
+
+
+def test_modelscope_loras_import_and_compose_as_peft_applies_them(cli, home, tmp_path):
+    """diffusers 0.42 loads no LoRA into ModelScope's `UNet3DConditionModel` (it lacks
+    `load_lora_adapter`), so the reference is peft's own LoRA layers on that UNet."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from peft.tuners.lora import LoraLayer
+
+    from dvkit.catalog import Catalog
+    from dvkit.models.tiny import build_tiny_base
+
+    base = build_tiny_base()
+    layers = _lora_weights(base.unet, False, 1) | _lora_weights(base.unet, True, 2)
+    file = _kohya_file(tmp_path / "k.safetensors", layers, 1.0)
+    code, _, err = cli("--home", home, "import", file, "--kind", "motion", "--base", "tiny")
+    assert code == 0, err
+    settings = SamplerSettings(steps=3, guidance_scale=7.5, frames=3, height=16, width=16)
+    with Catalog.open(home) as catalog:
+        ours = _catalog_frames(catalog, {"k": 0.8}, base="tiny", settings=settings)
+    config = LoraConfig(r=2, lora_alpha=1.0, target_modules=sorted(layers))
+    inject_adapter_in_model(config, base.unet, "k")
+    state = {
+        f"{name}.lora_{part}.weight": tensor
+        for name, (down, up) in layers.items()
+        for part, tensor in (("A", down), ("B", up))
+    }
+    set_peft_model_state_dict(base.unet, state, "k")
+    for module in base.unet.modules():
+        if isinstance(module, LoraLayer):
+            module.set_scale("k", 0.8)
+    theirs = sample(base, [Row(PROMPT, 5, NEGATIVE)], settings)
+    assert (theirs - ours).abs().max().item() <= 1e-4

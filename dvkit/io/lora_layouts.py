@@ -15,8 +15,9 @@ Key conversion is diffusers' own: the pipeline's `lora_state_dict` (kohya → di
 `loaders/lora_pipeline.py`), `convert_unet_state_dict_to_peft` and `convert_state_dict_to_peft`
 (`utils/state_dict_utils.py`); `convert_state_dict_to_kohya` writes the kohya layout. dvkit adds
 two renames diffusers lacks: MotionLoRA's original module names to `UNetMotionModel`'s (the
-mapping of diffusers' `scripts/convert_animatediff_motion_lora_to_diffusers.py`), and
-`motion_modules`, which diffusers' kohya conversion splits at its underscore.
+mapping of diffusers' `scripts/convert_animatediff_motion_lora_to_diffusers.py`), and the video
+UNets' module names that diffusers' kohya conversion splits at their underscore
+(`SPLIT_NAMES`).
 PyTorch files are read only with `torch.load(weights_only=True)`.
 """
 
@@ -39,6 +40,9 @@ EXPORT_LAYOUTS = ("diffusers", "comfyui")
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_")
 _LORA_KEY = re.compile(r"(^|[._])lora([._]|$)|lora_[AB]\.|_lora\.")
 _METADATA_KEY = "lora_adapter_metadata"
+SPLIT_NAMES = ("motion_modules", "temp_attentions", "temp_convs", "transformer_in")
+"""Module names of AnimateDiff's and ModelScope's UNets that diffusers' kohya conversion (made
+for SD UNets) splits at their underscore."""
 
 
 @dataclass
@@ -72,8 +76,8 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
     if all(key.startswith(KOHYA_PREFIXES) for key in keys):
         layout = "kohya"
         converted, alphas = pipeline_class.lora_state_dict(dict(loaded))
-        converted = {_fix_motion_modules(k): v for k, v in converted.items()}
-        alphas = {_fix_motion_modules(k): v for k, v in (alphas or {}).items()}
+        converted = {_fix_split_names(k): v for k, v in converted.items()}
+        alphas = {_fix_split_names(k): v for k, v in (alphas or {}).items()}
     else:
         layout = "motionlora" if any(".temporal_transformer." in k for k in keys) else "diffusers"
         if layout == "motionlora":
@@ -229,8 +233,12 @@ def _motion_module_name(key: str) -> str:
     return re.sub(r"\.attention_blocks\.(\d+)\.", lambda m: f".attn{int(m[1]) + 1}.", key)
 
 
-def _fix_motion_modules(key: str) -> str:
-    return key.replace(".motion.modules.", ".motion_modules.")
+def _fix_split_names(key: str) -> str:
+    """A key of diffusers' kohya conversion with the video UNets' module names it splits at
+    their underscore (`motion.modules` → `motion_modules`) made whole again."""
+    for name in SPLIT_NAMES:
+        key = key.replace(f".{name.replace('_', '.')}.", f".{name}.")
+    return key
 
 
 def _adapter_config(header: Mapping[str, str], component: str) -> dict[str, Any]:
