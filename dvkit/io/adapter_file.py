@@ -89,12 +89,9 @@ class AdapterFileInfo:
         from dvkit import __version__
 
         meta = {
-            "modelspec.sai_model_spec": MODELSPEC_VERSION,
-            "modelspec.architecture": f"{self.architecture}/{self.architecture_suffix}",
-            "modelspec.implementation": "dvkit",
-            "modelspec.title": self.name,
-            "modelspec.date": date.today().isoformat(),
-            "modelspec.description": self.description,
+            **modelspec_metadata(
+                f"{self.architecture}/{self.architecture_suffix}", self.name, self.description
+            ),
             "dvkit.format": str(FORMAT_VERSION),
             "dvkit.version": __version__,
             "dvkit.kind": self.kind,
@@ -113,6 +110,19 @@ class AdapterFileInfo:
             meta["dvkit.token"] = self.token or ""
             meta["dvkit.initializer"] = self.initializer or ""
         return meta
+
+
+def modelspec_metadata(architecture: str, title: str, description: str) -> dict[str, str]:
+    """The ModelSpec entries every dvkit file has but the hash and trigger phrase
+    (https://github.com/Stability-AI/ModelSpec): `architecture` such as `animatediff/lora`."""
+    return {
+        "modelspec.sai_model_spec": MODELSPEC_VERSION,
+        "modelspec.architecture": architecture,
+        "modelspec.implementation": "dvkit",
+        "modelspec.title": title,
+        "modelspec.date": date.today().isoformat(),
+        "modelspec.description": description,
+    }
 
 
 def write_adapter_file(path: Path, tensors: dict[str, torch.Tensor], info: AdapterFileInfo) -> str:

@@ -108,19 +108,8 @@ def _check_lora(
     `.lora_B.weight` [out, r(, 1, 1)] and optionally `.alpha` [] per layer, in a float dtype,
     plus, for a subject, an optional token embedding and reference images. Checks the header's
     rank (the largest) and placement (the target names, `lora_target`); fills in `params`."""
-    layers: dict[str, dict[str, TensorInfo]] = {}
-    for name, tensor in tensors.items():
-        if name in EXTRA_KEYS:
-            continue
-        match = _LORA_TENSOR.fullmatch(name)
-        if match is None:
-            raise AdapterFileError(
-                f"{source}: tensor {name[:120]!r} is not a LoRA weight "
-                "(<unet|text_encoder>.<layer>.<lora_A.weight|lora_B.weight|alpha>)"
-            )
-        if tensor.dtype not in FLOAT_DTYPES:
-            raise AdapterFileError(f"{source}: tensor {name!r} is {tensor.dtype}, not float")
-        layers.setdefault(match["layer"], {})[match["part"]] = tensor
+    form = "a LoRA weight (<unet|text_encoder>.<layer>.<lora_A.weight|lora_B.weight|alpha>)"
+    layers = {key[0]: parts for key, parts in _group(source, tensors, _LORA_TENSOR, form).items()}
     if not layers:
         raise AdapterFileError(f"{source}: LoRA file holds no LoRA tensors")
     if info.kind == "motion" and any(key in tensors for key in EXTRA_KEYS):
@@ -168,17 +157,26 @@ def is_token_only(kind: str, names: Collection[str]) -> bool:
 
 def _group_adapters(
     source: str | Path, tensors: Mapping[str, TensorInfo]
-) -> dict[tuple[str, str], dict[str, TensorInfo]]:
+) -> dict[tuple[str, ...], dict[str, TensorInfo]]:
     """Adapter tensors by (block, slot), each as {"down.weight": ..., ...}."""
-    adapters: dict[tuple[str, str], dict[str, TensorInfo]] = {}
+    form = "an adapter weight (<block>.<attn1|attn2|ff>_adapter.<down|up|cond>.<weight|bias>)"
+    return _group(source, tensors, _ADAPTER_TENSOR, form)
+
+
+def _group(
+    source: str | Path, tensors: Mapping[str, TensorInfo], pattern: re.Pattern[str], form: str
+) -> dict[tuple[str, ...], dict[str, TensorInfo]]:
+    """The tensors but `EXTRA_KEYS` by the groups of `pattern` before its `part` group, each
+    as {part: tensor}, sorted; a name that does not fit `pattern` (`form` describes it) or a
+    tensor that is not floating point is an `AdapterFileError`."""
+    grouped: dict[tuple[str, ...], dict[str, TensorInfo]] = {}
     for name, tensor in tensors.items():
         if name in EXTRA_KEYS:
             continue
-        match = _ADAPTER_TENSOR.fullmatch(name)
+        match = pattern.fullmatch(name)
         if match is None:
             raise AdapterFileError(
-                f"{source}: tensor {name[:120]!r} is not an adapter weight "
-                "(<block>.<attn1|attn2|ff>_adapter.<down|up|cond>.<weight|bias>), "
+                f"{source}: tensor {name[:120]!r} is not {form}, "
                 f"{TOKEN_EMBEDDING_KEY} or {REFERENCE_IMAGES_KEY}"
             )
         if tensor.dtype not in FLOAT_DTYPES:
@@ -186,8 +184,9 @@ def _group_adapters(
                 f"{source}: tensor {name!r} is {tensor.dtype}; adapter weights are floating point "
                 f"({', '.join(FLOAT_DTYPES)})"
             )
-        adapters.setdefault((match["block"], match["slot"]), {})[match["part"]] = tensor
-    return dict(sorted(adapters.items()))
+        key = tuple(value for group, value in match.groupdict().items() if group != "part")
+        grouped.setdefault(key, {})[match["part"]] = tensor
+    return dict(sorted(grouped.items()))
 
 
 def _check_kind(

@@ -13,7 +13,6 @@ import importlib
 import inspect
 import tempfile
 from collections.abc import Sequence
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +54,7 @@ def export_lora(
     Raises `DvkitError` for a DreamVideo adapter or an unknown format.
     """
     from dvkit.generate.compose import load_adapter
+    from dvkit.io.adapter_file import serialize_with_hash
     from dvkit.io.export import ExportResult, check_out_path
     from dvkit.io.lora_layouts import to_diffusers, to_kohya
 
@@ -75,10 +75,10 @@ def export_lora(
         layers, configs = to_diffusers(tensors)
         foreign, extra = _saved_by_diffusers(record.architecture, layers, configs)
     metadata = {**extra, **_modelspec(record)}
-    data, weights_hash = _serialize(foreign, metadata)
+    data, weights_hash = serialize_with_hash(foreign, metadata)
     write_atomically(out, data)
     if adapter.tensors.token_embedding is not None and record.token:
-        embedding, _ = _serialize({record.token: adapter.tensors.token_embedding}, {})
+        embedding, _ = serialize_with_hash({record.token: adapter.tensors.token_embedding}, {})
         write_atomically(out.with_name(out.name.removesuffix(".safetensors") + EMBEDDING_SUFFIX),
                          embedding)  # fmt: skip
     label = record.ref if step is None else f"{record.ref} step {step}"
@@ -161,22 +161,10 @@ def _saved_by_diffusers(
 
 def _modelspec(record: AdapterRecord) -> dict[str, str]:
     """ModelSpec metadata of an exported LoRA (https://github.com/Stability-AI/ModelSpec)."""
-    from dvkit.io.adapter_file import LORA_SUFFIX, MODELSPEC_VERSION
+    from dvkit.io.adapter_file import LORA_SUFFIX, modelspec_metadata
 
-    meta = {
-        "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": f"{record.architecture}/{LORA_SUFFIX}",
-        "modelspec.implementation": "dvkit",
-        "modelspec.title": record.name,
-        "modelspec.date": date.today().isoformat(),
-        "modelspec.description": record.description,
-    }
+    architecture = f"{record.architecture}/{LORA_SUFFIX}"
+    meta = modelspec_metadata(architecture, record.name, record.description)
     if record.token:
         meta["modelspec.trigger_phrase"] = record.token
     return meta
-
-
-def _serialize(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> tuple[bytes, str]:
-    from dvkit.io.adapter_file import serialize_with_hash
-
-    return serialize_with_hash(tensors, metadata)

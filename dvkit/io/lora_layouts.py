@@ -175,7 +175,7 @@ def to_diffusers(
             alpha_pattern={paths[k]: v for k, v in alphas.items() if v != alpha},
         ).to_dict()
         layers[component] = part
-        configs[component] = {k: v for k, v in config.items() if _jsonable(v)}
+        configs[component] = config
     return layers, configs
 
 
@@ -280,11 +280,3 @@ def _scalar(value: float) -> torch.Tensor:
     import torch
 
     return torch.tensor(float(value))
-
-
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except TypeError:
-        return False
-    return True

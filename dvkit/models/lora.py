@@ -27,7 +27,6 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from dvkit.errors import DvkitError
-from dvkit.families import family_of_denoiser
 from dvkit.models.adapters import AdapterKind
 
 COMPONENTS = ("unet", "text_encoder")
@@ -95,7 +94,7 @@ class LoraWeights(nn.Module):
     `adapter()` is always None (it has no DreamVideo slot).
     """
 
-    slots: list = []
+    slots: tuple = ()
 
     def __init__(self, kind: AdapterKind, modules: Iterable[LoraModule]) -> None:
         super().__init__()
@@ -290,23 +289,3 @@ def _misfit(
 def _module_key(path: str) -> str:
     """A layer path as a ParameterDict key (keys cannot contain dots)."""
     return path.replace(".", "/")
-
-
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-"""The layers a trained LoRA adapts in each transformer block: the attention projections, as
-peft's and diffusers' Stable Diffusion LoRA scripts target them (`train_text_to_image_lora.py`)
-and MotionDirector's spatial and temporal LoRAs do."""
-
-
-def lora_layers(unet: nn.Module, kind: AdapterKind) -> list[str]:
-    """The `unet.<path>` of every `LORA_TARGETS` layer inside the containers the base's family
-    names for `kind` (`Family.sites`): spatial attention for subjects, temporal for motions."""
-    containers = family_of_denoiser(unet).containers(kind)
-    found = []
-    for path, container in unet.named_modules():
-        if not isinstance(container, containers):
-            continue
-        for sub_path, layer in container.named_modules():
-            if isinstance(layer, nn.Linear) and sub_path.endswith(LORA_TARGETS):
-                found.append(f"unet.{path}.{sub_path}")
-    return found

@@ -16,11 +16,32 @@ import torch
 from dvkit.io.adapter_layout import lora_target
 from dvkit.models.adapters import AdapterKind
 from dvkit.models.components import BaseComponents
-from dvkit.models.injection import AdapterInjector, AdapterWeights, create_adapter_state
-from dvkit.models.lora import LoraWeights, lora_layers
+from dvkit.models.injection import (
+    AdapterInjector,
+    AdapterWeights,
+    adapter_slots,
+    create_adapter_state,
+)
+from dvkit.models.lora import LoraWeights
 from dvkit.train.settings import CommonSettings
 
 SLOT_PLACEMENT = {"subject": ["attn2"], "motion": ["attn1", "attn2", "ff"]}
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+"""The layers a trained LoRA adapts in each transformer block: the attention projections, as
+diffusers' Stable Diffusion LoRA script targets them (`train_text_to_image_lora.py`) and
+MotionDirector's spatial and temporal LoRAs do."""
+
+
+def lora_layers(unet: torch.nn.Module, kind: AdapterKind) -> list[str]:
+    """The `unet.<path>` of every `LORA_TARGETS` layer in the transformer blocks that adapters
+    of `kind` sit in (`adapter_slots`): spatial attention for subjects, temporal for motions."""
+    blocks = dict.fromkeys(slot.block for slot in adapter_slots(unet, kind))
+    return [
+        f"unet.{block}.{path}"
+        for block in blocks
+        for path, layer in unet.get_submodule(block).named_modules()
+        if isinstance(layer, torch.nn.Linear) and path.endswith(LORA_TARGETS)
+    ]
 
 
 def fresh_weights(
