@@ -519,3 +519,90 @@ def test_modelscope_loras_import_and_compose_as_peft_applies_them(cli, home, tmp
             module.set_scale("k", 0.8)
     theirs = sample(base, [Row(PROMPT, 5, NEGATIVE)], settings)
     assert (theirs - ours).abs().max().item() <= 1e-4
+
+
+def test_lora_mistakes_are_one_line_and_leave_the_catalog_alone(four, cli, tmp_path, unet):
+    subject = _peft_file(tmp_path / "s2.safetensors", _lora_weights(unet, False, 8))
+    ckpt = tmp_path / "mm_zoom.ckpt"
+    torch.save({"state_dict": {"x.to_q_lora.down.weight": torch.zeros(2, 2)}, "opt": object()},
+               tmp_path / "unsafe.ckpt")  # fmt: skip
+    (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    _, before, _ = cli("--home", four, "list", "--all")
+    mistakes = [
+        (("import", subject, "--base", BASE), "--kind subject or motion"),
+        (("import", subject, "--kind", "motion"), "needs --base NAME"),
+        (("import", subject, "--kind", "style", "--base", BASE), "--kind subject or motion"),
+        (("import", ckpt, "--kind", "motion", "--base", BASE, "--embedding", subject),
+         "only for --kind subject"),
+        (("import", tmp_path / "unsafe.ckpt", "--kind", "motion", "--base", BASE), "unsafe.ckpt"),
+        (("import", tmp_path / "broken.safetensors", "--kind", "motion"), "broken.safetensors"),
+        (("export", "zoom", "--out", tmp_path / "z.safetensors", "--format", "onnx"),
+         "unknown export format"),
+        (("export", "--merged", "--subject", "lorasubject", "--motion", "zoom", "--out",
+          tmp_path / "m.safetensors", "--format", "comfyui"), "--format"),
+        (("export", "--into-base", tmp_path / "b", "--subject", "lorasubject"), "add --merged"),
+        (("export", "--merged", "--into-base", four, "--motion", "zoom"), "exists"),
+    ]  # fmt: skip
+    for args, expected in mistakes:
+        code, _, err = cli("--home", four, *args)
+        assert code != 0 and err.startswith("error:") and err.count("\n") == 1, (args, err)
+        assert expected in err and "Traceback" not in err, (args, err)
+    assert cli("--home", four, "list", "--all")[1] == before
+    assert not (tmp_path / "b").exists()
+    lines = {line.split()[0]: line.split() for line in before.splitlines()[1:]}
+    assert lines["zoom@1"][1:3] == ["motion", "LoRA"] and lines["dvmotion@1"][2] == "DV"
+    assert all(len(line) <= 80 and "…" not in line for line in before.splitlines())
+    code, shown, _ = cli("--home", four, "show", "zoom")
+    assert code == 0 and "lora, rank 2" in shown and "to_q" in shown
+
+
+def test_dvkit_lora_files_export_and_import_as_they_are(four, cli, tmp_path):
+    from dvkit.catalog import Catalog
+
+    out = tmp_path / "zoom.safetensors"
+    assert cli("--home", four, "export", "zoom", "--out", out)[0] == 0
+    Catalog.init(tmp_path / "other")
+    code, text, err = cli("--home", tmp_path / "other", "import", out)
+    assert code == 0, err
+    with Catalog.open(four) as first, Catalog.open(tmp_path / "other") as second:
+        ours, theirs = first.show("zoom"), second.show("zoom")
+    assert (theirs.method, theirs.rank, theirs.kind) == ("lora", 2, "motion")
+    assert theirs.weights_hash == ours.weights_hash
+
+
+def test_merged_export_of_loras_composes_as_the_catalog_does(four, cli, tmp_path):
+    from dvkit.catalog import Catalog
+    from dvkit.generate.compose import compose
+
+    out = tmp_path / "pair.safetensors"
+    code, _, err = cli("--home", four, "export", "--merged", "--subject", "lorasubject",
+                       "--motion", "zoom", "--motion-scale", "0.7", "--out", out)  # fmt: skip
+    assert code == 0, err
+    small = {"steps": 2, "frames": 3, "size": 8, "record": False, "seeds": [2]}
+    with Catalog.open(four) as catalog:
+        merged = compose(merged=out, catalog=catalog, **small)
+        direct = compose("lorasubject", "zoom", catalog=catalog, motion_scale=0.7, **small)
+    assert (merged.frames == direct.frames).all()
+
+
+def test_a_second_text_encoder_or_a_dora_is_refused(cli, home, tmp_path, unet):
+    weights = _lora_weights(unet, False, 1)
+    tensors = {
+        f"unet.{name}.lora_{part}.weight": tensor
+        for name, (down, up) in weights.items()
+        for part, tensor in (("A", down), ("B", up))
+    }
+    sdxl = dict(tensors)
+    sdxl["text_encoder_2.layers.0.q_proj.lora_A.weight"] = torch.zeros(2, 32)
+    save_file(sdxl, tmp_path / "sdxl.safetensors")
+    code, _, err = cli("--home", home, "import", tmp_path / "sdxl.safetensors", "--kind",
+                       "motion", "--base", BASE)  # fmt: skip
+    fits = len(tensors) * 3 // 2
+    assert code == 1 and f"{fits} of {fits + 1} LoRA tensors fit" in err
+    assert "text_encoder_2.layers.0.q_proj" in err
+    dora = dict(tensors)
+    dora[next(iter(tensors)).replace("lora_A.weight", "lora_magnitude_vector")] = torch.ones(16)
+    save_file(dora, tmp_path / "dora.safetensors")
+    code, _, err = cli("--home", home, "import", tmp_path / "dora.safetensors", "--kind",
+                       "motion", "--base", BASE)  # fmt: skip
+    assert code == 1 and "a DoRA" in err and err.count("\n") == 1

@@ -256,8 +256,12 @@ def import_files(
                 "trained for (see: dvkit base list)"
             )
         _check_import_options(official + loras, learned, own, base, embedding, token, references)
-        if kind is not None and len(loras) != len(files):
-            raise DvkitError("--kind applies to LoRA files only (other files say their kind)")
+        others = [file for file in files if file not in loras]
+        if kind is not None and others:
+            raise DvkitError(
+                f"{others[0]}: not a LoRA file; --kind applies to LoRA files only (other files "
+                "say their kind)"
+            )
         prepared = {}
         if loras:
             from dvkit.io.lora_import import prepare_lora_file

@@ -161,6 +161,11 @@ def export(
     if into_base is not None:
         _export_into_base(ctx, merged, into_base, out, pair_options, force)
         return
+    if merged and fmt != "dvkit":
+        raise DvkitError(
+            "--format applies to single exports: a merged export is a dvkit file (or, with "
+            "--into-base, a diffusers folder)"
+        )
     if out is None:
         raise DvkitError("give the file to write with --out FILE")
     if not merged:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dvkit.wording import plural
@@ -50,15 +50,16 @@ def adapters_table(rows: list[dict[str, Any]], all_versions: bool) -> None:
     """Adapters, one line each. Names, numbers and dates are never cut; a description takes the
     width that is left and ends in "…" when it does not fit (`dvkit show` has it whole); in a
     terminal with no room for it, the column is left out and a last line says so. A TYPE
-    column (`adapter_type`) appears when any of them is a LoRA."""
+    column (DV or LoRA) appears when any of them is a LoRA, in the room of the TAGS column
+    when none has tags."""
     from rich.table import Table
     from rich.text import Text
 
     out = console()
     typed = any(row.get("method") == "lora" for row in rows)
-    cells = [_adapter_cells(row, all_versions, typed) for row in rows]
-    columns = ("NAME", "KIND", *(("TYPE",) if typed else ()), "BASE", "PARAMS", "SIZE", "TAGS",
-               "CREATED")  # fmt: skip
+    fields = _adapter_fields(all_versions, typed, any(row["tags"] for row in rows) or not typed)
+    columns = [column for column, _ in fields]
+    cells = [[get(row) for _, get in fields] for row in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     room = out.width - sum(width + 2 for width in widths) - 1
     described = any(row.get("description") for row in rows)
@@ -76,26 +77,36 @@ def adapters_table(rows: list[dict[str, Any]], all_versions: bool) -> None:
         out.print("(descriptions: a wider terminal, or dvkit show NAME)")
 
 
-def _adapter_cells(row: dict[str, Any], all_versions: bool, typed: bool) -> tuple[str, ...]:
-    name = f"{row['name']}@{row['version']}"
-    if not all_versions and row.get("versions", 1) > 1:
-        name += f" ({row['versions']} versions)"
-    return (
-        name,
-        row["kind"],
-        *((adapter_type(row),) if typed else ()),
-        row["base"],
-        human_count(row["params"]),
-        human_size(row["size"]),
-        ", ".join(row["tags"]),
-        str(row["created"])[:10],
-    )
+def _adapter_fields(
+    all_versions: bool, typed: bool, tagged: bool
+) -> list[tuple[str, Callable[[dict[str, Any]], str]]]:
+    """The list's columns: header and the cell of a row."""
+
+    def name(row: dict[str, Any]) -> str:
+        text = f"{row['name']}@{row['version']}"
+        if not all_versions and row.get("versions", 1) > 1:
+            text += f" ({row['versions']} versions)"
+        return text
+
+    fields: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("NAME", name),
+        ("KIND", lambda row: row["kind"]),
+        ("TYPE", lambda row: "LoRA" if row.get("method") == "lora" else "DV"),
+        ("BASE", lambda row: row["base"]),
+        ("PARAMS", lambda row: human_count(row["params"])),
+        ("SIZE", lambda row: human_size(row["size"])),
+        ("TAGS", lambda row: ", ".join(row["tags"])),
+        ("CREATED", lambda row: str(row["created"])[:10]),
+    ]
+    left_out = {"TYPE"} if not typed else set()
+    left_out |= {"TAGS"} if not tagged else set()
+    return [field for field in fields if field[0] not in left_out]
 
 
 def adapter_type(row: dict[str, Any]) -> str:
-    """`dreamvideo`, or `lora r<rank>` (a LoRA and its largest rank)."""
+    """`dreamvideo`, or `lora, rank R` (a LoRA and its largest rank)."""
     if row.get("method") == "lora":
-        return f"lora r{row.get('rank')}"
+        return f"lora, rank {row.get('rank')}"
     return "dreamvideo"
 
 

@@ -454,14 +454,14 @@ def _generation_prompt(cell: Cell, subjects: dict, motions: dict, tokens: dict) 
 
 
 def _generation_tokens(subjects: dict[str, LoadedAdapter]) -> dict[str, str]:
-    """The token each subject is installed under: its own, but for a later subject with the
-    token of an earlier one a stand-in `<NAME-N>` (one subject acts per cell, so stored prompts
-    keep each subject's own token)."""
+    """The token each subject is installed under: its own ("" for a LoRA without one), but for
+    a later subject with the token of an earlier one a stand-in `<NAME-N>` (one subject acts per
+    cell, so stored prompts keep each subject's own token)."""
     taken = {adapter.record.token for adapter in subjects.values()}
     tokens: dict[str, str] = {}
     for ref, adapter in subjects.items():
         token = adapter.record.token or ""
-        if token in tokens.values():
+        if token and token in tokens.values():
             stand_ins = (f"<{adapter.record.name}-{n}>" for n in itertools.count(2))
             token = next(t for t in stand_ins if t not in taken and t not in tokens.values())
         tokens[ref] = token

@@ -265,6 +265,7 @@ def _from_merged(path: str | Path) -> tuple[list[LoadedAdapter], dict]:
             kind=kind, name=info.name, version=entry["version"], base=merged.base,
             base_fingerprint=merged.base_fingerprint, token=info.token,
             num_vectors=entry.get("num_vectors"), hidden_ratio=info.hidden_ratio,
+            method=info.method, rank=info.rank, alpha=info.alpha,
             training=info.training, blob="", size=0, weights_hash=entry["weights_hash"],
             params=0,
         )  # fmt: skip

@@ -65,13 +65,18 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
     (α = r where the file gives none, as diffusers and peft assume).
 
     `pipeline_class` is the base family's diffusers pipeline, whose `lora_state_dict` converts
-    kohya names. Raises `AdapterFileError` for a file that holds no LoRA.
+    kohya names. Names of other components are kept as they are (`LoraWeights.from_tensors`
+    counts them as not fitting). Raises `AdapterFileError` for a file that holds no LoRA, or a
+    DoRA (its magnitude vectors have no place in a LoRA).
     """
     path = Path(path)
     loaded, header = _load(path)
     keys = list(loaded)
     if not looks_like_lora(keys):
         raise AdapterFileError(f"{path}: not a LoRA file (its tensor names are not LoRA weights)")
+    dora = next((k for k in keys if "dora_scale" in k or "lora_magnitude_vector" in k), None)
+    if dora is not None:
+        raise AdapterFileError(f"{path}: a DoRA ({dora}), which dvkit does not apply")
     layout: Layout
     if all(key.startswith(KOHYA_PREFIXES) for key in keys):
         layout = "kohya"
@@ -90,8 +95,9 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
         name if name.endswith("down.weight") else f"{name}.lora.down.weight": value
         for name, value in ((k.removesuffix(".alpha"), v) for k, v in alphas.items())
     }
-    tensors: dict[str, torch.Tensor] = {}
-    for component in ("unet", "text_encoder"):
+    components = ("unet", "text_encoder")
+    tensors = {k: v for k, v in converted.items() if not k.startswith(("unet.", "text_encoder."))}
+    for component in components:
         part = _to_peft(component, converted)
         layer_alphas = {
             k.removesuffix(".lora_A.weight"): v for k, v in _to_peft(component, as_down).items()

@@ -229,6 +229,8 @@ class LoraWeights(nn.Module):
         handles = []
         for path in self.modules_by_path:
             component, module_path = path.split(".", 1)
+            if roots.get(component) is None:
+                raise ValueError(f"{path}: no {component} given to hook")
             layer = roots[component].get_submodule(module_path)
             add = self._adder(path, selection, rows_per_video)
             handles.append(layer.register_forward_hook(add, with_kwargs=True))
