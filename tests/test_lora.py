@@ -491,7 +491,9 @@ def test_compose_takes_lora_subjects_and_motions_at_their_scales(four, cli, tmp_
 
 def test_modelscope_loras_import_and_compose_as_peft_applies_them(cli, home, tmp_path):
     """diffusers 0.42 loads no LoRA into ModelScope's `UNet3DConditionModel` (it lacks
-    `load_lora_adapter`), so the reference is peft's own LoRA layers on that UNet."""
+    `load_lora_adapter`), so the reference is peft's own LoRA layers on that UNet; the LoRA
+    fused into the base loads with `TextToVideoSDPipeline.from_pretrained` alone."""
+    from diffusers import TextToVideoSDPipeline
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from peft.tuners.lora import LoraLayer
 
@@ -519,6 +521,16 @@ def test_modelscope_loras_import_and_compose_as_peft_applies_them(cli, home, tmp
             module.set_scale("k", 0.8)
     theirs = sample(base, [Row(PROMPT, 5, NEGATIVE)], settings)
     assert (theirs - ours).abs().max().item() <= 1e-4
+    code, _, err = cli("--home", home, "export", "--merged", "--into-base", tmp_path / "fused",
+                       "--motion", "k", "--motion-scale", "0.8")  # fmt: skip
+    assert code == 0, err
+    pipe = TextToVideoSDPipeline.from_pretrained(tmp_path / "fused")
+    pipe.set_progress_bar_config(disable=True)
+    fused = pipe(
+        PROMPT, num_inference_steps=3, height=16, width=16, num_frames=3, guidance_scale=7.5,
+        negative_prompt=NEGATIVE, generator=torch.Generator().manual_seed(5), output_type="np",
+    ).frames  # fmt: skip
+    assert (torch.as_tensor(fused) - ours).abs().max().item() <= 1e-4
 
 
 def test_lora_mistakes_are_one_line_and_leave_the_catalog_alone(four, cli, tmp_path, unet):
