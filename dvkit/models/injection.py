@@ -11,7 +11,8 @@ Where a block adds positional embeddings to its layers' input (the `sprites` bas
 temporal blocks frame positions), the adapter reads `h` with them added: otherwise a per-token
 adapter in a temporal block could not tell one frame from another.
 Adapters live outside the UNet, so its module tree and state dict never change; `detach()`
-removes every hook.
+removes every hook. LoRAs (`dvkit.models.lora`, `load_lora`) are held and selected per row the
+same way; they hook their own layers.
 
 Tensor names (the file format): `<block path>.<slot>_adapter.<down|up|cond>.<weight|bias>`.
 """
