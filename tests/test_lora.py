@@ -67,16 +67,17 @@ def _text(seed: int, rank: int = 2) -> dict:
     }
 
 
-def _peft_file(path: Path, weights: dict) -> Path:
+def _peft_tensors(weights: dict) -> dict[str, torch.Tensor]:
     """peft names under the component (`unet.` unless the layer names `text_encoder.`)."""
-    save_file(
-        {
-            f"{_component(name)}{name}.lora_{part}.weight": tensor
-            for name, (down, up) in weights.items()
-            for part, tensor in (("A", down), ("B", up))
-        },
-        path,
-    )
+    return {
+        f"{_component(name)}{name}.lora_{part}.weight": tensor
+        for name, (down, up) in weights.items()
+        for part, tensor in (("A", down), ("B", up))
+    }
+
+
+def _peft_file(path: Path, weights: dict) -> Path:
+    save_file(_peft_tensors(weights), path)
     return path
 
 
@@ -216,11 +217,7 @@ def test_each_layout_imports_and_composes_as_diffusers_loads_it(cli, home, tmp_p
 
 def test_a_file_that_does_not_fit_is_refused_naming_how_many_keys_fit(cli, home, tmp_path, unet):
     weights = _lora_weights(unet, False, 1)
-    tensors = {
-        f"unet.{name}.lora_{part}.weight": tensor
-        for name, (down, up) in weights.items()
-        for part, tensor in (("A", down), ("B", up))
-    }
+    tensors = _peft_tensors(weights)
     tensors["unet.down_blocks.7.attn.to_q.lora_A.weight"] = torch.zeros(2, 16)
     tensors["unet.down_blocks.7.attn.to_q.lora_B.weight"] = torch.zeros(16, 2)
     save_file(tensors, tmp_path / "other.safetensors")
@@ -599,11 +596,7 @@ def test_merged_export_of_loras_composes_as_the_catalog_does(four, cli, tmp_path
 
 def test_a_second_text_encoder_or_a_dora_is_refused(cli, home, tmp_path, unet):
     weights = _lora_weights(unet, False, 1)
-    tensors = {
-        f"unet.{name}.lora_{part}.weight": tensor
-        for name, (down, up) in weights.items()
-        for part, tensor in (("A", down), ("B", up))
-    }
+    tensors = _peft_tensors(weights)
     sdxl = dict(tensors)
     sdxl["text_encoder_2.layers.0.q_proj.lora_A.weight"] = torch.zeros(2, 32)
     save_file(sdxl, tmp_path / "sdxl.safetensors")

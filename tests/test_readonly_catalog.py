@@ -147,8 +147,8 @@ def test_an_older_schema_cannot_be_upgraded_read_only(cli, filled, monkeypatch) 
     monkeypatch.setattr(store, "unwritable_reason", lambda home, db_name: REASON)
     code, out, err = cli("--home", filled, "list")
     assert code == 1 and err.strip().splitlines() == [
-        f"error: catalog {filled} has schema version 2 and needs an upgrade to {schema.SCHEMA_VERSION}, "
-        "but it is not "
+        f"error: catalog {filled} has schema version 2 and needs an upgrade to "
+        f"{schema.SCHEMA_VERSION}, but it is not "
         f"writable here ({REASON}); run any dvkit command on it once with write access"
     ]
     monkeypatch.undo()  # writable again: the next command upgrades it
