@@ -563,6 +563,16 @@ def test_lora_mistakes_are_one_line_and_leave_the_catalog_alone(four, cli, tmp_p
     assert all(len(line) <= 80 and "…" not in line for line in before.splitlines())
     code, shown, _ = cli("--home", four, "show", "zoom")
     assert code == 0 and "lora, rank 2" in shown and "to_q" in shown
+    code, _, err = cli("--home", four, "import", subject, "--kind", "subject", "--base", BASE,
+                       "--name", "plain")  # fmt: skip
+    assert code == 0, err  # a subject LoRA without a learned token
+    code, _, err = cli("--home", four, "export", "--merged", "--subject", "plain", "--motion",
+                       "zoom", "--out", tmp_path / "p.safetensors")  # fmt: skip
+    assert code == 1 and "lacks the token embedding" in err and err.count("\n") == 1
+    code, _, err = cli("--home", four, "compose", "--subject", "plain", "--motion", "zoom",
+                       "--prompt", "a toy zooming", "--steps", "2", "--frames", "3", "--size",
+                       "8", "--out", tmp_path / "plain.gif")  # fmt: skip
+    assert code == 0, err
 
 
 def test_dvkit_lora_files_export_and_import_as_they_are(four, cli, tmp_path):
