@@ -1,12 +1,17 @@
 """Attach DreamVideo adapters to a base's denoiser without changing it.
 
-Placement (DESIGN §1, §7): identity ("subject") adapters sit beside `attn2` of every
-`BasicTransformerBlock` inside the spatial containers the base's family names (e.g.
-`Transformer2DModel`); motion adapters sit beside `attn1`, `attn2` and `ff` of every block inside
-its temporal ones (`TransformerTemporalModel` with `transformer_in` on ModelScope,
-`AnimateDiffTransformer3D` on AnimateDiff). A block then computes `h + layer(norm(h)) + A(h)`: a
-forward pre-hook on the norm that feeds the layer records `h`, and a forward hook on the layer
-adds `A(h)` to its output.
+Placement (DESIGN §1, §7): the base's family names, per adapter kind, the containers and the
+class of the blocks adapters sit in, the slots of each block, and per slot the submodule that
+reads the block's hidden states `h` (the norm feeding the layer) and the layer itself
+(`Family.sites`, `block`, `slots`, `slot_modules`). On the UNet families identity ("subject")
+adapters sit beside `attn2` of every `BasicTransformerBlock` inside the spatial containers (e.g.
+`Transformer2DModel`) and motion adapters beside `attn1`, `attn2` and `ff` of every block inside
+the temporal ones (`TransformerTemporalModel` with `transformer_in` on ModelScope,
+`AnimateDiffTransformer3D` on AnimateDiff); on `wan` they sit in every `WanTransformerBlock`
+(see `dvkit.families.wan`). A block then computes `h + layer(norm(h)) + A(h)`: a forward
+pre-hook on the norm that feeds the layer records `h`, and a forward hook on the layer adds
+`A(h)` to its output (in the layer's dtype; where the block multiplies the layer's output by a
+gate, as Wan's adaLN blocks do for `attn1` and `ffn`, `A(h)` is inside the gate).
 Where a block adds positional embeddings to its layers' input (the `sprites` base gives its
 temporal blocks frame positions), the adapter reads `h` with them added: otherwise a per-token
 adapter in a temporal block could not tell one frame from another.
@@ -22,7 +27,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -36,11 +40,6 @@ from dvkit.models.adapters import (
     AdapterKind,
 )
 
-SLOTS: dict[AdapterKind, tuple[str, ...]] = {
-    "subject": ("attn2",),
-    "motion": ("attn1", "attn2", "ff"),
-}
-_NORM_OF_SLOT = {"attn1": "norm1", "attn2": "norm2", "ff": "norm3"}
 _NAMES_SHOWN = 3
 
 
@@ -63,19 +62,22 @@ class AdapterSlot:
 
 
 def adapter_slots(unet: nn.Module, kind: AdapterKind) -> list[AdapterSlot]:
-    """Every slot an adapter of `kind` occupies in `unet`, in module order: each
-    `BasicTransformerBlock` inside the containers its family names for `kind` (`Family.sites`)."""
+    """Every slot an adapter of `kind` occupies in `unet`, in module order: the family's slots
+    for `kind` in each of its blocks inside the containers it names for `kind` (`Family.sites`,
+    `Family.block`, `Family.slots`)."""
     if kind not in ADAPTER_KINDS:
         raise ValueError(f"unknown adapter kind {kind!r}; expected one of {ADAPTER_KINDS}")
-    containers = family_of_denoiser(unet).containers(kind)
+    family = family_of_denoiser(unet)
+    containers, block_class = family.containers(kind), family.block_class()
     slots = []
     for path, container in unet.named_modules():
         if not isinstance(container, containers):
             continue
         for sub_path, block in container.named_modules():
-            if isinstance(block, BasicTransformerBlock):
-                block_path = f"{path}.{sub_path}" if path else sub_path
-                slots += [AdapterSlot(block_path, slot, block.dim) for slot in SLOTS[kind]]
+            if isinstance(block, block_class):
+                block_path = ".".join(part for part in (path, sub_path) if part)
+                width = family.block_width(block)
+                slots += [AdapterSlot(block_path, slot, width) for slot in family.slots[kind]]
     return slots
 
 
@@ -197,6 +199,7 @@ class AdapterInjector:
 
     def __init__(self, unet: nn.Module) -> None:
         self.unet = unet
+        self._slot_modules = family_of_denoiser(unet).slot_modules
         self._weights: dict[str, AdapterWeights] = {}
         self._hooks: dict[str, list[RemovableHandle]] = {}
         self._captured: dict[str, torch.Tensor] = {}
@@ -357,10 +360,10 @@ class AdapterInjector:
             self._captured[prefix] = args[0] if positions is None else positions(args[0])
 
         def add(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
-            return self._add_adapters(prefix, self._captured.pop(prefix), output)
+            return self._add_adapters(prefix, self._captured.pop(prefix), output).to(output.dtype)
 
-        norm = getattr(block, _NORM_OF_SLOT[slot.slot])
-        layer = getattr(block, slot.slot)
+        norm_name, layer_name = self._slot_modules[slot.slot]
+        norm, layer = block.get_submodule(norm_name), block.get_submodule(layer_name)
         return [norm.register_forward_pre_hook(capture), layer.register_forward_hook(add)]
 
     def _add_adapters(self, prefix: str, h: torch.Tensor, output: torch.Tensor) -> torch.Tensor:

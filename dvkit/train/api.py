@@ -25,6 +25,7 @@ from dvkit.catalog.records import AdapterRecord, BaseModelRecord, RunRecord
 from dvkit.catalog.runs import has_checkpoint
 from dvkit.catalog.store import adapter_record
 from dvkit.errors import DvkitError, DvkitWarning
+from dvkit.families import family
 from dvkit.io.adapter_file import (
     REFERENCE_IMAGES_KEY,
     TOKEN_EMBEDDING_KEY,
@@ -139,7 +140,8 @@ def add_subject(
         {**result.identity, **extra},
         {step: {**tensors, **extra} for step, tensors in result.kept.items()},
         fingerprints, tags, result.loss_curves, time.perf_counter() - start, run_device,
-        token=settings.token, initializer=initializer, placement=["attn2"],
+        token=settings.token, initializer=initializer,
+        placement=list(components.family.slots["subject"]),
     )  # fmt: skip
 
 
@@ -256,8 +258,10 @@ def add_motion(
     base = choose_base(catalog, base)
     if not overrides.get("image_encoder"):
         overrides["image_encoder"] = default_image_encoder(base)
-    defaults = training_defaults(base, base_architecture(catalog, base))
+    architecture = base_architecture(catalog, base)
+    defaults = training_defaults(base, architecture)
     settings = _settings(MotionSettings, "motion", preset, overrides, defaults)
+    family(architecture).check_frames(settings.frames, "--frames")
     world = current_world()
     run_device = _device(device, world)
     run_dtype = resolve_dtype(dtype, run_device)
@@ -292,7 +296,7 @@ def add_motion(
     return _finish(
         catalog, world, folder, "motion", name, base_record, settings, description,
         result.tensors, result.kept, fingerprints, tags, result.loss_curves,
-        time.perf_counter() - start, run_device, placement=["attn1", "attn2", "ff"],
+        time.perf_counter() - start, run_device, placement=list(components.family.slots["motion"]),
     )  # fmt: skip
 
 

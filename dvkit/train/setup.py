@@ -20,14 +20,20 @@ def prepare_base(
     """Move the base to `device` in `dtype`, frozen (no gradients for any of its weights)."""
     base.freeze(device, dtype)
     if gradient_checkpointing:
-        checkpoint_blocks(base.unet)
+        for denoiser in base.denoisers.values():
+            checkpoint_blocks(denoiser)
 
 
 def checkpoint_blocks(unet: torch.nn.Module) -> None:
     """Recompute each UNet block's activations during the backward pass instead of keeping
-    them (diffusers' UNet3DConditionModel has no switch for this). Adapter hooks run again in
-    the recomputation, so their gradients are unchanged."""
+    them (diffusers' UNet3DConditionModel has no switch for this; a denoiser without UNet
+    blocks, such as Wan's transformer, uses diffusers' own `enable_gradient_checkpointing`).
+    Adapter hooks run again in the recomputation, so their gradients are unchanged."""
     from torch.utils.checkpoint import checkpoint
+
+    if not hasattr(unet, "down_blocks"):
+        unet.enable_gradient_checkpointing()
+        return
 
     for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
 
