@@ -103,23 +103,37 @@ def test_scale_zero_equals_no_adapters_and_rows_batch_as_alone(base) -> None:
     assert torch.equal(sample(base, [Row("a cat", seed=1)], SETTINGS), bare)
 
 
-def test_motion_adapters_act_inside_the_gate_and_see_the_condition_on_every_token(base) -> None:
+EMBEDS = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+
+
+def _block_run(base, tensors, slot):
+    """Run the transformer once with the motion adapter of `tensors` (only its `slot` adapters
+    nonzero) and once without; returns what block 0 showed: the adapter's input and output, and
+    the tensor that should differ by exactly A(h) between the runs."""
+    only = {
+        k: (v if f".{slot}_adapter." in k or not k.split(".")[-2] == "up" else torch.zeros_like(v))
+        for k, v in tensors.items()
+    }
     injector = AdapterInjector(base.unet)
-    injector.load("surf", "motion", _random_adapters(base.unet, "motion", 2, cond_dim=8))
+    injector.load("surf", "motion", only)
     block = base.unet.blocks[0]
-    adapter = injector.get("surf").adapter("blocks.0.attn1_adapter")
-    seen: dict[str, list[torch.Tensor]] = {"h": [], "a": [], "out": []}
+    adapter = injector.get("surf").adapter(f"blocks.0.{slot}_adapter")
+    seen: dict[str, list[torch.Tensor]] = {"h": [], "a": [], "after": []}
+    norm = block.norm1 if slot == "attn1" else block.norm3
     hooks = [
-        block.norm1.register_forward_pre_hook(lambda _, args: seen["h"].append(args[0])),
+        norm.register_forward_pre_hook(lambda _, args: seen["h"].append(args[0])),
         adapter.register_forward_hook(lambda _, args, out: seen["a"].append(out)),
-        block.attn1.register_forward_hook(lambda _, args, out: seen["out"].append(out)),
     ]
-    text = base.family.encode_text(base, ["a cat", "a cat"]).detach()
-    latents = torch.randn(2, 4, 2, 4, 4)
-    embeds = torch.randn(2, 8)
+    if slot == "attn1":  # h after the self-attention's residual add is norm2's input
+        hooks.append(block.norm2.register_forward_pre_hook(
+            lambda _, args: seen["after"].append(args[0])))  # fmt: skip
+    else:  # the ffn is the block's last residual add
+        hooks.append(block.register_forward_hook(lambda _, a, out: seen["after"].append(out)))
+    text = base.family.encode_text(base, ["a cat", "a dog"]).detach()
+    latents = torch.randn(2, 4, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
-            injector.set_active({"surf": 1.0}, embeds)
+            injector.set_active({"surf": 1.0}, EMBEDS)
             base.family.predict(base, latents, torch.tensor(700.0), text)
             injector.clear()
             base.family.predict(base, latents, torch.tensor(700.0), text)
@@ -127,15 +141,20 @@ def test_motion_adapters_act_inside_the_gate_and_see_the_condition_on_every_toke
         for hook in hooks:
             hook.remove()
         injector.detach()
+    expected = adapter(seen["h"][0], EMBEDS)  # one embedding per video, over all its tokens
+    assert torch.allclose(seen["a"][0], expected, atol=1e-6)
+    return seen["h"][0], seen["a"][0], seen["after"][0] - seen["after"][1]
+
+
+@pytest.mark.parametrize("slot", ["attn1", "ff"])
+def test_motion_adapters_act_outside_the_gate_on_every_token(base, slot) -> None:
+    tensors = _random_adapters(base.unet, "motion", 2, cond_dim=8)
+    h, a, difference = _block_run(base, tensors, slot)
     tokens = 2 * 2 * 2  # latent frames × patches per frame
-    h, (a,), (with_adapter, without) = seen["h"][0], seen["a"], seen["out"]
     assert h.shape == a.shape == (2, tokens, 24)
-    # A(h) is added to attn1's output, which the block multiplies by its gate
-    assert torch.allclose(with_adapter - without, a, atol=1e-6)
-    assert torch.allclose(a, adapter(h, embeds), atol=1e-6)
-    # one condition per video, the same shift for all of its tokens
-    hidden = adapter.down(h) + adapter.condition_shift(embeds)[:, None, :]
-    assert torch.allclose(a, adapter.up(adapter.act(hidden)), atol=1e-6)
+    assert a.abs().mean() > 0.1
+    # the block's hidden states gain exactly A(h), not gate·A(h)
+    assert (difference - a).abs().max().item() <= 1e-5
 
 
 def test_learned_token_changes_only_its_own_row_of_the_shared_embedding() -> None:

@@ -109,6 +109,8 @@ class Family:
     }
     """Per slot, the block's submodule whose input is the block's hidden states `h` (the norm
     feeding the layer) and the layer the adapter's output is added to."""
+    gated_slots: ClassVar[frozenset[str]] = frozenset()
+    """Slots whose layer output the block multiplies by a gate (see `slot_gate`)."""
     defaults: ClassVar[FamilyDefaults]
     temporal_vae: ClassVar[bool] = False
     """Whether the VAE compresses time, so that training clips are encoded whole
@@ -156,6 +158,13 @@ class Family:
     def block_class(self) -> type[nn.Module]:
         """The class of the blocks adapters sit in (`block`)."""
         return _import(self.block)
+
+    def slot_gate(
+        self, block: nn.Module, slot: str, args: tuple, kwargs: Mapping[str, Any]
+    ) -> torch.Tensor:
+        """The gate (N, 1 or L, C), float32, by which `block`, called with `args` and `kwargs`,
+        multiplies the output of the layer in `slot` (one of `gated_slots`)."""
+        raise NotImplementedError(f"{self.name} blocks have no gated slots")
 
     # Text
 

@@ -10,8 +10,9 @@ the temporal ones (`TransformerTemporalModel` with `transformer_in` on ModelScop
 `AnimateDiffTransformer3D` on AnimateDiff); on `wan` they sit in every `WanTransformerBlock`
 (see `dvkit.families.wan`). A block then computes `h + layer(norm(h)) + A(h)`: a forward
 pre-hook on the norm that feeds the layer records `h`, and a forward hook on the layer adds
-`A(h)` to its output (in the layer's dtype; where the block multiplies the layer's output by a
-gate, as Wan's adaLN blocks do for `attn1` and `ffn`, `A(h)` is inside the gate).
+`A(h)` to its output (in the layer's dtype). Where the block multiplies the layer's output by a
+gate, as Wan's adaLN blocks do for `attn1` and `ffn`, the hook adds `A(h) / gate`, so the
+adapter still acts outside the gate (see `dvkit.families.wan` for why).
 Where a block adds positional embeddings to its layers' input (the `sprites` base gives its
 temporal blocks frame positions), the adapter reads `h` with them added: otherwise a per-token
 adapter in a temporal block could not tell one frame from another.
@@ -199,7 +200,8 @@ class AdapterInjector:
 
     def __init__(self, unet: nn.Module) -> None:
         self.unet = unet
-        self._slot_modules = family_of_denoiser(unet).slot_modules
+        self._family = family_of_denoiser(unet)
+        self._gates: dict[str, torch.Tensor] = {}
         self._weights: dict[str, AdapterWeights] = {}
         self._hooks: dict[str, list[RemovableHandle]] = {}
         self._captured: dict[str, torch.Tensor] = {}
@@ -351,23 +353,44 @@ class AdapterInjector:
         self._shifts = {}
 
     def _hook(self, slot: AdapterSlot) -> list[RemovableHandle]:
-        """Hook one slot: record the norm's input, add the adapters' output to the layer's."""
+        """Hook one slot: record the norm's input, add the adapters' output to the layer's.
+
+        Where the block multiplies the layer's output by a gate (`Family.gated_slots`), a
+        pre-hook on the block records that gate from the block's arguments and the adapters'
+        output enters divided by it, so that the block adds exactly `A(h)`: outside the gate,
+        as beside an ungated layer. The layer's output then stays in float32 (the gated Wan
+        blocks add it in float32 anyway), so the division loses nothing in half precision.
+        """
         block = self.unet.get_submodule(slot.block)
         prefix = slot.prefix
         positions = getattr(block, "pos_embed", None)
+        family = self._family
 
         def capture(_module: nn.Module, args: tuple) -> None:
             self._captured[prefix] = args[0] if positions is None else positions(args[0])
 
         def add(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
-            return self._add_adapters(prefix, self._captured.pop(prefix), output).to(output.dtype)
+            gate = self._gates.pop(prefix, None)
+            total = self._add_adapters(prefix, self._captured.pop(prefix), output, gate)
+            return total if gate is not None else total.to(output.dtype)
 
-        norm_name, layer_name = self._slot_modules[slot.slot]
+        def keep_gate(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            self._gates[prefix] = family.slot_gate(module, slot.slot, args, kwargs)
+
+        norm_name, layer_name = family.slot_modules[slot.slot]
         norm, layer = block.get_submodule(norm_name), block.get_submodule(layer_name)
-        return [norm.register_forward_pre_hook(capture), layer.register_forward_hook(add)]
+        hooks = [norm.register_forward_pre_hook(capture), layer.register_forward_hook(add)]
+        if slot.slot in family.gated_slots:
+            hooks.append(block.register_forward_pre_hook(keep_gate, with_kwargs=True))
+        return hooks
 
-    def _add_adapters(self, prefix: str, h: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        """`output` plus, on the rows that use them, the scaled outputs of the active adapters."""
+    def _add_adapters(
+        self, prefix: str, h: torch.Tensor, output: torch.Tensor, gate: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`output` plus, on the rows that use them, the scaled outputs of the active adapters
+        (each divided by `gate`, (N, 1 or L, C) in float32, when the layer is gated)."""
+        if gate is not None:
+            output = output.float()
         for name, selection in self._active.items():
             adapter = self._weights[name].adapter(prefix)
             if adapter is None:
@@ -376,12 +399,15 @@ class AdapterInjector:
             if adapter.cond is not None and self._cond is not None:
                 shift = self._shift(name, prefix, adapter, selection.rows)
             if selection.rows is None:
-                output = output + selection.scales * adapter(h, shift=shift)
+                delta = adapter(h, shift=shift)
+                output = output + selection.scales * (delta if gate is None else delta / gate)
                 continue
             per_video = self._rows_per_video(h.shape[0])
             offsets = torch.arange(per_video, device=h.device)
             index = (selection.rows[:, None] * per_video + offsets).reshape(-1)
             delta = adapter(h[index], shift=shift)
+            if gate is not None:
+                delta = delta / gate[index]
             output = output.to(torch.promote_types(output.dtype, delta.dtype))
             row_scales = selection.scales.to(output.dtype).repeat_interleave(per_video)
             output = output.index_add(0, index, delta.to(output.dtype) * row_scales[:, None, None])
