@@ -255,17 +255,83 @@ def test_wan_hub_ids_choose_the_family() -> None:
     assert choose_family("ali-vilab/text-to-video-ms-1.7b", {}).name == "modelscope-t2v"
 
 
-def test_base_add_from_a_saved_wan_folder(catalog, tmp_path) -> None:
-    tiny = build_tiny_wan_base()
+@pytest.mark.parametrize("experts", [1, 2])
+def test_base_add_from_a_saved_wan_folder(catalog, tmp_path, experts) -> None:
+    from dvkit.models.tiny_wan import build_tiny_wan22_base
+
+    tiny = build_tiny_wan_base() if experts == 1 else build_tiny_wan22_base()
     folder = tmp_path / "wan"
     _pipeline(tiny).save_pretrained(folder)
     record = add_base(catalog, "mine", str(folder))  # found from model_index.json
     assert record.architecture == "wan"
-    assert record.config["experts"] == 1
+    assert record.config["experts"] == experts
     loaded = open_base(catalog, "mine")[0]
+    assert loaded.boundary_ratio == tiny.boundary_ratio
     assert type(loaded.scheduler).__name__ == "UniPCMultistepScheduler"
     assert loaded.scheduler.config.flow_shift == 3.0
-    theirs = loaded.unet.state_dict()
-    assert all(torch.equal(v, theirs[k]) for k, v in tiny.unet.state_dict().items())
+    for ours, theirs in zip(tiny.denoisers.values(), loaded.denoisers.values(), strict=True):
+        state = theirs.state_dict()
+        assert all(torch.equal(v, state[k]) for k, v in ours.state_dict().items())
     row = Row("a cat surfing", seed=2)
     assert torch.equal(sample(loaded, [row], SETTINGS), sample(tiny, [row], SETTINGS))
+
+
+def test_two_experts_sampler_matches_wan_pipeline_and_adapters_per_expert(
+    catalog, images, videos
+) -> None:
+    from dvkit.models.injection import SECOND_EXPERT
+    from dvkit.models.tiny_wan import build_tiny_wan22_base
+
+    base = build_tiny_wan22_base()
+    settings = SamplerSettings(steps=6, guidance_scale=5.0, frames=5, height=32, width=32)
+    expected = _pipeline(base)(
+        "a cat", height=32, width=32, num_frames=5, num_inference_steps=6, guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(4), output_type="pt",
+        max_sequence_length=base.tokenizer.model_max_length,
+    ).frames  # fmt: skip
+    ours = sample(base, [Row("a cat", seed=4)], settings)
+    assert (expected.permute(0, 1, 3, 4, 2) - ours).abs().max().item() <= 1e-5
+    timesteps = base.family.sampling_scheduler(base)
+    timesteps.set_timesteps(6)
+    assert {bool(t >= 875) for t in timesteps.timesteps} == {True, False}  # both experts ran
+    both = create_adapter_state({"": base.unet, SECOND_EXPERT: base.unet_2}, "subject")
+    assert len(both) == 2 * len(create_adapter_state(base.unet, "subject"))
+    assert sum(key.startswith(f"{SECOND_EXPERT}.blocks.") for key in both) == len(both) // 2
+    fast = {"preset": "quick", "resolution": 32, "checkpoint_every": 2}
+    cat = add_subject("cat", [images], catalog=catalog, base="tiny-wan22",
+                      inversion_steps=1, identity_steps=2, **fast)  # fmt: skip
+    low = add_subject("lowcat", [images], catalog=catalog, base="tiny-wan22", experts="low",
+                      inversion_steps=1, identity_steps=2, **fast)  # fmt: skip
+    video = compose("cat", None, "a {token} surfing", catalog=catalog, steps=2)
+    assert video.frames.shape == (1, 9, 32, 32, 3)
+    assert compose("lowcat", None, "a {token}", catalog=catalog, steps=2).frames.shape[1] == 9
+    with pytest.raises(DvkitError, match="^--experts low: base tiny-wan has one transformer"):
+        add_subject("flat", [images], catalog=catalog, base="tiny-wan", experts="low",
+                    inversion_steps=1, identity_steps=1, **fast)  # fmt: skip
+    assert cat.params > low.params
+    surf = add_motion("surf", videos, catalog=catalog, base="tiny-wan22", steps=2, frames=5,
+                      **fast)  # fmt: skip
+    motion = compose(None, "surf", "a cat", catalog=catalog, steps=2,
+                     guidance_image=images / "0.png")  # fmt: skip
+    assert motion.frames.shape == (1, 5, 32, 32, 3)
+    high_only = create_adapter_state(base.unet, "motion", cond_dim=32)  # the high-noise expert's
+    assert surf.params == sum(value.numel() for value in high_only.values())
+
+
+def test_each_step_stays_in_one_experts_range() -> None:
+    from dvkit.models.injection import SECOND_EXPERT
+    from dvkit.models.tiny_wan import build_tiny_wan22_base
+
+    base = build_tiny_wan22_base()
+    latents = torch.zeros(512, 1, 1, 1, 1)
+    generator = torch.Generator().manual_seed(0)
+
+    def draw(experts):
+        return base.family.add_noise(base, latents, generator, 0.0, experts=experts)[2]
+
+    assert bool((draw(("",)) >= 875).all()) and bool((draw((SECOND_EXPERT,)) < 875).all())
+    steps = [draw(("", SECOND_EXPERT))[:2] for _ in range(400)]
+    assert all(bool((t >= 875).all()) or bool((t < 875).all()) for t in steps)
+    # shift 3: u(σ = 0.875) = 0.875 / (3 − 2·0.875) = 0.7, so 30 % of steps are high-noise
+    high = sum(bool(t[0] >= 875) for t in steps) / len(steps)
+    assert abs(high - 0.3) < 0.07

@@ -92,6 +92,17 @@ HighNoiseShare = Annotated[
         help=described("Share of steps drawn from the high-noise band.", "0"),
     ),
 ]
+Experts = Annotated[
+    str | None,
+    typer.Option(
+        "--experts",
+        help=described(
+            "On a base with two experts (Wan 2.2 A14B): high, low or both (the high- and/or "
+            "low-noise transformer gets adapters).",
+            "both for subjects, high for motions",
+        ),
+    ),
+]
 HighNoiseBand = Annotated[
     tuple[float, float] | None,
     typer.Option(
@@ -195,6 +206,7 @@ def add_subject(
     hidden_ratio: HiddenRatio = None,
     high_noise_share: HighNoiseShare = None,
     high_noise_band: HighNoiseBand = None,
+    experts: Experts = None,
     offset_noise: TrainingOffsetNoise = None,
     keep_steps: KeepSteps = None,
     checkpoint_every: CheckpointEvery = None,
@@ -225,6 +237,7 @@ def add_subject(
         "hidden_ratio": hidden_ratio,
         "high_noise_share": high_noise_share,
         "high_noise_band": high_noise_band,
+        "experts": experts,
         "offset_noise": offset_noise,
         "keep_steps": _steps(keep_steps),
         "checkpoint_every": checkpoint_every,
@@ -320,6 +333,7 @@ def add_motion(
     ] = None,
     high_noise_share: HighNoiseShare = None,
     high_noise_band: HighNoiseBand = None,
+    experts: Experts = None,
     offset_noise: TrainingOffsetNoise = None,
     image_encoder: Annotated[
         str | None,
@@ -360,6 +374,7 @@ def add_motion(
         "image_strength_uncond": image_strength_uncond,
         "high_noise_share": high_noise_share,
         "high_noise_band": high_noise_band,
+        "experts": experts,
         "offset_noise": offset_noise,
         "image_encoder": image_encoder,
         "keep_steps": _steps(keep_steps),

@@ -279,9 +279,12 @@ class Family:
         offset_noise: float,
         high_noise_share: float = 0.0,
         high_noise_band: tuple[float, float] = (0.5, 1.0),
+        experts: Sequence[str] = ("",),
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Noisy latents (B, C, F, h, w), the training target and the timesteps (B,): the DDPM
-        objective on the base's noise schedule (ε or v, see `dvkit.train.diffusion.add_noise`)."""
+        objective on the base's noise schedule (ε or v, see `dvkit.train.diffusion.add_noise`).
+        `experts` names the denoisers being trained (`dvkit.train.setup.trained_denoisers`);
+        only on a base with two experts do the timesteps depend on it."""
         from dvkit.train import diffusion
 
         return diffusion.add_noise(

@@ -285,6 +285,7 @@ class WanFamily(Family):
         offset_noise: float,
         high_noise_share: float = 0.0,
         high_noise_band: tuple[float, float] = (0.5, 1.0),
+        experts: Sequence[str] = ("",),
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Flow matching (Wan §3, rectified flow): `x_t = (1 − σ)·x0 + σ·ε`, target the
         velocity `ε − x0`, timesteps `σ · num_train_timesteps` (B,).
@@ -295,7 +296,15 @@ class WanFamily(Family):
         the shift `FlowMatchEulerDiscreteScheduler` and `UniPCMultistepScheduler` apply when
         sampling. The loss is then unweighted (`compute_loss_weighting_for_sd3`, "none"). A share
         `high_noise_share` of the videos draws σ uniformly from `high_noise_band` instead;
-        `offset_noise` adds `offset_noise`·randn(B, C, F, 1, 1) to ε."""
+        `offset_noise` adds `offset_noise`·randn(B, C, F, 1, 1) to ε.
+
+        On a two-expert base every step's batch stays in one expert's range (`predict` runs
+        one transformer per call): σ ≥ `boundary_ratio` for the high-noise expert (`experts`
+        holding ""), below it for the low-noise one (`SECOND_EXPERT`). Training one expert, σ
+        is drawn from the shifted distribution restricted to its range (u uniform over the
+        matching range of u); training both, each step first picks an expert with the
+        probability the shifted distribution gives its range, so over the run each video's σ
+        follows the unrestricted distribution. High-noise draws map linearly into the range."""
         import torch
         from diffusers.training_utils import compute_density_for_timestep_sampling
 
@@ -306,10 +315,14 @@ class WanFamily(Family):
             noise = noise + offset_noise * torch.randn(shape, generator=generator, device=device)
         u = compute_density_for_timestep_sampling("none", batch, device=device, generator=generator)
         shift = flow_shift(components.scheduler)
+        band = _expert_band(components, experts, shift, generator)
+        u_low, u_high = (value / (shift - (shift - 1) * value) for value in band)  # σ → u
+        u = u_low + (u_high - u_low) * u
         sigma = shift * u / (1 + (shift - 1) * u)
         if high_noise_share:
             low, high = high_noise_band
             noisier = low + (high - low) * torch.rand(batch, generator=generator, device=device)
+            noisier = band[0] + (band[1] - band[0]) * noisier
             chosen = torch.rand(batch, generator=generator, device=device) < high_noise_share
             sigma = torch.where(chosen, noisier, sigma)
         sigmas = sigma.view(-1, *(1,) * (latents.ndim - 1))
@@ -340,6 +353,26 @@ class WanFamily(Family):
         """A fresh copy of the base's own scheduler (UniPC with flow prediction and `flow_shift`
         on the Wan-AI bases), as `WanPipeline` is given it."""
         return type(components.scheduler).from_config(components.scheduler.config)
+
+
+def _expert_band(
+    components: BaseComponents, experts: Sequence[str], shift: float, generator: torch.Generator
+) -> tuple[float, float]:
+    """The σ range of this step's batch: (0, 1) with one transformer; the trained expert's
+    range, or with both trained one of them drawn with its share of the shifted σ
+    distribution (P(σ ≥ b) = 1 − u(b), u(σ) = σ / (s − (s − 1)·σ))."""
+    import torch
+
+    from dvkit.models.injection import SECOND_EXPERT
+
+    boundary = components.boundary_ratio
+    if components.unet_2 is None or boundary is None:
+        return 0.0, 1.0
+    high = "" in experts
+    if high and SECOND_EXPERT in experts:
+        low_share = boundary / (shift - (shift - 1) * boundary)
+        high = bool(torch.rand(1, generator=generator, device=generator.device) >= low_share)
+    return (boundary, 1.0) if high else (0.0, boundary)
 
 
 def expert_for(components: BaseComponents, timesteps: torch.Tensor) -> nn.Module:

@@ -56,6 +56,12 @@ BUILTINS: dict[str, BuiltinBase] = {
         "dvkit.models.tiny_wan:build_tiny_wan_base",
         {"size": 32, "frames": 9, "train_frames": 9},
     ),
+    "tiny-wan22": BuiltinBase(
+        "tiny-wan with Wan 2.2 A14B's two experts (high- and low-noise transformers)",
+        "wan",
+        "dvkit.models.tiny_wan:build_tiny_wan22_base",
+        {"size": 32, "frames": 9, "train_frames": 9},
+    ),
     "sprites": BuiltinBase(
         "16×16 pixel-space model of the sprites world (coloured shapes moving over black)",
         "sprites-pixel-t2v",

@@ -62,12 +62,28 @@ class AdapterSlot:
         return f"{self.block}.{self.slot}_adapter"
 
 
-def adapter_slots(unet: nn.Module, kind: AdapterKind) -> list[AdapterSlot]:
+SECOND_EXPERT = "transformer_2"
+"""Block-path prefix of the adapters on a base's second denoiser (Wan 2.2 A14B's low-noise
+expert, `BaseComponents.unet_2`); adapters on the first keep their plain block paths."""
+
+Denoisers = nn.Module | Mapping[str, nn.Module]
+"""A denoiser, or denoisers by block-path prefix ("" for the first, `SECOND_EXPERT`)."""
+
+
+def adapter_slots(unet: Denoisers, kind: AdapterKind) -> list[AdapterSlot]:
     """Every slot an adapter of `kind` occupies in `unet`, in module order: the family's slots
     for `kind` in each of its blocks inside the containers it names for `kind` (`Family.sites`,
-    `Family.block`, `Family.slots`)."""
+    `Family.block`, `Family.slots`). For several denoisers, each one's slots in turn, their
+    block paths under the denoiser's prefix."""
     if kind not in ADAPTER_KINDS:
         raise ValueError(f"unknown adapter kind {kind!r}; expected one of {ADAPTER_KINDS}")
+    if isinstance(unet, Mapping):
+        return [
+            AdapterSlot(".".join(part for part in (label, slot.block) if part), slot.slot,
+                        slot.channels)
+            for label, module in unet.items()
+            for slot in adapter_slots(module, kind)
+        ]  # fmt: skip
     family = family_of_denoiser(unet)
     containers, block_class = family.containers(kind), family.block_class()
     slots = []
@@ -109,7 +125,7 @@ class AdapterWeights(nn.Module):
     @classmethod
     def create(
         cls,
-        unet: nn.Module,
+        unet: Denoisers,
         kind: AdapterKind,
         hidden_ratio: float = DEFAULT_HIDDEN_RATIO,
         cond_dim: int | None = None,
@@ -127,7 +143,7 @@ class AdapterWeights(nn.Module):
     @classmethod
     def from_tensors(
         cls,
-        unet: nn.Module,
+        unet: Denoisers,
         kind: AdapterKind,
         tensors: Mapping[str, torch.Tensor],
         hidden_ratio: float = DEFAULT_HIDDEN_RATIO,
@@ -169,7 +185,7 @@ class AdapterWeights(nn.Module):
 
 
 def create_adapter_state(
-    unet: nn.Module,
+    unet: Denoisers,
     kind: AdapterKind,
     hidden_ratio: float = DEFAULT_HIDDEN_RATIO,
     cond_dim: int | None = None,
@@ -192,14 +208,17 @@ class _Selection:
 
 
 class AdapterInjector:
-    """Adapters, keyed by name, hooked into one UNet and selected per row of the video batch.
+    """Adapters, keyed by name, hooked into one UNet (or both experts of a Wan 2.2 A14B base:
+    `unet_2`, whose adapters' names start with `SECOND_EXPERT`) and selected per row of the
+    video batch.
 
     Nothing is active after `load`: call `set_active` (same adapters on every row) or `set_rows`
     (a choice per row) before running the UNet. Each adapter runs only on the rows that use it.
     """
 
-    def __init__(self, unet: nn.Module) -> None:
+    def __init__(self, unet: nn.Module, unet_2: nn.Module | None = None) -> None:
         self.unet = unet
+        self._denoisers = {"": unet, **({SECOND_EXPERT: unet_2} if unet_2 is not None else {})}
         self._family = family_of_denoiser(unet)
         self._gates: dict[str, torch.Tensor] = {}
         self._weights: dict[str, AdapterWeights] = {}
@@ -232,7 +251,9 @@ class AdapterInjector:
         """Load adapter tensors under `name` (inactive until selected) and hook their slots."""
         if name in self._weights:
             raise ConflictError(f"an adapter named {name!r} is already loaded")
-        weights = AdapterWeights.from_tensors(self.unet, kind, tensors, hidden_ratio)
+        weights = AdapterWeights.from_tensors(
+            self._denoisers_of(tensors), kind, tensors, hidden_ratio
+        )
         self._weights[name] = weights.to(self.unet.device)
         for slot in weights.slots:
             if slot.prefix not in self._hooks:
@@ -322,12 +343,22 @@ class AdapterInjector:
         adapters, pass each step's image embeddings with `set_active({name: 1.0}, embeds)`.
         """
         weights = self.get(name)
-        self.unet.requires_grad_(False)
+        for denoiser in self._denoisers.values():
+            denoiser.requires_grad_(False)
         for other in self._weights.values():
             other.requires_grad_(False)
         weights.requires_grad_(True)
         self.set_active({name: 1.0})
         return list(weights.parameters())
+
+    def _denoisers_of(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, nn.Module]:
+        """The denoisers adapter `tensors` sit on, by their names: the second expert's under
+        `SECOND_EXPERT`, the first's plain (the first alone on a base with one)."""
+        second = {key.startswith(f"{SECOND_EXPERT}.") for key in tensors}
+        if SECOND_EXPERT not in self._denoisers:
+            return {"": self.unet}
+        return {label: module for label, module in self._denoisers.items()
+                if (label == SECOND_EXPERT) in second}  # fmt: skip
 
     def _select(
         self,
@@ -361,7 +392,11 @@ class AdapterInjector:
         as beside an ungated layer. The layer's output then stays in float32 (the gated Wan
         blocks add it in float32 anyway), so the division loses nothing in half precision.
         """
-        block = self.unet.get_submodule(slot.block)
+        label, _, rest = slot.block.partition(".")
+        if label in self._denoisers and label:
+            block = self._denoisers[label].get_submodule(rest)
+        else:
+            block = self.unet.get_submodule(slot.block)
         prefix = slot.prefix
         positions = getattr(block, "pos_embed", None)
         family = self._family

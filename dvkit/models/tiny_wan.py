@@ -20,6 +20,10 @@ from dvkit.models.components import BaseComponents
 from dvkit.models.tiny import TINY_WORDS
 
 TINY_WAN_NAME = "tiny-wan"
+TINY_WAN22_NAME = "tiny-wan22"
+BOUNDARY_RATIO = 0.875
+"""Where `tiny-wan22` passes from its high- to its low-noise expert (Wan2.2-T2V-A14B's
+model_index.json)."""
 TEXT_WIDTH = 32
 MAX_TOKENS = 32
 LATENT_CHANNELS = 4
@@ -33,19 +37,31 @@ rows."""
 
 def build_tiny_wan_base(seed: int = 0) -> BaseComponents:
     """Build `tiny-wan`; the same seed always gives the same weights (and fingerprint)."""
+    return _build(TINY_WAN_NAME, seed, experts=1)
+
+
+def build_tiny_wan22_base(seed: int = 0) -> BaseComponents:
+    """Build `tiny-wan22`: `tiny-wan` with a second, low-noise expert (its own random
+    transformer) taking over below `BOUNDARY_RATIO` of the schedule, as Wan 2.2 A14B."""
+    return _build(TINY_WAN22_NAME, seed, experts=2)
+
+
+def _build(name: str, seed: int, experts: int) -> BaseComponents:
     tokenizer = build_wan_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = small_wan_transformer()
+        transformers = [small_wan_transformer().eval() for _ in range(experts)]
         vae = small_wan_vae()
         text_encoder = small_umt5(len(tokenizer))
     return BaseComponents(
-        unet=transformer.eval(),
+        unet=transformers[0],
+        unet_2=transformers[1] if experts == 2 else None,
+        boundary_ratio=BOUNDARY_RATIO if experts == 2 else None,
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
         scheduler=wan_scheduler(),
-        name=TINY_WAN_NAME,
+        name=name,
         architecture="wan",
     )
 

@@ -23,7 +23,7 @@ from dvkit.train.diffusion import diffusion_loss, sample_latents
 from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import MotionSettings
-from dvkit.train.setup import loop_settings, make_generator, prepare_base
+from dvkit.train.setup import loop_settings, make_generator, prepare_base, trained_denoisers
 
 ADAPTER_NAME = "motion"
 
@@ -53,6 +53,7 @@ def train_motion(
         clips = MotionClips.whole(clips, encoder)
     prepare_base(base, device, dtype, settings.gradient_checkpointing)
     family, unet = base.family, base.unet
+    denoisers = trained_denoisers(base, settings.experts, "motion")
     if family.temporal_vae:  # (W, C, f, h, w): each window through the 3-D VAE
         mean, std = _window_posteriors(base, clips)
     else:  # (M + 1, C, h, w): the kept frames, then zeros
@@ -69,9 +70,9 @@ def train_motion(
     generator = make_generator(settings.seed, device, world)
     batch = settings.batch_size
 
-    injector = AdapterInjector(unet)
+    injector = AdapterInjector(unet, base.unet_2)
     fresh = create_adapter_state(
-        unet, "motion", settings.hidden_ratio, cond_dim=embeds.shape[1], seed=settings.seed
+        denoisers, "motion", settings.hidden_ratio, cond_dim=embeds.shape[1], seed=settings.seed
     )
     weights = injector.load(ADAPTER_NAME, "motion", fresh, settings.hidden_ratio)
     injector.train_adapter(ADAPTER_NAME)
@@ -93,7 +94,7 @@ def train_motion(
             latents = sample_latents(as_video(mean[chosen]), as_video(std[chosen]), gen)
         noisy, target, timesteps = family.add_noise(
             base, latents, gen, settings.offset_noise,
-            settings.high_noise_share, settings.high_noise_band,
+            settings.high_noise_share, settings.high_noise_band, tuple(denoisers),
         )  # fmt: skip
         image = embeds[chosen[torch.arange(batch, device=device), frame]] * keep_image[:, None]
         text = torch.where(keep_text[:, None, None], caption, empty)

@@ -29,7 +29,7 @@ from dvkit.train.diffusion import diffusion_loss, latent_masks, sample_latents
 from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import SubjectSettings
-from dvkit.train.setup import loop_settings, make_generator, prepare_base
+from dvkit.train.setup import loop_settings, make_generator, prepare_base, trained_denoisers
 
 ADAPTER_NAME = "identity"
 
@@ -71,6 +71,7 @@ def train_subject(
     """
     prepare_base(base, device, dtype, settings.gradient_checkpointing)
     family, unet, text_encoder = base.family, base.unet, base.text_encoder
+    denoisers = trained_denoisers(base, settings.experts, "subject")
     if embedding is None:
         initializer = choose_initializer(base.tokenizer, settings.initializer, name)
         ids = add_placeholder_tokens(
@@ -95,7 +96,7 @@ def train_subject(
         latents = sample_latents(mean[index], std[index], gen)
         noisy, target, timesteps = family.add_noise(
             base, latents, gen, settings.offset_noise,
-            settings.high_noise_share, settings.high_noise_band,
+            settings.high_noise_share, settings.high_noise_band, tuple(denoisers),
         )  # fmt: skip
         mask = subject_masks[index] if subject_masks is not None else None
         return noisy.to(dtype), target, timesteps, mask
@@ -122,8 +123,8 @@ def train_subject(
 
     with torch.no_grad():
         text = family.embed_ids(base, input_ids).expand(batch, -1, -1)
-    injector = AdapterInjector(unet)
-    fresh = create_adapter_state(unet, "subject", settings.hidden_ratio, seed=settings.seed)
+    injector = AdapterInjector(unet, base.unet_2)
+    fresh = create_adapter_state(denoisers, "subject", settings.hidden_ratio, seed=settings.seed)
     weights = injector.load(ADAPTER_NAME, "subject", fresh, settings.hidden_ratio)
     injector.train_adapter(ADAPTER_NAME)
 
