@@ -230,6 +230,9 @@ def test_training_on_wan_composing_export_and_refusal_across_families(
     assert video.frames.shape == (1, 5, 32, 32, 3)
     with pytest.raises(DvkitError, match="^--frames 6 is not .*: use 5 or 9$"):
         add_motion("bad", videos, catalog=catalog, base="tiny-wan", steps=2, frames=6, **fast)
+    with pytest.raises(DvkitError, match="^--resolution: size 40 .* 16, .*: use 32 or 48$"):
+        add_motion("bad", videos, catalog=catalog, base="tiny-wan", steps=2, frames=5,
+                   **{**fast, "resolution": 40})  # fmt: skip
     exported = export_adapter(catalog, "surf", tmp_path / "surf.safetensors").path
     assert read_adapter_info(exported).architecture == "wan"
     Catalog.init(tmp_path / "elsewhere")

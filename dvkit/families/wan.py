@@ -189,12 +189,21 @@ class WanFamily(Family):
 
     def embed_ids(self, components: BaseComponents, ids: torch.Tensor) -> torch.Tensor:
         """UMT5's last hidden states (N, L, D) with padding masked out of attention and zeroed,
-        as `WanPipeline._get_t5_prompt_embeds`."""
+        as `WanPipeline._get_t5_prompt_embeds`. Only the first n positions, n the longest
+        prompt's tokens, go through UMT5 and zeros fill the rest: with the padding masked out
+        of attention (UMT5 has relative positions only) the real tokens' states are the same,
+        and the pipeline zeroes the others, at a fraction of the cost of all L = 512 (the
+        transformer still reads all L, zeros included)."""
+        import torch.nn.functional as F
+
         encoder = components.text_encoder
         ids = ids.to(encoder.device)
         mask = ids != components.tokenizer.pad_token_id
-        hidden = encoder(ids, attention_mask=mask).last_hidden_state
-        return hidden * mask[..., None].to(hidden.dtype)
+        length = max(int(mask.sum(dim=1).max()), 1)
+        used = mask[:, :length]
+        hidden = encoder(ids[:, :length], attention_mask=used).last_hidden_state
+        hidden = hidden * used[..., None].to(hidden.dtype)
+        return F.pad(hidden, (0, 0, 0, ids.shape[1] - length))
 
     def encode_text(self, components: BaseComponents, prompts: Sequence[str]) -> torch.Tensor:
         return self.embed_ids(components, self.tokenize(components, prompts))
@@ -255,7 +264,7 @@ class WanFamily(Family):
                 posterior = vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist
                 means.append(posterior.mean.float())
                 stds.append(posterior.std.float())
-        shift, scale = _latent_stats(vae, torch.device("cpu"))
+        shift, scale = latent_stats(vae, torch.device("cpu"))
         mean, std = torch.cat(means).cpu(), torch.cat(stds).cpu()
         return (mean - shift) / scale, std / scale
 
@@ -268,7 +277,7 @@ class WanFamily(Family):
         import torch
 
         vae = components.vae
-        shift, scale = _latent_stats(vae, vae.device)
+        shift, scale = latent_stats(vae, vae.device)
         latents = latents.to(vae.device, vae.dtype) * scale.to(vae.dtype) + shift.to(vae.dtype)
         frames = (latents.shape[2] - 1) * TEMPORAL_FACTOR + 1
         per_call = max(1, batch_size // frames)
@@ -415,8 +424,9 @@ def flow_shift(scheduler: SchedulerMixin) -> float:
     return float(config.get("flow_shift") or config.get("shift") or 1.0)
 
 
-def _latent_stats(vae: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The VAE's per-channel `latents_mean` and `latents_std`, shaped (1, C, 1, 1, 1)."""
+def latent_stats(vae: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Wan VAE's per-channel `latents_mean` and `latents_std`, shaped (1, C, 1, 1, 1): its
+    latents are normalised as `(z − mean) / std`."""
     import torch
 
     shape = (1, vae.config.z_dim, 1, 1, 1)

@@ -129,9 +129,10 @@ def wan_scheduler() -> UniPCMultistepScheduler:
     )
 
 
-def build_wan_tokenizer() -> PreTrainedTokenizerFast:
+def build_wan_tokenizer(max_tokens: int = MAX_TOKENS) -> PreTrainedTokenizerFast:
     """A T5-style fast tokenizer over the tiny vocabulary: whole words, else single characters
-    (WordPiece, `##` for continuations), `</s>` after every prompt, `<pad>` padding to 32."""
+    (WordPiece, `##` for continuations), `</s>` after every prompt, `<pad>` padding to
+    `max_tokens`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
     characters = [chr(c) for c in range(ord("!"), ord("~") + 1)]
@@ -150,5 +151,5 @@ def build_wan_tokenizer() -> PreTrainedTokenizerFast:
         pad_token="<pad>",
         eos_token="</s>",
         unk_token="<unk>",
-        model_max_length=MAX_TOKENS,
+        model_max_length=max_tokens,
     )

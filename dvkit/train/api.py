@@ -26,6 +26,7 @@ from dvkit.catalog.runs import has_checkpoint
 from dvkit.catalog.store import adapter_record
 from dvkit.errors import DvkitError, DvkitWarning
 from dvkit.families import family
+from dvkit.families.base import SizeError
 from dvkit.io.adapter_file import (
     REFERENCE_IMAGES_KEY,
     TOKEN_EMBEDDING_KEY,
@@ -35,6 +36,7 @@ from dvkit.io.adapter_file import (
     write_adapter_file,
 )
 from dvkit.models.builtin import training_defaults
+from dvkit.models.components import BaseComponents
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.names import validate_name, validate_tag
 from dvkit.train import data
@@ -109,6 +111,7 @@ def add_subject(
     notify(subject_summary(len(paths), settings, base, run_device))
     fingerprints = data.fingerprint(paths)
     components, base_record = open_base(catalog, base)
+    _check_resolution(components, settings.resolution)
     if given is not None:
         from dvkit.io.embeddings import check_fits
 
@@ -277,6 +280,7 @@ def add_motion(
     notify(motion_summary(clips, len(paths), settings, base, run_device))
     fingerprints = data.fingerprint(paths)
     components, base_record = open_base(catalog, base)
+    _check_resolution(components, settings.resolution)
     folder = _run_folder(
         catalog,
         "motion",
@@ -298,6 +302,14 @@ def add_motion(
         result.tensors, result.kept, fingerprints, tags, result.loss_curves,
         time.perf_counter() - start, run_device, placement=list(components.family.slots["motion"]),
     )  # fmt: skip
+
+
+def _check_resolution(components: BaseComponents, resolution: int) -> None:
+    """A `SizeError` naming the nearest sizes when the base cannot train at `resolution`."""
+    try:
+        components.family.latent_shape(components, 1, resolution, resolution)
+    except SizeError as exc:
+        raise SizeError(f"--resolution: {exc}") from None
 
 
 def subject_summary(images: int, settings: SubjectSettings, base: str, device: torch.device) -> str:
