@@ -317,11 +317,10 @@ class WanFamily(Family):
         import torch
         from diffusers.training_utils import compute_density_for_timestep_sampling
 
+        from dvkit.train.diffusion import draw_noise
+
         batch, device = latents.shape[0], latents.device
-        noise = torch.randn(latents.shape, generator=generator, device=device)
-        if offset_noise:
-            shape = latents.shape[:3] + (1,) * (latents.ndim - 3)
-            noise = noise + offset_noise * torch.randn(shape, generator=generator, device=device)
+        noise = draw_noise(latents, generator, offset_noise)
         u = compute_density_for_timestep_sampling("none", batch, device=device, generator=generator)
         shift = flow_shift(components.scheduler)
         band = _expert_band(components, experts, shift, generator)

@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
-from transformers import UMT5Config, UMT5EncoderModel
 
 from dvkit.models.components import BaseComponents
 from dvkit.models.random_base import round_to_multiple
-from dvkit.models.tiny_wan import build_wan_tokenizer, wan_scheduler
+from dvkit.models.tiny_wan import build_wan_tokenizer, umt5_encoder, wan_scheduler
 
 WAN_SHAPED_NAME = "wan-shaped"
 WAN_REPO = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
@@ -69,21 +68,14 @@ def build_wan_shaped(
             rope_max_seq_len=1024,
         )
         vae = AutoencoderKLWan(base_dim=round_to_multiple(VAE_WIDTH * width_scale, 8), z_dim=16)
-        text_encoder = UMT5EncoderModel(
-            UMT5Config(
-                vocab_size=UMT5_ROWS,
-                d_model=text_width,
-                d_kv=round_to_multiple(UMT5_HEAD_WIDTH * width_scale, 2),
-                d_ff=round_to_multiple(UMT5_FFN * width_scale, 8),
-                num_layers=UMT5_LAYERS if text_layers is None else text_layers,
-                num_heads=UMT5_HEADS,
-                relative_attention_num_buckets=32,
-                relative_attention_max_distance=128,
-                feed_forward_proj="gated-gelu",
-                pad_token_id=0,
-                eos_token_id=1,
-                decoder_start_token_id=0,
-            )
+        text_encoder = umt5_encoder(
+            UMT5_ROWS,
+            text_width,
+            heads=UMT5_HEADS,
+            head_width=round_to_multiple(UMT5_HEAD_WIDTH * width_scale, 2),
+            ffn=round_to_multiple(UMT5_FFN * width_scale, 8),
+            layers=UMT5_LAYERS if text_layers is None else text_layers,
+            buckets=32,
         )
     return BaseComponents(
         unet=transformer.eval(),

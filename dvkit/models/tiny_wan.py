@@ -100,16 +100,25 @@ def small_wan_vae() -> AutoencoderKLWan:
 def small_umt5(tokens: int) -> UMT5EncoderModel:
     """A freshly initialised 2-layer UMT5 encoder with rows for `tokens` tokens and spare ones."""
     rows = (tokens // VOCAB_PADDING + 1) * VOCAB_PADDING
+    return umt5_encoder(rows, TEXT_WIDTH, heads=4, head_width=8, ffn=37, layers=2, buckets=8)
+
+
+def umt5_encoder(
+    rows: int, width: int, heads: int, head_width: int, ffn: int, layers: int, buckets: int
+) -> UMT5EncoderModel:
+    """A freshly initialised UMT5 encoder: gated-GELU FFN, T5's special ids, relative positions
+    in `buckets` buckets up to distance 4 × `buckets` (umt5-xxl: 32 up to 128); draws from
+    torch's RNG."""
     return UMT5EncoderModel(
         UMT5Config(
             vocab_size=rows,
-            d_model=TEXT_WIDTH,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=16,
+            d_model=width,
+            d_kv=head_width,
+            d_ff=ffn,
+            num_layers=layers,
+            num_heads=heads,
+            relative_attention_num_buckets=buckets,
+            relative_attention_max_distance=buckets * 4,
             feed_forward_proj="gated-gelu",
             pad_token_id=0,
             eos_token_id=1,
