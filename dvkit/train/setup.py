@@ -57,11 +57,11 @@ high-noise expert."""
 
 
 def trained_denoisers(
-    base: BaseComponents, choice: str, kind: AdapterKind
+    base: BaseComponents, choice: str | None, kind: AdapterKind
 ) -> dict[str, torch.nn.Module]:
     """The denoisers adapters of `kind` train on, by block-path prefix (see
     `dvkit.models.injection.SECOND_EXPERT`): `choice` "high", "low" or "both" on a two-expert
-    base, its kind's `DEFAULT_EXPERTS` when empty; the one denoiser of other bases, where a
+    base, its kind's `DEFAULT_EXPERTS` when None; the one denoiser of other bases, where a
     given choice is a `DvkitError`."""
     if base.unet_2 is None:
         if choice:
