@@ -277,6 +277,12 @@ def test_base_add_from_a_saved_wan_folder(catalog, tmp_path, experts) -> None:
         assert all(torch.equal(v, state[k]) for k, v in ours.state_dict().items())
     row = Row("a cat surfing", seed=2)
     assert torch.equal(sample(loaded, [row], SETTINGS), sample(tiny, [row], SETTINGS))
+    index = folder / "model_index.json"
+    index.write_text(
+        index.read_text().replace('"expand_timesteps": false', '"expand_timesteps": true')
+    )
+    with pytest.raises(DvkitError, match="per-token timesteps"):
+        add_base(catalog, "ti2v", str(folder))
 
 
 def test_two_experts_sampler_matches_wan_pipeline_and_adapters_per_expert(

@@ -99,7 +99,8 @@ class WanFamily(Family):
     def load(self, source: str, name: str, options: Mapping[str, Any]) -> BaseComponents:
         """A diffusers Wan folder or Hub id: model_index.json naming `WanPipeline`, with
         transformer/ (and transformer_2/ on 2.2 A14B), vae/, text_encoder/, tokenizer/ and
-        scheduler/. Raises `BaseLoadError` in one line."""
+        scheduler/. Raises `BaseLoadError` in one line, also for Wan 2.2 TI2V-5B
+        (`expand_timesteps`: one timestep per token, not sampled here)."""
         import diffusers
         from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
         from transformers import AutoTokenizer, UMT5EncoderModel
@@ -115,6 +116,11 @@ class WanFamily(Family):
         location = str(folder) if folder.exists() else source
         try:
             index = WanPipeline.load_config(location)
+            if index.get("expand_timesteps"):
+                raise BaseLoadError(
+                    f"{source} samples with per-token timesteps (Wan 2.2 TI2V, "
+                    "expand_timesteps), which dvkit's wan family does not reproduce"
+                )
             with _without_accelerate(WanTransformer3DModel):
                 experts = [
                     WanTransformer3DModel.from_pretrained(location, subfolder=sub).eval()
