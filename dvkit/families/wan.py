@@ -16,10 +16,11 @@ Adapters (DESIGN §7). A `WanTransformerBlock` computes, with adaLN terms from t
   inside, `gate·A(h)`, the adapter's every update is scaled by the base's per-timestep,
   per-channel gate (|gate| ≈ 0.1–0.2 on `tiny-wan`), so with Adam it learns as if at a
   fraction of the preset learning rates tuned on the UNets, and the effective step varies with
-  the noise level and from expert to expert on Wan 2.2. Measured on `tiny-wan` (a motion adapter
-  trained 300 steps at lr 1e-3 on the same clips, noise and timesteps both ways, 3 seeds): mean
-  loss of the last 30 steps 1.663 inside vs 1.607 outside (−3.4 %, lower for every seed);
-  inside at 3× the learning rate, 1.649, still behind.
+  the noise level and from expert to expert on Wan 2.2. Measured on `tiny-wan`
+  (`benchmarks/bench_wan_gate.py`: a motion adapter trained 300 steps at lr 1e-3 on the same
+  clips, noise and timesteps both ways, 3 seeds): mean loss of the last 30 steps 1.663 inside
+  vs 1.607 outside (−3.3 %, lower for every seed); inside at 3× the learning rate, 1.649,
+  still behind.
   The appearance condition of a motion adapter is one vector per video, broadcast over every
   token of that video (its frames × height × width patches).
 
