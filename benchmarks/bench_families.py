@@ -3,8 +3,10 @@
 
 Per family (`modelscope-t2v`: `build_modelscope_shaped`, ModelScope T2V's UNet3D, SD VAE and
 OpenCLIP-H text; `animatediff`: `build_animatediff_shaped`, SD 1.5's UNet with motion adapter
-v1-5-3's motion modules, SD VAE and CLIP ViT-L/14 text), with a random ViT-H/14-shaped
-appearance encoder:
+v1-5-3's motion modules, SD VAE and CLIP ViT-L/14 text; `wan`: `build_wan_shaped`, Wan 2.1 T2V
+1.3B's transformer, Wan VAE and umt5-xxl text), with a random ViT-H/14-shaped appearance
+encoder. A family whose VAE takes only some frame counts (Wan: 4k + 1) gets the nearest count
+at or above `--frames`:
 
 - **training**: `bench_train.compare_training`, seconds per step of dvkit's `train_subject` /
   `train_motion` (VAE posteriors, text and image embeddings cached once; only the trained tensors
@@ -41,15 +43,19 @@ import torch
 from bench_compose import GOAL as COMPOSE_GOAL
 from bench_compose import compare_sampling
 
+from dvkit.families import family as dvkit_family
+from dvkit.families.base import SizeError
 from dvkit.generate.sampler import SamplerSettings
 from dvkit.models.components import BaseComponents
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.random_animatediff import build_animatediff_shaped
 from dvkit.models.random_base import build_modelscope_shaped
+from dvkit.models.random_wan import build_wan_shaped
 
 SHAPED: dict[str, tuple[str, Callable[[float, int | None], BaseComponents]]] = {
     "modelscope-t2v": ("modelscope-shaped", build_modelscope_shaped),
     "animatediff": ("animatediff-shaped", build_animatediff_shaped),
+    "wan": ("wan-shaped", build_wan_shaped),
 }
 """Family → (bench_train's `--base` name, builder taking width_scale and text_layers)."""
 
@@ -81,10 +87,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def family_frames(family: str, frames: int) -> int:
+    """The smallest frame count at or above `frames` that `family`'s VAE takes."""
+    while True:
+        try:
+            return dvkit_family(family).check_frames(frames)
+        except SizeError:
+            frames += 1
+
+
 def training_args(args: argparse.Namespace, family: str) -> argparse.Namespace:
     """bench_train's options for `family`'s shaped base at this run's settings."""
+    frames = family_frames(family, args.frames)
     argv = ["--base", SHAPED[family][0], "--width-scale", str(args.width_scale)]
-    argv += ["--resolution", str(args.resolution), "--frames", str(args.frames)]
+    argv += ["--resolution", str(args.resolution), "--frames", str(frames)]
     argv += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--stages", args.stages]
     argv += ["--subject-batch", str(args.subject_batch), "--motion-batch", str(args.motion_batch)]
     argv += ["--device", args.device, "--dtype", args.dtype]
@@ -107,7 +123,7 @@ def measure_family(
     training = bench_train.compare_training(train, base, encoder, device, dtype)
     settings = SamplerSettings(
         steps=args.sample_steps,
-        frames=args.frames,
+        frames=train.frames,
         height=args.resolution,
         width=args.resolution,
     )

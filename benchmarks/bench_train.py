@@ -25,6 +25,7 @@ one-time caching before a stage's first step is reported as `setup_s`.
     python benchmarks/bench_train.py --base modelscope-shaped --width-scale 0.1 --resolution 64
     python benchmarks/bench_train.py --base modelscope-shaped --device cuda --frames 16
     python benchmarks/bench_train.py --base animatediff-shaped --width-scale 0.1 --resolution 64
+    python benchmarks/bench_train.py --base wan-shaped --width-scale 0.1 --resolution 64 --frames 5
 """
 
 from __future__ import annotations
@@ -47,16 +48,15 @@ from dvkit.models.components import BaseComponents
 from dvkit.models.image_encoder import ImageEncoder, load_image_encoder
 from dvkit.models.injection import AdapterInjector, create_adapter_state
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
-from dvkit.models.text import tokenize
 from dvkit.models.textual_inversion import add_placeholder_tokens, expand_placeholder
-from dvkit.train.diffusion import add_noise, diffusion_loss
+from dvkit.train.diffusion import diffusion_loss
 from dvkit.train.motion import train_motion
 from dvkit.train.settings import MotionSettings, SubjectSettings
 from dvkit.train.setup import prepare_base
 from dvkit.train.subject import train_subject
 
 STAGES = ("inversion", "identity", "motion")
-BASES = ("tiny", "modelscope-shaped", "animatediff-shaped")
+BASES = ("tiny", "modelscope-shaped", "animatediff-shaped", "wan-shaped")
 LOOPS = ("dvkit", "naive")
 GOAL = 0.6
 MB = 2**20
@@ -280,11 +280,22 @@ def _naive_steps(
     return meter.summary(args.warmup)
 
 
-def _vae_sample(base: BaseComponents, frames: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Latents (N, C, h, w) of frames (N, 3, H, W), encoded now with autograd through the VAE
-    (not `family.encode_frames`, which encodes without it, as dvkit caches posteriors)."""
-    posterior = base.vae.encode(frames.to(base.vae.device, base.vae.dtype)).latent_dist
-    return posterior.sample(gen) * base.vae.config.scaling_factor
+def _vae_sample(base: BaseComponents, video: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Latents (B, C, f, h, w) of videos (B, F, 3, H, W), encoded now with autograd through the
+    VAE (not `family.encode_frames` / `encode_videos`, which encode without it, as dvkit caches
+    posteriors): whole videos through a 3-D VAE (Wan, normalised per channel), else frame by
+    frame (× `scaling_factor`)."""
+    vae = base.vae
+    if base.family.temporal_vae:
+        from dvkit.families.wan import latent_stats
+
+        posterior = vae.encode(video.transpose(1, 2).to(vae.device, vae.dtype)).latent_dist
+        mean, std = latent_stats(vae, vae.device)
+        return (posterior.sample(gen) - mean) / std
+    batch, frames = video.shape[:2]
+    flat = video.reshape(batch * frames, *video.shape[2:]).to(vae.device, vae.dtype)
+    latents = vae.encode(flat).latent_dist.sample(gen) * vae.config.scaling_factor
+    return latents.reshape(batch, frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
 def _naive_inversion(args, base, encoder, pixels, clips, device, dtype, prompt, token_ids):
@@ -296,10 +307,10 @@ def _naive_inversion(args, base, encoder, pixels, clips, device, dtype, prompt, 
 
     def loss(g: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(pixels), (batch,), generator=g, device=device).cpu()
-        latents = _vae_sample(base, pixels[index], g).unsqueeze(2)  # (B, C, 1, h, w)
-        noisy, target, timesteps = add_noise(base.scheduler, latents, g, 0.1)
-        ids = tokenize(base.tokenizer, [prompt] * batch).to(device)
-        text = base.text_encoder(ids)[0]
+        latents = _vae_sample(base, pixels[index].unsqueeze(1), g)  # (B, C, 1, h, w)
+        noisy, target, timesteps = base.family.add_noise(base, latents, g, 0.1)
+        ids = base.family.tokenize(base, [prompt] * batch).to(device)
+        text = base.family.embed_ids(base, ids)
         prediction = base.family.predict(base, noisy.to(dtype), timesteps, text)
         return diffusion_loss(prediction, target)
 
@@ -319,10 +330,10 @@ def _naive_identity(args, base, encoder, pixels, clips, device, dtype, prompt, t
 
     def loss(g: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(pixels), (batch,), generator=g, device=device).cpu()
-        latents = _vae_sample(base, pixels[index], g).unsqueeze(2)
-        noisy, target, timesteps = add_noise(base.scheduler, latents, g, 0.1)
-        ids = tokenize(base.tokenizer, [prompt] * batch).to(device)
-        text = base.text_encoder(ids)[0]
+        latents = _vae_sample(base, pixels[index].unsqueeze(1), g)
+        noisy, target, timesteps = base.family.add_noise(base, latents, g, 0.1)
+        ids = base.family.tokenize(base, [prompt] * batch).to(device)
+        text = base.family.embed_ids(base, ids)
         prediction = base.family.predict(base, noisy.to(dtype), timesteps, text)
         return diffusion_loss(prediction, target)
 
@@ -341,12 +352,11 @@ def _naive_motion(args, base, encoder, pixels, clips, device, dtype, prompt, tok
         frame = torch.randint(frames, (batch,), generator=g, device=device).cpu()
         keep_text = (torch.rand(batch, generator=g, device=device) >= 0.5).tolist()
         video = clips[index]  # (B, F, 3, H, W)
-        latents = _vae_sample(base, video.reshape(-1, *video.shape[2:]), g)
-        latents = latents.reshape(batch, frames, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
-        noisy, target, timesteps = add_noise(base.scheduler, latents, g, 0.1)
+        latents = _vae_sample(base, video, g)
+        noisy, target, timesteps = base.family.add_noise(base, latents, g, 0.1)
         image = encoder.encode(video[torch.arange(batch), frame])
         prompts = ["a cat running" if keep else "" for keep in keep_text]
-        text = base.text_encoder(tokenize(base.tokenizer, prompts).to(device))[0]
+        text = base.family.encode_text(base, prompts)
         injector.set_active({"motion": 1.0}, image_embeds=image)
         prediction = base.family.predict(base, noisy.to(dtype), timesteps, text)
         return diffusion_loss(prediction, target)
@@ -374,6 +384,10 @@ def build_base(args) -> BaseComponents:
         from dvkit.models.random_animatediff import build_animatediff_shaped
 
         return build_animatediff_shaped(args.width_scale, args.text_layers)
+    if args.base == "wan-shaped":
+        from dvkit.models.random_wan import build_wan_shaped
+
+        return build_wan_shaped(args.width_scale, args.text_layers)
     from dvkit.models.random_base import build_modelscope_shaped
 
     return build_modelscope_shaped(args.width_scale, args.text_layers)

@@ -43,7 +43,13 @@ def test_open_base_registers_builtin_once(catalog) -> None:
 
 def test_base_list_shows_unused_builtins(cli, home) -> None:
     code, out, _ = cli("--home", home, "base", "list", "--json")
-    assert [row["name"] for row in json.loads(out)] == ["tiny", "tiny-animatediff", "sprites"]
+    assert [row["name"] for row in json.loads(out)] == [
+        "tiny",
+        "tiny-animatediff",
+        "tiny-wan",
+        "tiny-wan22",
+        "sprites",
+    ]
 
 
 def test_base_add_errors(cli, home, tmp_path, run_dvkit) -> None:
@@ -64,6 +70,8 @@ def test_base_add_errors(cli, home, tmp_path, run_dvkit) -> None:
     assert [row["name"] for row in json.loads(out)] == [
         "tiny",
         "tiny-animatediff",
+        "tiny-wan",
+        "tiny-wan22",
         "sprites",
     ]  # nothing was added
 

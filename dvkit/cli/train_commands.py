@@ -115,6 +115,17 @@ HighNoiseShare = Annotated[
         help=described("Share of steps drawn from the high-noise band.", "0"),
     ),
 ]
+Experts = Annotated[
+    str | None,
+    typer.Option(
+        "--experts",
+        help=described(
+            "On a base with two experts (Wan 2.2 A14B): high, low or both (the high- and/or "
+            "low-noise transformer gets adapters).",
+            "both for subjects, high for motions",
+        ),
+    ),
+]
 HighNoiseBand = Annotated[
     tuple[float, float] | None,
     typer.Option(
@@ -221,6 +232,7 @@ def add_subject(
     lora_alpha: LoraAlpha = None,
     high_noise_share: HighNoiseShare = None,
     high_noise_band: HighNoiseBand = None,
+    experts: Experts = None,
     offset_noise: TrainingOffsetNoise = None,
     keep_steps: KeepSteps = None,
     checkpoint_every: CheckpointEvery = None,
@@ -254,6 +266,7 @@ def add_subject(
         "lora_alpha": lora_alpha,
         "high_noise_share": high_noise_share,
         "high_noise_band": high_noise_band,
+        "experts": experts,
         "offset_noise": offset_noise,
         "keep_steps": _steps(keep_steps),
         "checkpoint_every": checkpoint_every,
@@ -352,6 +365,7 @@ def add_motion(
     ] = None,
     high_noise_share: HighNoiseShare = None,
     high_noise_band: HighNoiseBand = None,
+    experts: Experts = None,
     offset_noise: TrainingOffsetNoise = None,
     image_encoder: Annotated[
         str | None,
@@ -395,6 +409,7 @@ def add_motion(
         "image_strength_uncond": image_strength_uncond,
         "high_noise_share": high_noise_share,
         "high_noise_band": high_noise_band,
+        "experts": experts,
         "offset_noise": offset_noise,
         "image_encoder": image_encoder,
         "keep_steps": _steps(keep_steps),

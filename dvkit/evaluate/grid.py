@@ -307,7 +307,7 @@ def _generate(
     run_device = resolve_device(device)
     run_dtype = resolve_dtype(dtype, run_device)
     components.freeze(run_device, run_dtype)
-    injector = AdapterInjector(components.unet)
+    injector = AdapterInjector(components.unet, components.unet_2)
     for ref, adapter in subject_adapters.items():
         install_subject(components, injector, adapter, f"subject:{ref}", tokens[ref])
     check_prompts(  # every cell of the grid, so each shard refuses the same templates

@@ -22,6 +22,7 @@ FAMILIES: dict[str, str] = {
     "modelscope-t2v": "dvkit.families.modelscope:MODELSCOPE",
     "sprites-pixel-t2v": "dvkit.families.modelscope:SPRITES",
     "animatediff": "dvkit.families.animatediff:ANIMATEDIFF",
+    "wan": "dvkit.families.wan:WAN",
 }
 """Family name → `module:attribute` of its `Family` object."""
 

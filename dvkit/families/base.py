@@ -93,9 +93,28 @@ class Family:
     denoiser_class: ClassVar[str]
     """Class name of the denoiser (`BaseComponents.unet`)."""
     sites: ClassVar[Mapping[AdapterKind, tuple[str, ...]]]
-    """Per adapter kind, the `module:Class` of the containers whose `BasicTransformerBlock`s get
-    an adapter (beside `attn2` for identity adapters, `attn1`, `attn2`, `ff` for motion ones)."""
+    """Per adapter kind, the `module:Class` of the containers whose `block`s get adapters."""
+    block: ClassVar[str] = "diffusers.models.attention:BasicTransformerBlock"
+    """`module:Class` of the transformer blocks adapters sit in."""
+    slots: ClassVar[Mapping[AdapterKind, tuple[str, ...]]] = {
+        "subject": ("attn2",),
+        "motion": ("attn1", "attn2", "ff"),
+    }
+    """Per adapter kind, the slots (`attn1`, `attn2`, `ff`: the names in adapter files) each
+    block gets an adapter in."""
+    slot_modules: ClassVar[Mapping[str, tuple[str, str]]] = {
+        "attn1": ("norm1", "attn1"),
+        "attn2": ("norm2", "attn2"),
+        "ff": ("norm3", "ff"),
+    }
+    """Per slot, the block's submodule whose input is the block's hidden states `h` (the norm
+    feeding the layer) and the layer the adapter's output is added to."""
+    gated_slots: ClassVar[frozenset[str]] = frozenset()
+    """Slots whose layer output the block multiplies by a gate (see `slot_gate`)."""
     defaults: ClassVar[FamilyDefaults]
+    temporal_vae: ClassVar[bool] = False
+    """Whether the VAE compresses time, so that training clips are encoded whole
+    (`encode_videos`) instead of frame by frame."""
     layouts: ClassVar[tuple[str, ...]] = ()
     """Foreign key layouts `dvkit import` can read for this family (e.g. `vgen`)."""
 
@@ -109,6 +128,11 @@ class Family:
 
     def detect(self, folder: Path) -> bool:
         """Whether a local diffusers folder holds a base of this family."""
+        return False
+
+    def claims_hub_id(self, source: str) -> bool:
+        """Whether a Hub id names a base of this family by its owner or name (loading then
+        needs no `--family`)."""
         return False
 
     def record_config(self, components: BaseComponents) -> dict[str, Any]:
@@ -125,11 +149,22 @@ class Family:
 
     def containers(self, kind: AdapterKind) -> tuple[type[nn.Module], ...]:
         """The container classes holding the blocks adapters of `kind` sit in."""
-        classes = []
-        for path in self.sites[kind]:
-            module, attribute = path.split(":")
-            classes.append(getattr(importlib.import_module(module), attribute))
-        return tuple(classes)
+        return tuple(_import(path) for path in self.sites[kind])
+
+    def block_width(self, block: nn.Module) -> int:
+        """The channel width of one of the family's blocks."""
+        return block.dim
+
+    def block_class(self) -> type[nn.Module]:
+        """The class of the blocks adapters sit in (`block`)."""
+        return _import(self.block)
+
+    def slot_gate(
+        self, block: nn.Module, slot: str, args: tuple, kwargs: Mapping[str, Any]
+    ) -> torch.Tensor:
+        """The gate (N, 1 or L, C), float32, by which `block`, called with `args` and `kwargs`,
+        multiplies the output of the layer in `slot` (one of `gated_slots`)."""
+        raise NotImplementedError(f"{self.name} blocks have no gated slots")
 
     # Text
 
@@ -160,21 +195,37 @@ class Family:
         """The video size in pixels the denoiser was configured for."""
         return components.unet.config.sample_size * self.scale_factor(components)
 
+    def check_frames(self, frames: int, what: str = "frames") -> int:
+        """`frames` if the family's VAE takes videos of that many frames (any count here), else
+        a `SizeError` naming the nearest counts it takes."""
+        return frames
+
+    def size_multiple(self, components: BaseComponents) -> int:
+        """What a video's height and width must be multiples of, in pixels."""
+        return self.scale_factor(components)
+
     def latent_shape(
         self, components: BaseComponents, frames: int, height: int, width: int
     ) -> tuple[int, int, int, int]:
-        """(C, f, h, w) of a video's latents; `SizeError` for sizes the VAE cannot take."""
-        factor = self.scale_factor(components)
+        """(C, f, h, w) of a video's latents; `SizeError` for sizes and frame counts the VAE
+        (and the denoiser's patches) cannot take."""
+        multiple = self.size_multiple(components)
         for value in (height, width):
-            if value % factor:
-                low = value // factor * factor
-                nearest = " or ".join(str(n) for n in (low, low + factor) if n >= factor)
+            if value % multiple:
+                low = value // multiple * multiple
+                nearest = " or ".join(str(n) for n in (low, low + multiple) if n >= multiple)
                 raise SizeError(
-                    f"size {value} is not a multiple of {factor}, the latent factor of base "
-                    f"{components.name}: use {nearest}"
+                    f"size {value} is not a multiple of {multiple}, as base {components.name} "
+                    f"needs: use {nearest}"
                 )
+        self.check_frames(frames)
+        factor = self.scale_factor(components)
         channels = components.unet.config.in_channels
-        return channels, frames, height // factor, width // factor
+        return channels, self.latent_frames(frames), height // factor, width // factor
+
+    def latent_frames(self, frames: int) -> int:
+        """Latent frames of a video of `frames` frames (one each on per-frame VAEs)."""
+        return frames
 
     def encode_frames(
         self, components: BaseComponents, pixels: torch.Tensor, batch_size: int = 8
@@ -195,6 +246,14 @@ class Family:
         scale = vae.config.scaling_factor
         mean, std = torch.cat(means) * scale, torch.cat(stds) * scale
         return mean.reshape(*lead, *mean.shape[1:]), std.reshape(*lead, *std.shape[1:])
+
+    def encode_videos(
+        self, components: BaseComponents, videos: torch.Tensor, batch_size: int = 8
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled VAE posterior mean and std (N, C, f, h, w) of videos (N, 3, F, H, W) in
+        [-1, 1]; here frame by frame (`encode_frames`), f = F."""
+        mean, std = self.encode_frames(components, videos.transpose(1, 2), batch_size)
+        return mean.transpose(1, 2), std.transpose(1, 2)
 
     def decode(
         self, components: BaseComponents, latents: torch.Tensor, batch_size: int = 16
@@ -220,9 +279,12 @@ class Family:
         offset_noise: float,
         high_noise_share: float = 0.0,
         high_noise_band: tuple[float, float] = (0.5, 1.0),
+        experts: Sequence[str] = ("",),
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Noisy latents (B, C, F, h, w), the training target and the timesteps (B,): the DDPM
-        objective on the base's noise schedule (ε or v, see `dvkit.train.diffusion.add_noise`)."""
+        objective on the base's noise schedule (ε or v, see `dvkit.train.diffusion.add_noise`).
+        `experts` names the denoisers being trained (`dvkit.train.setup.trained_denoisers`);
+        only on a base with two experts do the timesteps depend on it."""
         from dvkit.train import diffusion
 
         return diffusion.add_noise(
@@ -250,6 +312,12 @@ class Family:
     def noise_fraction(self, components: BaseComponents, timestep: torch.Tensor | float) -> float:
         """A sampler timestep as a fraction of the schedule (1: pure noise)."""
         return float(timestep) / components.scheduler.config.num_train_timesteps
+
+
+def _import(path: str) -> Any:
+    """The object a `module:attribute` path names."""
+    module, attribute = path.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def config_class(path: Path) -> str | None:

@@ -176,7 +176,7 @@ def compose(
         motion_until=motion_until,
         offset_noise=offset_noise,
     )
-    injector = AdapterInjector(components.unet)
+    injector = AdapterInjector(components.unet, components.unet_2)
     scales: dict[str, float] = {}
     if subject_adapter:
         install_subject(components, injector, subject_adapter)

@@ -32,7 +32,8 @@ class BuiltinBase:
 
 # Built-in bases were trained without offset noise, so they start from plain Gaussian noise;
 # the tiny ones' VAE does not downsample, so they work at 16×16 (256 would mean attention over
-# 65,536 tokens).
+# 65,536 tokens); tiny-wan's VAE is Wan's (8×, 4× in time), so it works at 32×32 and 9 frames
+# (3 latent frames of 2×2 patches).
 # On sprites a motion is laid out above timestep 400: motion adapters stop there, so that the
 # last steps draw the object's own look (see `SamplerSettings.motion_until`); its other
 # defaults are its family's.
@@ -48,6 +49,18 @@ BUILTINS: dict[str, BuiltinBase] = {
         "animatediff",
         "dvkit.models.tiny_animatediff:build_tiny_animatediff_base",
         {"size": 16},
+    ),
+    "tiny-wan": BuiltinBase(
+        "tiny random Wan 2.1-shaped components for tests and smoke runs (meaningless pictures)",
+        "wan",
+        "dvkit.models.tiny_wan:build_tiny_wan_base",
+        {"size": 32, "frames": 9, "train_frames": 9},
+    ),
+    "tiny-wan22": BuiltinBase(
+        "tiny-wan with Wan 2.2 A14B's two experts (high- and low-noise transformers)",
+        "wan",
+        "dvkit.models.tiny_wan:build_tiny_wan22_base",
+        {"size": 32, "frames": 9, "train_frames": 9},
     ),
     "sprites": BuiltinBase(
         "16×16 pixel-space model of the sprites world (coloured shapes moving over black)",

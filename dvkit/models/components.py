@@ -24,7 +24,8 @@ _VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "architectures", "dty
 class BaseComponents:
     """A base model: UNet, VAE, text encoder, tokenizer and noise scheduler, with its name.
 
-    `unet` is the denoiser (a UNet in the UNet families). `architecture` names the model family
+    `unet` is the denoiser (a UNet in the UNet families, a transformer on Wan; on Wan 2.2 A14B
+    the high-noise expert, with `unet_2` the low-noise one). `architecture` names the model family
     (e.g. "modelscope-t2v"); `family` is that family's object.
     """
 
@@ -37,6 +38,15 @@ class BaseComponents:
     architecture: str
     weight_files: dict[str, list[Path]] = field(default_factory=dict)
     """The files the weights were loaded from, per component (empty for built-in bases)."""
+    unet_2: Any = None
+    """A second denoiser (Wan 2.2 A14B's low-noise expert `transformer_2`), or None."""
+    boundary_ratio: float | None = None
+    """Where denoising passes from `unet` to `unet_2`, as a fraction of the schedule."""
+
+    @property
+    def denoisers(self) -> dict[str, Any]:
+        """The denoisers by label: `unet`, and `unet_2` when the base has two experts."""
+        return {"unet": self.unet, **({"unet_2": self.unet_2} if self.unet_2 is not None else {})}
 
     @property
     def family(self) -> Family:
@@ -46,15 +56,15 @@ class BaseComponents:
         return family(self.architecture)
 
     def freeze(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Move the UNet, VAE and text encoder to `device` in `dtype`, frozen in eval mode."""
-        for model in (self.unet, self.vae, self.text_encoder):
+        """Move the denoisers, VAE and text encoder to `device` in `dtype`, frozen in eval mode."""
+        for model in (*self.denoisers.values(), self.vae, self.text_encoder):
             model.to(device=device)
             if model.dtype != dtype:
                 model.to(dtype=dtype)
             model.requires_grad_(False).eval()
 
     def fingerprint(self) -> str:
-        """sha256 hex digest over the UNet, VAE and text-encoder configs and their weights.
+        """sha256 hex digest over the denoisers', VAE and text-encoder configs and their weights.
 
         Configs enter as sorted-key JSON (without private or version-stamp entries). A base
         loaded from disk (`weight_files` set by its family) adds each weight file's name and
@@ -66,7 +76,7 @@ class BaseComponents:
         from dvkit.models.weight_files import file_digest
 
         digest = hashlib.sha256()
-        models = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
+        models = {**self.denoisers, "vae": self.vae, "text_encoder": self.text_encoder}
         for label, model in models.items():
             config = _config_dict(model)
             digest.update(f"{label}.config\n".encode())

@@ -1,12 +1,18 @@
 """Attach DreamVideo adapters to a base's denoiser without changing it.
 
-Placement (DESIGN §1, §7): identity ("subject") adapters sit beside `attn2` of every
-`BasicTransformerBlock` inside the spatial containers the base's family names (e.g.
-`Transformer2DModel`); motion adapters sit beside `attn1`, `attn2` and `ff` of every block inside
-its temporal ones (`TransformerTemporalModel` with `transformer_in` on ModelScope,
-`AnimateDiffTransformer3D` on AnimateDiff). A block then computes `h + layer(norm(h)) + A(h)`: a
-forward pre-hook on the norm that feeds the layer records `h`, and a forward hook on the layer
-adds `A(h)` to its output.
+Placement (DESIGN §1, §7): the base's family names, per adapter kind, the containers and the
+class of the blocks adapters sit in, the slots of each block, and per slot the submodule that
+reads the block's hidden states `h` (the norm feeding the layer) and the layer itself
+(`Family.sites`, `block`, `slots`, `slot_modules`). On the UNet families identity ("subject")
+adapters sit beside `attn2` of every `BasicTransformerBlock` inside the spatial containers (e.g.
+`Transformer2DModel`) and motion adapters beside `attn1`, `attn2` and `ff` of every block inside
+the temporal ones (`TransformerTemporalModel` with `transformer_in` on ModelScope,
+`AnimateDiffTransformer3D` on AnimateDiff); on `wan` they sit in every `WanTransformerBlock`
+(see `dvkit.families.wan`). A block then computes `h + layer(norm(h)) + A(h)`: a forward
+pre-hook on the norm that feeds the layer records `h`, and a forward hook on the layer adds
+`A(h)` to its output (in the layer's dtype). Where the block multiplies the layer's output by a
+gate, as Wan's adaLN blocks do for `attn1` and `ffn`, the hook adds `A(h) / gate`, so the
+adapter still acts outside the gate (see `dvkit.families.wan` for why).
 Where a block adds positional embeddings to its layers' input (the `sprites` base gives its
 temporal blocks frame positions), the adapter reads `h` with them added: otherwise a per-token
 adapter in a temporal block could not tell one frame from another.
@@ -23,7 +29,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
@@ -38,11 +43,6 @@ from dvkit.models.adapters import (
 )
 from dvkit.models.lora import LoraWeights
 
-SLOTS: dict[AdapterKind, tuple[str, ...]] = {
-    "subject": ("attn2",),
-    "motion": ("attn1", "attn2", "ff"),
-}
-_NORM_OF_SLOT = {"attn1": "norm1", "attn2": "norm2", "ff": "norm3"}
 _NAMES_SHOWN = 3
 
 
@@ -64,20 +64,39 @@ class AdapterSlot:
         return f"{self.block}.{self.slot}_adapter"
 
 
-def adapter_slots(unet: nn.Module, kind: AdapterKind) -> list[AdapterSlot]:
-    """Every slot an adapter of `kind` occupies in `unet`, in module order: each
-    `BasicTransformerBlock` inside the containers its family names for `kind` (`Family.sites`)."""
+SECOND_EXPERT = "transformer_2"
+"""Block-path prefix of the adapters on a base's second denoiser (Wan 2.2 A14B's low-noise
+expert, `BaseComponents.unet_2`); adapters on the first keep their plain block paths."""
+
+Denoisers = nn.Module | Mapping[str, nn.Module]
+"""A denoiser, or denoisers by block-path prefix ("" for the first, `SECOND_EXPERT`)."""
+
+
+def adapter_slots(unet: Denoisers, kind: AdapterKind) -> list[AdapterSlot]:
+    """Every slot an adapter of `kind` occupies in `unet`, in module order: the family's slots
+    for `kind` in each of its blocks inside the containers it names for `kind` (`Family.sites`,
+    `Family.block`, `Family.slots`). For several denoisers, each one's slots in turn, their
+    block paths under the denoiser's prefix."""
     if kind not in ADAPTER_KINDS:
         raise ValueError(f"unknown adapter kind {kind!r}; expected one of {ADAPTER_KINDS}")
-    containers = family_of_denoiser(unet).containers(kind)
+    if isinstance(unet, Mapping):
+        return [
+            AdapterSlot(".".join(part for part in (label, slot.block) if part), slot.slot,
+                        slot.channels)
+            for label, module in unet.items()
+            for slot in adapter_slots(module, kind)
+        ]  # fmt: skip
+    family = family_of_denoiser(unet)
+    containers, block_class = family.containers(kind), family.block_class()
     slots = []
     for path, container in unet.named_modules():
         if not isinstance(container, containers):
             continue
         for sub_path, block in container.named_modules():
-            if isinstance(block, BasicTransformerBlock):
-                block_path = f"{path}.{sub_path}" if path else sub_path
-                slots += [AdapterSlot(block_path, slot, block.dim) for slot in SLOTS[kind]]
+            if isinstance(block, block_class):
+                block_path = ".".join(part for part in (path, sub_path) if part)
+                width = family.block_width(block)
+                slots += [AdapterSlot(block_path, slot, width) for slot in family.slots[kind]]
     return slots
 
 
@@ -108,7 +127,7 @@ class AdapterWeights(nn.Module):
     @classmethod
     def create(
         cls,
-        unet: nn.Module,
+        unet: Denoisers,
         kind: AdapterKind,
         hidden_ratio: float = DEFAULT_HIDDEN_RATIO,
         cond_dim: int | None = None,
@@ -126,7 +145,7 @@ class AdapterWeights(nn.Module):
     @classmethod
     def from_tensors(
         cls,
-        unet: nn.Module,
+        unet: Denoisers,
         kind: AdapterKind,
         tensors: Mapping[str, torch.Tensor],
         hidden_ratio: float = DEFAULT_HIDDEN_RATIO,
@@ -168,7 +187,7 @@ class AdapterWeights(nn.Module):
 
 
 def create_adapter_state(
-    unet: nn.Module,
+    unet: Denoisers,
     kind: AdapterKind,
     hidden_ratio: float = DEFAULT_HIDDEN_RATIO,
     cond_dim: int | None = None,
@@ -191,14 +210,19 @@ class _Selection:
 
 
 class AdapterInjector:
-    """Adapters, keyed by name, hooked into one UNet and selected per row of the video batch.
+    """Adapters, keyed by name, hooked into one UNet (or both experts of a Wan 2.2 A14B base:
+    `unet_2`, whose adapters' names start with `SECOND_EXPERT`) and selected per row of the
+    video batch.
 
     Nothing is active after `load`: call `set_active` (same adapters on every row) or `set_rows`
     (a choice per row) before running the UNet. Each adapter runs only on the rows that use it.
     """
 
-    def __init__(self, unet: nn.Module) -> None:
+    def __init__(self, unet: nn.Module, unet_2: nn.Module | None = None) -> None:
         self.unet = unet
+        self._denoisers = {"": unet, **({SECOND_EXPERT: unet_2} if unet_2 is not None else {})}
+        self._family = family_of_denoiser(unet)
+        self._gates: dict[str, torch.Tensor] = {}
         self._weights: dict[str, AdapterWeights | LoraWeights] = {}
         self._hooks: dict[str, list[RemovableHandle]] = {}
         self._lora_hooks: dict[str, list[RemovableHandle]] = {}
@@ -230,7 +254,9 @@ class AdapterInjector:
         """Load adapter tensors under `name` (inactive until selected) and hook their slots."""
         if name in self._weights:
             raise ConflictError(f"an adapter named {name!r} is already loaded")
-        weights = AdapterWeights.from_tensors(self.unet, kind, tensors, hidden_ratio)
+        weights = AdapterWeights.from_tensors(
+            self._denoisers_of(tensors), kind, tensors, hidden_ratio
+        )
         self._weights[name] = weights.to(self.unet.device)
         for slot in weights.slots:
             if slot.prefix not in self._hooks:
@@ -342,12 +368,22 @@ class AdapterInjector:
         adapters, pass each step's image embeddings with `set_active({name: 1.0}, embeds)`.
         """
         weights = self.get(name)
-        self.unet.requires_grad_(False)
+        for denoiser in self._denoisers.values():
+            denoiser.requires_grad_(False)
         for other in self._weights.values():
             other.requires_grad_(False)
         weights.requires_grad_(True)
         self.set_active({name: 1.0})
         return list(weights.parameters())
+
+    def _denoisers_of(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, nn.Module]:
+        """The denoisers adapter `tensors` sit on, by their names: the second expert's under
+        `SECOND_EXPERT`, the first's plain (the first alone on a base with one)."""
+        second = {key.startswith(f"{SECOND_EXPERT}.") for key in tensors}
+        if SECOND_EXPERT not in self._denoisers:
+            return {"": self.unet}
+        return {label: module for label, module in self._denoisers.items()
+                if (label == SECOND_EXPERT) in second}  # fmt: skip
 
     def _select(
         self,
@@ -373,23 +409,48 @@ class AdapterInjector:
         self._shifts = {}
 
     def _hook(self, slot: AdapterSlot) -> list[RemovableHandle]:
-        """Hook one slot: record the norm's input, add the adapters' output to the layer's."""
-        block = self.unet.get_submodule(slot.block)
+        """Hook one slot: record the norm's input, add the adapters' output to the layer's.
+
+        Where the block multiplies the layer's output by a gate (`Family.gated_slots`), a
+        pre-hook on the block records that gate from the block's arguments and the adapters'
+        output enters divided by it, so that the block adds exactly `A(h)`: outside the gate,
+        as beside an ungated layer. The layer's output then stays in float32 (the gated Wan
+        blocks add it in float32 anyway), so the division loses nothing in half precision.
+        """
+        label, _, rest = slot.block.partition(".")
+        if label in self._denoisers and label:
+            block = self._denoisers[label].get_submodule(rest)
+        else:
+            block = self.unet.get_submodule(slot.block)
         prefix = slot.prefix
         positions = getattr(block, "pos_embed", None)
+        family = self._family
 
         def capture(_module: nn.Module, args: tuple) -> None:
             self._captured[prefix] = args[0] if positions is None else positions(args[0])
 
         def add(_module: nn.Module, _args: tuple, output: torch.Tensor) -> torch.Tensor:
-            return self._add_adapters(prefix, self._captured.pop(prefix), output)
+            gate = self._gates.pop(prefix, None)
+            total = self._add_adapters(prefix, self._captured.pop(prefix), output, gate)
+            return total if gate is not None else total.to(output.dtype)
 
-        norm = getattr(block, _NORM_OF_SLOT[slot.slot])
-        layer = getattr(block, slot.slot)
-        return [norm.register_forward_pre_hook(capture), layer.register_forward_hook(add)]
+        def keep_gate(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            self._gates[prefix] = family.slot_gate(module, slot.slot, args, kwargs)
 
-    def _add_adapters(self, prefix: str, h: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        """`output` plus, on the rows that use them, the scaled outputs of the active adapters."""
+        norm_name, layer_name = family.slot_modules[slot.slot]
+        norm, layer = block.get_submodule(norm_name), block.get_submodule(layer_name)
+        hooks = [norm.register_forward_pre_hook(capture), layer.register_forward_hook(add)]
+        if slot.slot in family.gated_slots:
+            hooks.append(block.register_forward_pre_hook(keep_gate, with_kwargs=True))
+        return hooks
+
+    def _add_adapters(
+        self, prefix: str, h: torch.Tensor, output: torch.Tensor, gate: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`output` plus, on the rows that use them, the scaled outputs of the active adapters
+        (each divided by `gate`, (N, 1 or L, C) in float32, when the layer is gated)."""
+        if gate is not None:
+            output = output.float()
         for name, selection in self._active.items():
             adapter = self._weights[name].adapter(prefix)
             if adapter is None:
@@ -398,12 +459,15 @@ class AdapterInjector:
             if adapter.cond is not None and self._cond is not None:
                 shift = self._shift(name, prefix, adapter, selection.rows)
             if selection.rows is None:
-                output = output + selection.scales * adapter(h, shift=shift)
+                delta = adapter(h, shift=shift)
+                output = output + selection.scales * (delta if gate is None else delta / gate)
                 continue
             per_video = self.rows_per_video(h.shape[0])
             offsets = torch.arange(per_video, device=h.device)
             index = (selection.rows[:, None] * per_video + offsets).reshape(-1)
             delta = adapter(h[index], shift=shift)
+            if gate is not None:
+                delta = delta / gate[index]
             output = output.to(torch.promote_types(output.dtype, delta.dtype))
             row_scales = selection.scales.to(output.dtype).repeat_interleave(per_video)
             output = output.index_add(0, index, delta.to(output.dtype) * row_scales[:, None, None])

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from dvkit.errors import DvkitError
-from dvkit.families import detect_family, family
+from dvkit.families import FAMILIES, detect_family, family
 from dvkit.families.base import BaseLoadError, Family
 from dvkit.models.builtin import BUILTINS, build_builtin
 from dvkit.models.components import BaseComponents
@@ -68,7 +68,8 @@ def load_base(
 
 def choose_family(source: str, options: Mapping[str, Any]) -> Family:
     """The family of a base to add: AnimateDiff when a motion adapter is given, else the family
-    a local folder's configs name, else `modelscope-t2v` (Hub ids of ModelScope and ZeroScope)."""
+    a local folder's configs name, else the family whose Hub ids the id looks like
+    (`Family.claims_hub_id`: Wan's), else `modelscope-t2v` (ModelScope and ZeroScope)."""
     if options.get("motion_adapter"):
         return family("animatediff")
     folder = Path(source).expanduser()
@@ -77,10 +78,14 @@ def choose_family(source: str, options: Mapping[str, Any]) -> Family:
         if found is None:
             raise BaseLoadError(
                 f"{folder} is not a diffusers text-to-video folder of a known family (no "
-                "unet/config.json naming UNet3DConditionModel or UNetMotionModel; for Stable "
+                "unet/config.json naming UNet3DConditionModel or UNetMotionModel, no "
+                "model_index.json naming WanPipeline; for Stable "
                 "Diffusion 1.5 give --motion-adapter)"
             )
         return found
+    for name in FAMILIES:
+        if family(name).claims_hub_id(source):
+            return family(name)
     return family("modelscope-t2v")
 
 

@@ -179,8 +179,10 @@ class TrainableRows(nn.Module):
 
     A forward hook on the text encoder's token embedding puts `rows` in place of the looked-up
     vectors of the placeholder ids, so only they receive gradients and no other row of the
-    embedding matrix can change (nor needs optimizer state). `commit()` writes the learned rows
-    into the matrix and removes the hook.
+    embedding matrix can change (nor needs optimizer state). The hook sits on every embedding
+    module sharing the input embedding's weight: UMT5 looks tokens up through
+    `encoder.embed_tokens`, a module of its own tied to `shared`. `commit()` writes the learned
+    rows into the matrix and removes the hooks.
     """
 
     def __init__(self, text_encoder: CLIPTextModel, ids: Sequence[int]) -> None:
@@ -189,7 +191,11 @@ class TrainableRows(nn.Module):
         weight = self.embedding.weight
         self.register_buffer("ids", torch.tensor(list(ids), device=weight.device))
         self.rows = nn.Parameter(weight[list(ids)].detach().clone().float())
-        self._handle = self.embedding.register_forward_hook(self._splice)
+        self._handles = [
+            module.register_forward_hook(self._splice)
+            for module in text_encoder.modules()
+            if isinstance(module, nn.Embedding) and module.weight is weight
+        ]
 
     def _splice(self, _module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         matches = args[0].unsqueeze(-1) == self.ids  # (batch, tokens, placeholders)
@@ -199,8 +205,9 @@ class TrainableRows(nn.Module):
 
     @torch.no_grad()
     def commit(self) -> torch.Tensor:
-        """Write the rows into the embedding matrix, remove the hook; returns them [n, dim]."""
-        self._handle.remove()
+        """Write the rows into the embedding matrix, remove the hooks; returns them [n, dim]."""
+        for handle in self._handles:
+            handle.remove()
         weight = self.embedding.weight
         weight[self.ids] = self.rows.detach().to(weight.dtype)
         return self.rows.detach().cpu().clone()
@@ -220,8 +227,11 @@ def check_new_tokens(tokenizer: PreTrainedTokenizerBase, tokens: Sequence[str]) 
 def _add_tokens(
     tokenizer: PreTrainedTokenizerBase, text_encoder: CLIPTextModel, tokens: Sequence[str]
 ) -> list[int]:
-    """Add new tokens to the tokenizer and rows for them to the text encoder; returns their ids."""
+    """Add new tokens to the tokenizer and, when its embedding has no unused rows left for them
+    (UMT5's has some past the tokenizer's vocabulary), rows to the text encoder; returns their
+    ids. Existing rows never change."""
     check_new_tokens(tokenizer, tokens)
     tokenizer.add_tokens(list(tokens))
-    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if len(tokenizer) > text_encoder.get_input_embeddings().weight.shape[0]:
+        text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     return tokenizer.convert_tokens_to_ids(list(tokens))

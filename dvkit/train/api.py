@@ -25,6 +25,8 @@ from dvkit.catalog.records import AdapterRecord, BaseModelRecord, RunRecord
 from dvkit.catalog.runs import has_checkpoint
 from dvkit.catalog.store import adapter_record
 from dvkit.errors import DvkitError, DvkitWarning
+from dvkit.families import family
+from dvkit.families.base import SizeError
 from dvkit.io.adapter_file import (
     REFERENCE_IMAGES_KEY,
     TOKEN_EMBEDDING_KEY,
@@ -34,6 +36,7 @@ from dvkit.io.adapter_file import (
     write_adapter_file,
 )
 from dvkit.models.builtin import training_defaults
+from dvkit.models.components import BaseComponents
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.names import validate_name, validate_tag
 from dvkit.train import data
@@ -109,6 +112,7 @@ def add_subject(
     notify(subject_summary(len(paths), settings, base, run_device))
     fingerprints = data.fingerprint(paths)
     components, base_record = open_base(catalog, base)
+    _check_resolution(components, settings.resolution)
     if given is not None:
         from dvkit.io.embeddings import check_fits
 
@@ -141,7 +145,7 @@ def add_subject(
         {step: {**tensors, **extra} for step, tensors in result.kept.items()},
         fingerprints, tags, result.loss_curves, time.perf_counter() - start, run_device,
         token=settings.token, initializer=initializer,
-        **file_fields("subject", settings, result.identity),
+        **file_fields("subject", settings, result.identity, components.family),
     )  # fmt: skip
 
 
@@ -258,8 +262,10 @@ def add_motion(
     base = choose_base(catalog, base)
     if not overrides.get("image_encoder"):
         overrides["image_encoder"] = default_image_encoder(base)
-    defaults = training_defaults(base, base_architecture(catalog, base))
+    architecture = base_architecture(catalog, base)
+    defaults = training_defaults(base, architecture)
     settings = _settings(MotionSettings, "motion", preset, overrides, defaults)
+    family(architecture).check_frames(settings.frames, "--frames")
     world = current_world()
     run_device = _device(device, world)
     run_dtype = resolve_dtype(dtype, run_device)
@@ -275,6 +281,7 @@ def add_motion(
     notify(motion_summary(clips, len(paths), settings, base, run_device))
     fingerprints = data.fingerprint(paths)
     components, base_record = open_base(catalog, base)
+    _check_resolution(components, settings.resolution)
     folder = _run_folder(
         catalog,
         "motion",
@@ -295,8 +302,16 @@ def add_motion(
         catalog, world, folder, "motion", name, base_record, settings, description,
         result.tensors, result.kept, fingerprints, tags, result.loss_curves,
         time.perf_counter() - start, run_device,
-        **file_fields("motion", settings, result.tensors),
+        **file_fields("motion", settings, result.tensors, components.family),
     )  # fmt: skip
+
+
+def _check_resolution(components: BaseComponents, resolution: int) -> None:
+    """A `SizeError` naming the nearest sizes when the base cannot train at `resolution`."""
+    try:
+        components.family.latent_shape(components, 1, resolution, resolution)
+    except SizeError as exc:
+        raise SizeError(f"--resolution: {exc}") from None
 
 
 def subject_summary(images: int, settings: SubjectSettings, base: str, device: torch.device) -> str:

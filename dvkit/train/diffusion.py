@@ -16,6 +16,20 @@ def sample_latents(
     return mean + std * torch.randn(mean.shape, generator=generator, device=mean.device)
 
 
+def draw_noise(
+    latents: torch.Tensor, generator: torch.Generator, offset_noise: float
+) -> torch.Tensor:
+    """Gaussian noise shaped as `latents` (B, C, F, h, w), plus `offset_noise` ·
+    randn(B, C, F, 1, 1) (one constant per video, channel and frame, as the official trainer),
+    drawn after the plain noise."""
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device)
+    if offset_noise:
+        shape = latents.shape[:3] + (1,) * (latents.ndim - 3)
+        offset = torch.randn(shape, generator=generator, device=latents.device)
+        noise = noise + offset_noise * offset
+    return noise
+
+
 def add_noise(
     scheduler: SchedulerMixin,
     latents: torch.Tensor,
@@ -34,10 +48,7 @@ def add_noise(
     """
     batch = latents.shape[0]
     device = latents.device
-    noise = torch.randn(latents.shape, generator=generator, device=device)
-    if offset_noise:
-        shape = latents.shape[:3] + (1,) * (latents.ndim - 3)
-        noise = noise + offset_noise * torch.randn(shape, generator=generator, device=device)
+    noise = draw_noise(latents, generator, offset_noise)
     steps = scheduler.config.num_train_timesteps
     timesteps = torch.randint(0, steps, (batch,), generator=generator, device=device)
     if high_noise_share:

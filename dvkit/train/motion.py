@@ -23,7 +23,7 @@ from dvkit.train.diffusion import diffusion_loss, sample_latents
 from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import MotionSettings
-from dvkit.train.setup import loop_settings, make_generator, prepare_base
+from dvkit.train.setup import loop_settings, make_generator, prepare_base, trained_denoisers
 from dvkit.train.weights import fresh_weights
 
 ADAPTER_NAME = "motion"
@@ -54,7 +54,11 @@ def train_motion(
         clips = MotionClips.whole(clips, encoder)
     prepare_base(base, device, dtype, settings.gradient_checkpointing)
     family, unet = base.family, base.unet
-    mean, std = _posteriors(base, clips)  # (M + 1, C, h, w): the kept frames, then zeros
+    denoisers = trained_denoisers(base, settings.experts, "motion")
+    if family.temporal_vae:  # (W, C, f, h, w): each window through the 3-D VAE
+        mean, std = _window_posteriors(base, clips)
+    else:  # (M + 1, C, h, w): the kept frames, then zeros
+        mean, std = _posteriors(base, clips)
     padded = clips.windows < 0
     windows = clips.windows.masked_fill(padded, len(clips.frames)).to(device)  # (W, F)
     lengths = (~padded).sum(dim=1).to(device)
@@ -67,8 +71,10 @@ def train_motion(
     generator = make_generator(settings.seed, device, world)
     batch = settings.batch_size
 
-    injector = AdapterInjector(unet)
-    weights = fresh_weights(injector, base, "motion", settings, ADAPTER_NAME, embeds.shape[1])
+    injector = AdapterInjector(unet, base.unet_2)
+    weights = fresh_weights(
+        injector, base, denoisers, "motion", settings, ADAPTER_NAME, embeds.shape[1]
+    )
 
     def motion_loss(gen: torch.Generator) -> torch.Tensor:
         index = torch.randint(len(first), (batch,), generator=gen, device=device)
@@ -81,10 +87,13 @@ def train_motion(
         keep_image = torch.rand(batch, generator=gen, device=device) >= settings.image_dropout
         keep_text = torch.rand(batch, generator=gen, device=device) >= settings.text_dropout
         chosen = windows[window]  # (B, F)
-        latents = sample_latents(as_video(mean[chosen]), as_video(std[chosen]), gen)
+        if family.temporal_vae:
+            latents = sample_latents(mean[window], std[window], gen)
+        else:
+            latents = sample_latents(as_video(mean[chosen]), as_video(std[chosen]), gen)
         noisy, target, timesteps = family.add_noise(
             base, latents, gen, settings.offset_noise,
-            settings.high_noise_share, settings.high_noise_band,
+            settings.high_noise_share, settings.high_noise_band, tuple(denoisers),
         )  # fmt: skip
         image = embeds[chosen[torch.arange(batch, device=device), frame]] * keep_image[:, None]
         text = torch.where(keep_text[:, None, None], caption, empty)
@@ -100,6 +109,22 @@ def train_motion(
     tensors = {name: value.cpu().clone() for name, value in weights.tensors().items()}
     injector.detach()
     return MotionResult(tensors, result.kept, {"motion": result.loss_curve})
+
+
+def _window_posteriors(
+    base: BaseComponents, clips: MotionClips
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE posterior mean and std (W, C, f, h, w) of every window, each encoded as one video
+    (`Family.encode_videos`), zero frames where the window is padded."""
+    means, stds = [], []
+    for window in clips.windows.tolist():
+        frames = [clips.pixels(index, index + 1)[0] if index >= 0 else None for index in window]
+        blank = torch.zeros_like(next(frame for frame in frames if frame is not None))
+        video = torch.stack([blank if frame is None else frame for frame in frames], dim=1)
+        mean, std = base.family.encode_videos(base, video[None])
+        means.append(mean)
+        stds.append(std)
+    return torch.cat(means), torch.cat(stds)
 
 
 def as_video(latents: torch.Tensor) -> torch.Tensor:

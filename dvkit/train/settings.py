@@ -48,6 +48,11 @@ class CommonSettings(BaseModel):
     high_noise_band: tuple[float, float] = Field(
         (0.5, 1.0), description="timesteps of those steps, as fractions of the schedule"
     )
+    experts: Literal["high", "low", "both"] | None = Field(
+        None,
+        description="on a base with two experts (Wan 2.2 A14B): the high-noise, the low-noise "
+        "or both transformers get adapters; None: the kind's default (train.setup)",
+    )
 
     @model_validator(mode="after")
     def _check_band(self) -> CommonSettings:

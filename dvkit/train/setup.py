@@ -1,4 +1,5 @@
-"""Placing a frozen base on a device for training, and the per-run random generator."""
+"""Placing a frozen base on a device for training, which of its denoisers adapters train on,
+and the per-run random generator."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from typing import Any
 
 import torch
 
+from dvkit.errors import DvkitError
+from dvkit.models.adapters import AdapterKind
 from dvkit.models.components import BaseComponents
+from dvkit.models.injection import SECOND_EXPERT
 from dvkit.train.distributed import World
 from dvkit.train.loop import LoopSettings
 from dvkit.train.settings import CommonSettings
@@ -20,14 +24,20 @@ def prepare_base(
     """Move the base to `device` in `dtype`, frozen (no gradients for any of its weights)."""
     base.freeze(device, dtype)
     if gradient_checkpointing:
-        checkpoint_blocks(base.unet)
+        for denoiser in base.denoisers.values():
+            checkpoint_blocks(denoiser)
 
 
 def checkpoint_blocks(unet: torch.nn.Module) -> None:
     """Recompute each UNet block's activations during the backward pass instead of keeping
-    them (diffusers' UNet3DConditionModel has no switch for this). Adapter hooks run again in
-    the recomputation, so their gradients are unchanged."""
+    them (diffusers' UNet3DConditionModel has no switch for this; a denoiser without UNet
+    blocks, such as Wan's transformer, uses diffusers' own `enable_gradient_checkpointing`).
+    Adapter hooks run again in the recomputation, so their gradients are unchanged."""
     from torch.utils.checkpoint import checkpoint
+
+    if not hasattr(unet, "down_blocks"):
+        unet.enable_gradient_checkpointing()
+        return
 
     for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks]:
 
@@ -37,6 +47,32 @@ def checkpoint_blocks(unet: torch.nn.Module) -> None:
             return checkpoint(_original, *args, use_reentrant=False, **kwargs)
 
         block.forward = forward
+
+
+DEFAULT_EXPERTS = {"subject": "both", "motion": "high"}
+"""Which experts of a two-expert base (Wan 2.2 A14B) adapters train on by default: a subject's
+look is drawn through the whole schedule, so on both; a motion is laid out in the noisy steps
+(DESIGN §1; on Wan 2.2 the high-noise expert lays out a video's layout and motion), so on the
+high-noise expert."""
+
+
+def trained_denoisers(
+    base: BaseComponents, choice: str | None, kind: AdapterKind
+) -> dict[str, torch.nn.Module]:
+    """The denoisers adapters of `kind` train on, by block-path prefix (see
+    `dvkit.models.injection.SECOND_EXPERT`): `choice` "high", "low" or "both" on a two-expert
+    base, its kind's `DEFAULT_EXPERTS` when None; the one denoiser of other bases, where a
+    given choice is a `DvkitError`."""
+    if base.unet_2 is None:
+        if choice:
+            raise DvkitError(
+                f"--experts {choice}: base {base.name} has one transformer; --experts is for "
+                "bases with a high- and a low-noise expert (Wan 2.2 A14B)"
+            )
+        return {"": base.unet}
+    choice = choice or DEFAULT_EXPERTS[kind]
+    experts = {"high": {"": base.unet}, "low": {SECOND_EXPERT: base.unet_2}}
+    return experts[choice] if choice in experts else {**experts["high"], **experts["low"]}
 
 
 def loop_settings(

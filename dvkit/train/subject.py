@@ -29,7 +29,7 @@ from dvkit.train.diffusion import diffusion_loss, latent_masks, sample_latents
 from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import SubjectSettings
-from dvkit.train.setup import loop_settings, make_generator, prepare_base
+from dvkit.train.setup import loop_settings, make_generator, prepare_base, trained_denoisers
 from dvkit.train.weights import fresh_weights
 
 ADAPTER_NAME = "identity"
@@ -72,6 +72,7 @@ def train_subject(
     """
     prepare_base(base, device, dtype, settings.gradient_checkpointing)
     family, unet, text_encoder = base.family, base.unet, base.text_encoder
+    denoisers = trained_denoisers(base, settings.experts, "subject")
     if embedding is None:
         initializer = choose_initializer(base.tokenizer, settings.initializer, name)
         ids = add_placeholder_tokens(
@@ -96,7 +97,7 @@ def train_subject(
         latents = sample_latents(mean[index], std[index], gen)
         noisy, target, timesteps = family.add_noise(
             base, latents, gen, settings.offset_noise,
-            settings.high_noise_share, settings.high_noise_band,
+            settings.high_noise_share, settings.high_noise_band, tuple(denoisers),
         )  # fmt: skip
         mask = subject_masks[index] if subject_masks is not None else None
         return noisy.to(dtype), target, timesteps, mask
@@ -123,8 +124,8 @@ def train_subject(
 
     with torch.no_grad():
         text = family.embed_ids(base, input_ids).expand(batch, -1, -1)
-    injector = AdapterInjector(unet)
-    weights = fresh_weights(injector, base, "subject", settings, ADAPTER_NAME)
+    injector = AdapterInjector(unet, base.unet_2)
+    weights = fresh_weights(injector, base, denoisers, "subject", settings, ADAPTER_NAME)
 
     def identity_loss(gen: torch.Generator) -> torch.Tensor:
         noisy, target, timesteps, mask = noisy_batch(gen)

@@ -13,19 +13,21 @@ from typing import Any
 
 import torch
 
+from dvkit.errors import DvkitError
+from dvkit.families.base import Family
 from dvkit.io.adapter_layout import lora_target
 from dvkit.models.adapters import AdapterKind
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import (
     AdapterInjector,
     AdapterWeights,
+    Denoisers,
     adapter_slots,
     create_adapter_state,
 )
 from dvkit.models.lora import LoraWeights
 from dvkit.train.settings import CommonSettings
 
-SLOT_PLACEMENT = {"subject": ["attn2"], "motion": ["attn1", "attn2", "ff"]}
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 """The layers a trained LoRA adapts in each transformer block: the attention projections, as
 diffusers' Stable Diffusion LoRA script targets them (`train_text_to_image_lora.py`) and
@@ -47,15 +49,23 @@ def lora_layers(unet: torch.nn.Module, kind: AdapterKind) -> list[str]:
 def fresh_weights(
     injector: AdapterInjector,
     base: BaseComponents,
+    denoisers: Denoisers,
     kind: AdapterKind,
     settings: CommonSettings,
     name: str,
     cond_dim: int | None = None,
 ) -> AdapterWeights | LoraWeights:
     """Load fresh (zero-output) weights of `kind` under `name` and make them the only trainable
-    part (`AdapterInjector.train_adapter`); `cond_dim` is the image-embedding width of motion
-    adapters (LoRAs take no condition)."""
+    part (`AdapterInjector.train_adapter`). DreamVideo adapters go on `denoisers` (block-path
+    prefix → denoiser, `dvkit.train.setup.trained_denoisers`), LoRAs on the base's one denoiser;
+    `cond_dim` is the image-embedding width of motion adapters (LoRAs take no condition).
+    Raises `DvkitError` for a LoRA on a two-expert base."""
     if settings.adapter == "lora":
+        if base.unet_2 is not None:
+            raise DvkitError(
+                f"--adapter lora: base {base.name} has two experts; dvkit trains LoRAs on "
+                "one-denoiser bases"
+            )
         roots = {"unet": base.unet}
         layers = lora_layers(base.unet, kind)
         alpha = settings.lora_alpha or float(settings.lora_rank)
@@ -63,7 +73,7 @@ def fresh_weights(
         weights: AdapterWeights | LoraWeights = injector.load_lora(name, lora)
     else:
         fresh = create_adapter_state(
-            base.unet, kind, settings.hidden_ratio, cond_dim=cond_dim, seed=settings.seed
+            denoisers, kind, settings.hidden_ratio, cond_dim=cond_dim, seed=settings.seed
         )
         weights = injector.load(name, kind, fresh, settings.hidden_ratio)
     injector.train_adapter(name)
@@ -71,12 +81,15 @@ def fresh_weights(
 
 
 def file_fields(
-    kind: AdapterKind, settings: CommonSettings, tensors: dict[str, torch.Tensor]
+    kind: AdapterKind,
+    settings: CommonSettings,
+    tensors: dict[str, torch.Tensor],
+    family: Family,
 ) -> dict[str, Any]:
     """The adapter-file header fields a run's weights determine: method, and the placement of
-    DreamVideo adapters or a LoRA's targets, rank and alpha."""
+    DreamVideo adapters (the family's slots for `kind`) or a LoRA's targets, rank and alpha."""
     if settings.adapter != "lora":
-        return {"placement": SLOT_PLACEMENT[kind]}
+        return {"placement": list(family.slots[kind])}
     layers = [
         key.removesuffix(".lora_A.weight") for key in tensors if key.endswith("lora_A.weight")
     ]
