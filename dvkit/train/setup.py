@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from dvkit.distributed import World
 from dvkit.models.components import BaseComponents
-from dvkit.train.distributed import World
 from dvkit.train.loop import LoopSettings
 from dvkit.train.settings import CommonSettings
 

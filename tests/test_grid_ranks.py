@@ -1,0 +1,138 @@
+"""`dvkit bench` over several ranks (gloo on CPU): the cells and scores of one process, only rank
+0 touching the catalog, and a rank that dies mid-grid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dvkit.catalog import Catalog
+from dvkit.evaluate.ranks import assign
+
+GRID = ("--steps", "2", "--frames", "3", "--size", "16", "--clip", "tiny", "--dino", "tiny",
+        "--device", "cpu", "--seed", "0", "--seed", "1", "--batch-size", "3")  # fmt: skip
+"""16 cells (2 pairs x 4 roles x 2 seeds) in batches of 3."""
+WATCH = """
+import os, sys
+home, log = os.environ["WATCH_HOME"], open(os.environ["WATCH_LOG"], "a", buffering=1)
+def watch(event, args):
+    if any(isinstance(arg, str) and arg.startswith(home) for arg in args):
+        log.write(f"{os.environ.get('RANK', '-')} {event} {args[0]}\\n")
+sys.addaudithook(watch)
+"""
+"""A sitecustomize that logs every audited operation (open, sqlite3.connect, listdir, ...) that
+names a path under WATCH_HOME to WATCH_LOG, as `RANK EVENT PATH` lines."""
+
+
+@pytest.fixture
+def homes(grid_home: Path, tmp_path: Path) -> tuple[Path, Path]:
+    copies = tmp_path / "one" / "registry", tmp_path / "two" / "registry"
+    for copy in copies:
+        shutil.copytree(grid_home, copy)
+    return copies
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _watched(home: Path, folder: Path, rank_log: str) -> dict[str, str]:
+    """The environment of a process whose touches of `home` go to `folder / rank_log`."""
+    (folder / "sitecustomize.py").write_text(WATCH)
+    path = os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path, "WATCH_HOME": str(home.resolve()),
+            "WATCH_LOG": str(folder / rank_log)}  # fmt: skip
+
+
+def _rank(home: Path, rank: int, port: int, env: dict[str, str], *args: str) -> subprocess.Popen:
+    """Rank `rank` of 2 as a launcher starts it (RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
+    ranks = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+    command = [sys.executable, "-m", "dvkit", "--home", str(home), "bench", *args]
+    return subprocess.Popen(command, env={**env, **ranks}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _cells(home: Path) -> dict[str, tuple]:
+    """Every stored cell: its prompt, seed, role, scores and GIF bytes."""
+    with Catalog.open(home) as catalog:
+        return {
+            row["cell"]: (row["prompt"], row["seed"], row["sampler"]["role"], row["metrics"],
+                          Path(row["files"][0]).read_bytes())
+            for row in catalog.evaluation_rows()
+        }  # fmt: skip
+
+
+def test_dealing_balances_cost() -> None:
+    assert assign([4, 3, 3, 2, 2, 2], 2) == [[0, 3, 4], [1, 2, 5]]  # 8 and 8
+    assert assign([1, 1], 3) == [[0], [1], []]
+
+
+def test_two_ranks_make_the_cells_and_scores_of_one_process(homes, cli, tmp_path) -> None:
+    one, two = homes
+    code, out, err = cli("--home", one, "bench", *GRID)
+    assert code == 0, err
+    assert "16 cells: 16 generated" in out
+    env = _watched(two, tmp_path, "touched.log")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+               "-m", "dvkit", "--home", str(two), "bench", *GRID]  # fmt: skip
+    launched = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout.count("16 cells: 16 generated, 0 already scored") == 1  # rank 0's
+    single, spread = _cells(one), _cells(two)
+    assert len(spread) == 16
+    assert {key: value[:4] for key, value in spread.items()} == {
+        key: value[:4] for key, value in single.items()
+    }  # the same cells, prompts, seeds, roles and scores, exactly
+    assert {key: value[4] for key, value in spread.items()} == {
+        key: value[4] for key, value in single.items()
+    }  # and the same videos, byte for byte
+    touched = (tmp_path / "touched.log").read_text().splitlines()
+    assert f"0 sqlite3.connect {two.resolve() / 'catalog.db'}" in touched  # the watch works
+    assert [line for line in touched if not line.startswith("0 ")] == []
+
+
+def test_a_rank_that_dies_stops_the_grid_and_a_rerun_makes_the_rest(homes, cli) -> None:
+    home = homes[0]
+    args = ("--steps", "12", "--frames", "3", "--size", "16", "--clip", "tiny", "--dino", "tiny",
+            "--device", "cpu", "--seed", "2", "--seed", "3", "--seed", "4", "--seed", "5",
+            "--batch-size", "1", "--rank-timeout", "3")  # fmt: skip
+    """32 cells, one a batch."""
+    port = _free_port()
+    ranks = [_rank(home, rank, port, dict(os.environ), *args) for rank in range(2)]
+    database = home / "catalog.db"
+    try:
+        deadline = time.monotonic() + 120
+        stored = 0
+        while stored < 2 and time.monotonic() < deadline and ranks[0].poll() is None:
+            time.sleep(0.1)
+            with Catalog.open(home) as catalog:
+                stored = len(catalog.evaluation_rows())
+        ranks[1].send_signal(signal.SIGKILL)
+        _, err = ranks[0].communicate(timeout=120)
+    finally:
+        for process in ranks:
+            process.kill()
+            process.communicate()
+    assert database.exists()
+    assert ranks[0].returncode == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: rank 1 stopped"), err
+    assert "Traceback" not in err
+    with Catalog.open(home) as catalog:
+        kept = len(catalog.evaluation_rows())
+    assert 2 <= kept < 32
+    code, out, err = cli("--home", home, "bench", *args)
+    assert code == 0, err
+    assert f"32 cells: {32 - kept} generated, {kept} already scored" in out
