@@ -105,13 +105,12 @@ def test_two_ranks_make_the_cells_and_scores_of_one_process(homes, cli, tmp_path
 
 def test_a_rank_that_dies_stops_the_grid_and_a_rerun_makes_the_rest(homes, cli) -> None:
     home = homes[0]
-    args = ("--steps", "12", "--frames", "3", "--size", "16", "--clip", "tiny", "--dino", "tiny",
-            "--device", "cpu", "--seed", "2", "--seed", "3", "--seed", "4", "--seed", "5",
-            "--batch-size", "1", "--rank-timeout", "3")  # fmt: skip
-    """32 cells, one a batch."""
+    args = ("--steps", "6", "--frames", "3", "--size", "16", "--clip", "tiny", "--dino", "tiny",
+            "--device", "cpu", "--seed", "2", "--seed", "3", "--batch-size", "1",
+            "--rank-timeout", "3")  # fmt: skip
+    """16 cells, one a batch."""
     port = _free_port()
     ranks = [_rank(home, rank, port, dict(os.environ), *args) for rank in range(2)]
-    database = home / "catalog.db"
     try:
         deadline = time.monotonic() + 120
         stored = 0
@@ -125,14 +124,13 @@ def test_a_rank_that_dies_stops_the_grid_and_a_rerun_makes_the_rest(homes, cli) 
         for process in ranks:
             process.kill()
             process.communicate()
-    assert database.exists()
     assert ranks[0].returncode == 1, err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: rank 1 stopped"), err
     assert "Traceback" not in err
     with Catalog.open(home) as catalog:
         kept = len(catalog.evaluation_rows())
-    assert 2 <= kept < 32
+    assert stored <= kept < 16  # every cell stored before rank 1 died, and more of rank 0's
     code, out, err = cli("--home", home, "bench", *args)
     assert code == 0, err
-    assert f"32 cells: {32 - kept} generated, {kept} already scored" in out
+    assert f"16 cells: {16 - kept} generated, {kept} already scored" in out
