@@ -160,16 +160,20 @@ def bench(
         if world.size > 1:
             share(world, None)  # the other ranks wait for a grid: there is none
         raise
-    on_cell = count_progress(RichReporter(unit="cells", loss=False), "cells")
+    reporter = RichReporter(unit="cells", loss=False)
     with catalog, interrupt_on_terminate():
-        result = run_bench(
-            catalog, subject, motion, templates, seed, base=base, baselines=baselines,
-            shard=_shard(shard), batch_size=batch_size, steps=steps, guidance=guidance,
-            frames=frames, size=size, motion_until=motion_until, offset_noise=offset_noise,
-            image_strength_uncond=image_strength_uncond, clip=clip, dino=dino,
-            device=device, dtype=dtype, generate=not report_only, on_cell=on_cell, world=world,
-            rank_timeout=rank_timeout,
-        )  # fmt: skip
+        try:
+            result = run_bench(
+                catalog, subject, motion, templates, seed, base=base, baselines=baselines,
+                shard=_shard(shard), batch_size=batch_size, steps=steps, guidance=guidance,
+                frames=frames, size=size, motion_until=motion_until, offset_noise=offset_noise,
+                image_strength_uncond=image_strength_uncond, clip=clip, dino=dino,
+                device=device, dtype=dtype, generate=not report_only,
+                on_cell=count_progress(reporter, "cells"), world=world,
+                rank_timeout=rank_timeout,
+            )  # fmt: skip
+        finally:
+            reporter.end()  # an error or Ctrl-C ends the bar, so its line shows
         from dvkit.evaluate.report import write_report
 
         report = write_report(result.rows, out or catalog.home / "reports" / "grid")
