@@ -78,20 +78,14 @@ def choose_base(catalog: Catalog, base: str | None) -> str:
 
 def open_base(catalog: Catalog, name: str) -> tuple[BaseComponents, BaseModelRecord]:
     """The components of a base known to the catalog (built-ins are registered on first use)."""
-    from dvkit.models.loading import load_base
-
-    validate_name(name, "base name")
+    source = base_source(catalog, name)
+    components = source.load()
     try:
-        record = catalog.base(name)
-    except NotFoundError:
-        if name not in BUILTINS:
-            raise _unknown(catalog, name) from None
-        components = load_base(name, name)
-        record = _record(components, name, f"builtin:{name}", {})
+        return components, catalog.base(name)
+    except NotFoundError:  # a built-in not used before
+        record = _record(components, name, source.source, {})
         catalog.add_base(record)
         return components, record
-    options = record.config.get("sources", {})
-    return load_base(record.source, name, record.architecture, options), record
 
 
 @dataclass(frozen=True)

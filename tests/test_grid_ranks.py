@@ -20,6 +20,9 @@ from dvkit.evaluate.ranks import assign
 GRID = ("--steps", "2", "--frames", "3", "--size", "16", "--clip", "tiny", "--dino", "tiny",
         "--device", "cpu", "--seed", "0", "--seed", "1", "--batch-size", "3")  # fmt: skip
 """16 cells (2 pairs x 4 roles x 2 seeds) in batches of 3."""
+ONE_BY_ONE = ("--steps", "6", "--frames", "3", "--size", "16", "--clip", "tiny", "--dino", "tiny",
+              "--device", "cpu", "--seed", "2", "--seed", "3", "--batch-size", "1")  # fmt: skip
+"""16 other cells, one a batch: long enough to stop midway."""
 WATCH = """
 import os, sys
 home, log = os.environ["WATCH_HOME"], open(os.environ["WATCH_LOG"], "a", buffering=1)
@@ -54,13 +57,23 @@ def _watched(home: Path, folder: Path, rank_log: str) -> dict[str, str]:
             "WATCH_LOG": str(folder / rank_log)}  # fmt: skip
 
 
-def _rank(home: Path, rank: int, port: int, env: dict[str, str], *args: str) -> subprocess.Popen:
+def _rank(home: Path, rank: int, port: int, *args: str) -> subprocess.Popen:
     """Rank `rank` of 2 as a launcher starts it (RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
     ranks = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
     command = [sys.executable, "-m", "dvkit", "--home", str(home), "bench", *args]
-    return subprocess.Popen(command, env={**env, **ranks}, stdout=subprocess.PIPE,
+    return subprocess.Popen(command, env={**os.environ, **ranks}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _stored_at_least(home: Path, count: int, rank_0: subprocess.Popen) -> int:
+    """Wait (2 minutes at most) until `home` holds `count` cells or rank 0 ends; the count."""
+    stored, deadline = 0, time.monotonic() + 120
+    while stored < count and time.monotonic() < deadline and rank_0.poll() is None:
+        time.sleep(0.1)
+        with Catalog.open(home) as catalog:
+            stored = len(catalog.evaluation_rows())
+    return stored
 
 
 def _cells(home: Path) -> dict[str, tuple]:
@@ -105,19 +118,11 @@ def test_two_ranks_make_the_cells_and_scores_of_one_process(homes, cli, tmp_path
 
 def test_a_rank_that_dies_stops_the_grid_and_a_rerun_makes_the_rest(homes, cli) -> None:
     home = homes[0]
-    args = ("--steps", "6", "--frames", "3", "--size", "16", "--clip", "tiny", "--dino", "tiny",
-            "--device", "cpu", "--seed", "2", "--seed", "3", "--batch-size", "1",
-            "--rank-timeout", "3")  # fmt: skip
-    """16 cells, one a batch."""
+    args = (*ONE_BY_ONE, "--rank-timeout", "3")
     port = _free_port()
-    ranks = [_rank(home, rank, port, dict(os.environ), *args) for rank in range(2)]
+    ranks = [_rank(home, rank, port, *args) for rank in range(2)]
     try:
-        deadline = time.monotonic() + 120
-        stored = 0
-        while stored < 2 and time.monotonic() < deadline and ranks[0].poll() is None:
-            time.sleep(0.1)
-            with Catalog.open(home) as catalog:
-                stored = len(catalog.evaluation_rows())
+        stored = _stored_at_least(home, 2, ranks[0])
         ranks[1].send_signal(signal.SIGKILL)
         _, err = ranks[0].communicate(timeout=120)
     finally:
@@ -134,3 +139,22 @@ def test_a_rank_that_dies_stops_the_grid_and_a_rerun_makes_the_rest(homes, cli) 
     code, out, err = cli("--home", home, "bench", *args)
     assert code == 0, err
     assert f"16 cells: {16 - kept} generated, {kept} already scored" in out
+
+
+def test_ctrl_c_on_rank_0_stops_every_rank_and_keeps_the_stored_cells(homes) -> None:
+    home = homes[0]
+    port = _free_port()
+    ranks = [_rank(home, rank, port, *ONE_BY_ONE) for rank in range(2)]
+    try:
+        stored = _stored_at_least(home, 2, ranks[0])
+        ranks[0].send_signal(signal.SIGINT)
+        outputs = [process.communicate(timeout=30) for process in ranks]
+    finally:
+        for process in ranks:
+            process.kill()
+            process.communicate()
+    assert [process.returncode for process in ranks] == [130, 0], outputs
+    assert "Traceback" not in outputs[0][1] + outputs[1][1]
+    assert "error:" not in outputs[1][1]  # rank 1 just stops
+    with Catalog.open(home) as catalog:
+        assert stored <= len(catalog.evaluation_rows()) < 16

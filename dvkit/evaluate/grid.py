@@ -345,15 +345,16 @@ def serve(world: World) -> None:
         link.send((index, cell, frames, scores))
 
     try:
-        _work(job, world, lambda index: partial(send, index), None)
+        try:
+            _work(job, world, lambda index: partial(send, index), None)
+        finally:
+            link.close()  # a stop from rank 0 that came before is raised here at the latest
     except KeyboardInterrupt:
         if not link.stopped:
             raise
     except Exception as exc:
         link.fail(" ".join(str(exc).split()) or type(exc).__name__)
         raise
-    finally:
-        link.close()
 
 
 _Deliver = Callable[[Cell, np.ndarray, dict[str, float]], None]

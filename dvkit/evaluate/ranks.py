@@ -14,6 +14,7 @@ the other ranks' beat threads see it, or see that the store is gone, and interru
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
 import pickle
 import threading
@@ -75,6 +76,7 @@ class Link:
         self._heard = dict.fromkeys(range(1, world.size), (0, now))
         self._stopping = threading.Event()
         self._done = threading.Event()
+        self._closing = threading.Lock()
         self._beats: threading.Thread | None = None
 
     def _key(self, *parts: object) -> str:
@@ -84,7 +86,8 @@ class Link:
 
     def beat(self) -> None:
         """Beat for this rank in a thread until `close`; when rank 0 says stop (or is gone),
-        set `stopped` and interrupt the main thread (a KeyboardInterrupt there)."""
+        set `stopped` and interrupt the main thread (a KeyboardInterrupt there, at the latest
+        in `close`)."""
         self._beats = threading.Thread(target=self._beat, name="dvkit-grid-beat", daemon=True)
         self._beats.start()
 
@@ -98,8 +101,10 @@ class Link:
             except RuntimeError:  # the store went with rank 0
                 told = True
             if told:
-                self._stopping.set()
-                _thread.interrupt_main()
+                with self._closing:
+                    if not self._done.is_set():
+                        self._stopping.set()
+                        _thread.interrupt_main()
                 return
             self._done.wait(BEAT)
 
@@ -109,18 +114,23 @@ class Link:
         return self._stopping.is_set()
 
     def send(self, message: object) -> None:
-        """Send `message` (picklable) to rank 0."""
-        self._store.set(self._key("cell", self.world.rank, self._sent), pickle.dumps(message))
-        self._sent += 1
-        self._store.add(self._key("sent", self.world.rank), 1)
+        """Send `message` (picklable) to rank 0; `RankStopped` when rank 0 is gone."""
+        try:
+            self._store.set(self._key("cell", self.world.rank, self._sent), pickle.dumps(message))
+            self._sent += 1
+            self._store.add(self._key("sent", self.world.rank), 1)
+        except RuntimeError:
+            raise RankStopped("rank 0 stopped: this rank's cells have nowhere to go") from None
 
     def fail(self, message: str) -> None:
-        """Tell rank 0 why this rank stops."""
-        self._store.set(self._key("error", self.world.rank), message)
+        """Tell rank 0 (when it is still there) why this rank stops."""
+        with contextlib.suppress(RuntimeError):  # rank 0 is gone: nobody to tell
+            self._store.set(self._key("error", self.world.rank), message)
 
     def close(self) -> None:
         """Stop beating."""
-        self._done.set()
+        with self._closing:
+            self._done.set()
         if self._beats is not None:
             self._beats.join()
 
