@@ -370,7 +370,10 @@ def _work(
     """Make this rank's batches of `job`, base by base (each loaded here and checked against
     the adapters' base); `deliver(plan index)` takes each cell, `between` runs after each
     batch."""
-    device = str(rank_device(job.device, world))
+    run_device = rank_device(job.device, world)
+    if run_device.type == "cuda" and run_device.index is not None:
+        torch.cuda.set_device(run_device)  # what libraries put on "cuda" goes to this rank's GPU
+    device = str(run_device)
     mine = [job.batches[i] for i in job.shares[world.rank]]
     for index, plan in enumerate(job.plans):
         batches = [batch for i, batch in mine if i == index]

@@ -88,11 +88,13 @@ class Link:
         """Beat for this rank in a thread until `close`; when rank 0 says stop (or is gone),
         set `stopped` and interrupt the main thread (a KeyboardInterrupt there, at the latest
         in `close`)."""
-        self._beats = threading.Thread(target=self._beat, name="dvkit-grid-beat", daemon=True)
+        store = _client(self.timeout)  # the thread's own: the main thread uses the other
+        self._beats = threading.Thread(
+            target=self._beat, args=(store,), name="dvkit-grid-beat", daemon=True
+        )
         self._beats.start()
 
-    def _beat(self) -> None:
-        store = _client(self.timeout)  # a client of its own: the main thread uses the other
+    def _beat(self, store: dist.TCPStore) -> None:
         beats, stop = self._key("beat", self.world.rank), self._key("stop")
         while not self._done.is_set():
             try:
