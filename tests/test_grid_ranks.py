@@ -91,6 +91,40 @@ def test_dealing_balances_cost() -> None:
     assert assign([1, 1], 3) == [[0], [1], []]
 
 
+def test_rank_0_hears_cells_errors_and_silence(monkeypatch) -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from dvkit.distributed import World
+    from dvkit.evaluate.ranks import Link, RankStopped
+
+    port = _free_port()
+    server = dist.TCPStore("127.0.0.1", port, is_master=True, timeout=timedelta(seconds=5))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    coordinator, worker = (Link(World(rank, 2), "run", timeout=0.5) for rank in range(2))
+    worker.send({"cell": 1})
+    worker.send({"cell": 2})
+    assert coordinator.received() == [(1, {"cell": 1}), (1, {"cell": 2})]
+    assert coordinator.received() == []
+    coordinator.check([1])  # heard within the timeout
+    time.sleep(0.6)
+    with pytest.raises(RankStopped, match="rank 1 stopped: no word from it for 0.5 s"):
+        coordinator.check([1])
+    worker.fail("CUDA out of memory")
+    with pytest.raises(RankStopped, match="^rank 1 stopped: CUDA out of memory$"):
+        coordinator.check([1])
+    del server
+
+
+def test_shard_is_refused_under_a_launcher(cli, homes, monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, out, err = cli("--home", homes[0], "bench", "--shard", "0/2")
+    assert code == 1 and out == "" and err.count("\n") == 1
+    assert err.startswith("error: --shard splits a grid over processes of one host")
+
+
 def test_two_ranks_make_the_cells_and_scores_of_one_process(homes, cli, tmp_path) -> None:
     one, two = homes
     code, out, err = cli("--home", one, "bench", *GRID)
