@@ -141,7 +141,7 @@ def bench(
                 "--shard splits a grid over processes of one host; under torchrun or accelerate "
                 "launch the ranks split it: give no --shard"
             )
-        world = current_world("gloo")  # only small messages: gloo, whatever the devices
+        world = current_world("gloo")  # messages are CPU objects: gloo, whatever the devices
         if not world.main:
             with interrupt_on_terminate():
                 serve(world)

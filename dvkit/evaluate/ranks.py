@@ -31,6 +31,8 @@ BEAT = 1.0
 """Seconds between a working rank's beats."""
 POLL = 0.2
 """Seconds rank 0 waits between looks at the store once its own cells are done."""
+STORE_TIMEOUT = timedelta(seconds=60)
+"""How long one call to the store may wait (to connect, or for a busy store to answer)."""
 
 
 class RankStopped(DvkitError):
@@ -69,7 +71,7 @@ class Link:
     def __init__(self, world: World, run: str, timeout: float) -> None:
         self.world, self.timeout = world, timeout
         self._prefix = f"dvkit-grid/{run}"
-        self._store = _client(timeout)
+        self._store = _client()
         self._sent = 0
         self._received = dict.fromkeys(range(1, world.size), 0)
         now = time.monotonic()
@@ -88,7 +90,7 @@ class Link:
         """Beat for this rank in a thread until `close`; when rank 0 says stop (or is gone),
         set `stopped` and interrupt the main thread (a KeyboardInterrupt there, at the latest
         in `close`)."""
-        store = _client(self.timeout)  # the thread's own: the main thread uses the other
+        store = _client()  # the thread's own: the main thread uses the other
         self._beats = threading.Thread(
             target=self._beat, args=(store,), name="dvkit-grid-beat", daemon=True
         )
@@ -127,7 +129,7 @@ class Link:
     def fail(self, message: str) -> None:
         """Tell rank 0 (when it is still there) why this rank stops."""
         with contextlib.suppress(RuntimeError):  # rank 0 is gone: nobody to tell
-            self._store.set(self._key("error", self.world.rank), message)
+            _stored(self._store, self._key("error", self.world.rank), message)
 
     def close(self) -> None:
         """Stop beating."""
@@ -171,15 +173,22 @@ class Link:
 
     def stop(self) -> None:
         """Tell every other rank to stop."""
-        self._store.set(self._key("stop"), "1")
+        _stored(self._store, self._key("stop"), "1")
 
 
-def _client(timeout: float) -> dist.TCPStore:
+def _client() -> dist.TCPStore:
     """A client of the launcher's store (MASTER_ADDR:MASTER_PORT)."""
     return dist.TCPStore(
         os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-        timeout=timedelta(seconds=timeout),
+        timeout=STORE_TIMEOUT,
     )  # fmt: skip
+
+
+def _stored(store: dist.TCPStore, key: str, value: str) -> None:
+    """Set `key` and return once the store holds it (a set is not answered; a check on the same
+    connection is, after it), so that other clients see it from then on."""
+    store.set(key, value)
+    store.check([key])
 
 
 def _first_line(exc: BaseException) -> str:
