@@ -10,17 +10,27 @@ so peak memory is measured apart, in one run:
 Prints JSON with wall times, their ratio (goal: naive / bench >= 3) and peak RSS (goal: bench
 <= 1.3 x one base plus encoders).
 
+With `--ranks 1,2` it compares instead the wall time of the same grid (`--seeds` seeds) run by
+`torchrun --nproc_per_node N -m dvkit bench` for each N, on a fresh copy of the catalog each
+time (gloo; on CPU each rank runs on one thread, $OMP_NUM_THREADS), and checks that every run
+stored the same scores.
+
     python benchmarks/bench_grid.py [--steps 10] [--frames 4] [--size 16] [--batch-size 8]
+    python benchmarks/bench_grid.py --ranks 1,2 [--seeds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 COMMON = """
@@ -134,6 +144,54 @@ def run(script: str, home: Path, args: argparse.Namespace) -> dict:
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
+def run_ranks(home: Path, ranks: int, args: argparse.Namespace) -> tuple[float, dict]:
+    """Wall seconds of the grid under `torchrun` with `ranks` processes on a fresh copy of
+    `home`, and the scores it stored by cell."""
+    copy = home.parent / f"ranks-{ranks}" / "registry"
+    shutil.copytree(home, copy)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    seeds = [part for seed in range(args.seeds) for part in ("--seed", str(seed))]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+        "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "dvkit",
+        "--home", str(copy), "bench", "--steps", str(args.steps), "--frames", str(args.frames),
+        "--size", str(args.size), "--batch-size", str(args.batch_size), "--clip", "tiny",
+        "--dino", "tiny", "--device", args.device, *seeds,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    start = time.perf_counter()
+    subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    seconds = time.perf_counter() - start
+    from dvkit.catalog import Catalog
+
+    with Catalog.open(copy) as catalog:
+        scores = {row["cell"]: row["metrics"] for row in catalog.evaluation_rows()}
+    return seconds, scores
+
+
+def compare_ranks(args: argparse.Namespace) -> None:
+    counts = [int(part) for part in args.ranks.split(",")]
+    with tempfile.TemporaryDirectory(prefix="dvkit-grid-") as folder:
+        home = build_catalog(Path(folder))
+        runs = {count: run_ranks(home, count, args) for count in counts}
+    first = runs[counts[0]][1]
+    print(json.dumps({
+        "benchmark": "grid-ranks",
+        "compared": f"wall time of one grid (3 subjects x 3 motions x 4 roles x {args.seeds} "
+                    f"seeds, tiny base) under torchrun with {' vs '.join(map(str, counts))} "
+                    "ranks (gloo), launcher start-up included; each rank one process",
+        "settings": vars(args),
+        "cells": {count: len(scores) for count, (_, scores) in runs.items()},
+        "seconds": {count: round(seconds, 2) for count, (seconds, _) in runs.items()},
+        "speedup_over_first": {count: round(runs[counts[0]][0] / seconds, 2)
+                               for count, (seconds, _) in runs.items()},
+        "same_scores": all(scores == first for _, scores in runs.values()),
+        "cpu_cores": os.cpu_count(),
+    }, indent=2))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
@@ -141,7 +199,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--ranks", help="compare torchrun with these rank counts, e.g. 1,2")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds of the --ranks grid")
     args = parser.parse_args()
+    if args.ranks:
+        compare_ranks(args)
+        return
     with tempfile.TemporaryDirectory(prefix="dvkit-grid-") as folder:
         home = build_catalog(Path(folder))
         baseline = run(BASELINE, home, args)

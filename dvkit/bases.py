@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dvkit.catalog import Catalog
@@ -77,20 +78,44 @@ def choose_base(catalog: Catalog, base: str | None) -> str:
 
 def open_base(catalog: Catalog, name: str) -> tuple[BaseComponents, BaseModelRecord]:
     """The components of a base known to the catalog (built-ins are registered on first use)."""
-    from dvkit.models.loading import load_base
+    source = base_source(catalog, name)
+    components = source.load()
+    try:
+        return components, catalog.base(name)
+    except NotFoundError:  # a built-in not used before
+        record = _record(components, name, source.source, {})
+        catalog.add_base(record)
+        return components, record
 
+
+@dataclass(frozen=True)
+class BaseSource:
+    """Where a base's weights come from, so that a process without the catalog can load it (each
+    host from its own Hugging Face cache or folder)."""
+
+    name: str
+    source: str
+    architecture: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> BaseComponents:
+        """The base's components. Raises `BaseLoadError` when they cannot be loaded here."""
+        from dvkit.models.loading import load_base
+
+        return load_base(self.source, self.name, self.architecture, self.options)
+
+
+def base_source(catalog: Catalog, name: str) -> BaseSource:
+    """Where base `name` (registered or built in) comes from; `NotFoundError` naming the known
+    bases otherwise."""
     validate_name(name, "base name")
     try:
         record = catalog.base(name)
     except NotFoundError:
         if name not in BUILTINS:
             raise _unknown(catalog, name) from None
-        components = load_base(name, name)
-        record = _record(components, name, f"builtin:{name}", {})
-        catalog.add_base(record)
-        return components, record
-    options = record.config.get("sources", {})
-    return load_base(record.source, name, record.architecture, options), record
+        return BaseSource(name, f"builtin:{name}")
+    return BaseSource(name, record.source, record.architecture, record.config.get("sources", {}))
 
 
 def base_architecture(catalog: Catalog, name: str) -> str:

@@ -37,6 +37,35 @@ def home(tmp_path: Path) -> Path:
     return tmp_path / "registry"
 
 
+@pytest.fixture(scope="module")
+def grid_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A catalog with subjects cat and dog and motion surfing, quickly trained on tiny."""
+    import imageio.v3 as iio
+    import numpy as np
+    from PIL import Image
+
+    from dvkit.train.api import add_motion, add_subject
+
+    root = tmp_path_factory.mktemp("grid")
+    rng = np.random.default_rng(0)
+    catalog, _ = Catalog.init(root / "registry")
+    with catalog:
+        for name in ("cat", "dog"):
+            folder = root / name
+            folder.mkdir()
+            for index in range(2):
+                pixels = (rng.random((16, 16, 3)) * 255).astype("uint8")
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+            add_subject(name, [folder], catalog=catalog, preset="quick", inversion_steps=1,
+                        identity_steps=2)  # fmt: skip
+        videos = root / "videos"
+        videos.mkdir()
+        clip = (rng.random((4, 16, 16, 3)) * 255).astype("uint8")
+        iio.imwrite(videos / "0.mp4", clip, plugin="FFMPEG", fps=8)
+        add_motion("surfing", [videos], catalog=catalog, preset="quick", steps=2, frames=3)
+    return root / "registry"
+
+
 @pytest.fixture
 def catalog(home: Path):
     with Catalog.open(home) as opened:

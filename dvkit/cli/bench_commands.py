@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -68,7 +69,12 @@ def bench(
         ),
     ] = True,
     shard: Annotated[
-        str, typer.Option("--shard", help="i/n: this process's part of the grid.")
+        str,
+        typer.Option(
+            "--shard",
+            help="i/n: this process's part of the grid (processes of one host; across GPUs "
+            "and hosts run under torchrun or accelerate launch instead).",
+        ),
     ] = "0/1",
     batch_size: Annotated[
         int,
@@ -97,6 +103,15 @@ def bench(
             help=described("timm model, or tiny (offline).", "vit_small_patch16_224.dino"),
         ),
     ] = None,
+    rank_timeout: Annotated[
+        int,
+        typer.Option(
+            "--rank-timeout",
+            parser=whole(ranges.AT_LEAST_ONE),
+            help="Under torchrun or accelerate launch: seconds without word from a rank "
+            "before the grid stops.",
+        ),
+    ] = 60,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
     report_only: Annotated[
@@ -110,27 +125,55 @@ def bench(
 ) -> None:
     """Generate, score and store the subject × motion grid; re-runs skip scored cells.
     Writes a report: CSV, JSON, heatmap PNGs and an HTML page with every cell's GIF. With
-    --report, reports the stored cells; options not given match any."""
-    from dvkit.cli.progress import RichReporter
+    --report, reports the stored cells; options not given match any. Under torchrun or
+    accelerate launch the ranks share the grid; only rank 0 opens the catalog."""
+    from dvkit.cli.progress import RichReporter, interrupt_on_terminate
+    from dvkit.distributed import SINGLE_PROCESS, current_world, launched_size
     from dvkit.evaluate.grid import bench as run_bench
+    from dvkit.evaluate.grid import serve
+    from dvkit.evaluate.ranks import share
     from dvkit.train.loop import count_progress
 
-    templates = _templates(prompts) if prompts else None
-    on_cell = count_progress(RichReporter(unit="cells", loss=False), "cells")
-
+    world = SINGLE_PROCESS
+    if launched_size() > 1 and not report_only:
+        if _shard(shard) != (0, 1):
+            raise DvkitError(
+                "--shard splits a grid over processes of one host; under torchrun or accelerate "
+                "launch the ranks split it: give no --shard"
+            )
+        world = current_world("gloo")  # messages are CPU objects: gloo, whatever the devices
+        if not world.main:
+            with interrupt_on_terminate():
+                serve(world)
+            return
+    elif launched_size() > 1 and os.environ.get("RANK", "0") != "0":
+        return  # a report is rank 0's alone
     writing = None  # --report --out FOLDER only reads the catalog
     if not report_only:
         writing = "store the grid's videos and scores"
     elif out is None:
         writing = "write the report into it (--out FOLDER writes it elsewhere)"
-    with open_catalog(ctx, writing) as catalog:
-        result = run_bench(
-            catalog, subject, motion, templates, seed, base=base, baselines=baselines,
-            shard=_shard(shard), batch_size=batch_size, steps=steps, guidance=guidance,
-            frames=frames, size=size, motion_until=motion_until, offset_noise=offset_noise,
-            image_strength_uncond=image_strength_uncond, clip=clip, dino=dino,
-            device=device, dtype=dtype, generate=not report_only, on_cell=on_cell,
-        )  # fmt: skip
+    try:
+        templates = _templates(prompts) if prompts else None
+        catalog = open_catalog(ctx, writing)
+    except BaseException:
+        if world.size > 1:
+            share(world, None)  # the other ranks wait for a grid: there is none
+        raise
+    reporter = RichReporter(unit="cells", loss=False)
+    with catalog, interrupt_on_terminate():
+        try:
+            result = run_bench(
+                catalog, subject, motion, templates, seed, base=base, baselines=baselines,
+                shard=_shard(shard), batch_size=batch_size, steps=steps, guidance=guidance,
+                frames=frames, size=size, motion_until=motion_until, offset_noise=offset_noise,
+                image_strength_uncond=image_strength_uncond, clip=clip, dino=dino,
+                device=device, dtype=dtype, generate=not report_only,
+                on_cell=count_progress(reporter, "cells"), world=world,
+                rank_timeout=rank_timeout,
+            )  # fmt: skip
+        finally:
+            reporter.end()  # an error or Ctrl-C ends the bar, so its line shows
         from dvkit.evaluate.report import write_report
 
         report = write_report(result.rows, out or catalog.home / "reports" / "grid")

@@ -85,7 +85,11 @@ class RichReporter:
         )
 
     def end(self) -> None:
+        """Stop drawing the stage's bar (nothing when none is drawn)."""
+        if self._task is None:
+            return
         self._progress.stop()
+        self._task = None
 
 
 @contextmanager

@@ -449,7 +449,7 @@ def _train(
         )  # fmt: skip
         run = catalog.run_row(record.run_id) if record.run_id else {}
         steps = sorted(catalog.checkpoint_steps(record.ref))
-    from dvkit.train.distributed import current_world
+    from dvkit.distributed import current_world
 
     if not current_world().main:
         return

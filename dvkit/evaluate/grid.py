@@ -4,8 +4,12 @@ Each cell is one video: the pair's subject and motion together ("joint"), the su
 the motion alone, or the bare base ("base"; subject-less cells are prompted with the subject's
 initializer word). Cells are generated several at a time in one UNet batch (per-row adapters),
 scored once with the encoders loaded once (reference and text embeddings cached per grid),
-and stored in the catalog with their cell key, so a re-run skips finished cells and `shard`
-splits one grid over processes or machines that share the catalog.
+and stored in the catalog with their cell key, so a re-run skips finished cells.
+
+Two ways to split a grid: `shard` splits it over processes of one host that share the catalog
+(SQLite's locking is not safe on network filesystems); a `world` of several ranks (`torchrun`,
+`accelerate launch`) splits it over GPUs and hosts, with rank 0 alone opening the catalog and
+the other ranks running `serve` (see `dvkit.evaluate.ranks`).
 """
 
 from __future__ import annotations
@@ -13,22 +17,30 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import time
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from dvkit.bases import BaseSource, base_source
 from dvkit.catalog import Catalog
 from dvkit.catalog.records import EvaluationRecord
+from dvkit.distributed import World, rank_device
 from dvkit.errors import DvkitError, DvkitWarning
 from dvkit.evaluate import metrics
 from dvkit.evaluate.encoders import DEFAULT_CLIP, DEFAULT_DINO
+from dvkit.evaluate.ranks import POLL, Link, assign, share
 from dvkit.evaluate.score import Scorer
 from dvkit.generate.compose import (
     LoadedAdapter,
     check_counts,
+    check_trained_on,
     guidance_embedding,
     install_subject,
     load_adapter,
@@ -39,6 +51,7 @@ from dvkit.generate.compose import (
 from dvkit.generate.sampler import Row, SamplerSettings, check_size, sample
 from dvkit.io.video import to_uint8, write_video
 from dvkit.models.builtin import motion_uncond_strength, sampler_choices, sampling_default
+from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.text import check_prompts
@@ -93,6 +106,7 @@ class _Plan:
     """One base's part of the grid: its adapters, sampler, cells and the ones still to do."""
 
     base: str
+    source: BaseSource
     subjects: dict[str, LoadedAdapter]
     motions: dict[str, LoadedAdapter]
     settings: SamplerSettings
@@ -129,6 +143,8 @@ def bench(
     dtype: str = "auto",
     generate: bool = True,
     on_cell: Callable[[int, int], None] | None = None,
+    world: World | None = None,
+    rank_timeout: float = 60.0,
 ) -> GridResult:
     """Generate, score and store every missing cell of the grid; return all its evaluations.
 
@@ -149,52 +165,230 @@ def bench(
     learned token past the text encoder's length raises PromptTooLongError, a cut prompt warns.
     `on_cell(done, total)` counts the cells of every base together.
 
+    With a `world` of several ranks (`dvkit.distributed.current_world("gloo")`; this is rank
+    0, the others run `serve`), rank 0 sends the adapters to the other ranks and deals them the
+    missing cells' batches balanced by cost (cells × frames × steps); each rank generates and
+    scores its batches on its own device (`device` auto: the GPU of its local rank) and sends
+    each cell back as it is done, and rank 0 stores it and counts it in `on_cell`. The batches
+    are the ones a single process makes, so the cells and scores are the same. A rank that
+    fails, dies or gives no word for `rank_timeout` seconds stops the run with `RankStopped`
+    (cells stored so far are kept); on any error or KeyboardInterrupt rank 0 stops the others.
+
     With `generate=False` nothing is generated: the result holds the stored cells of the chosen
     adapters, roles, and of the templates, seeds and settings given (any where not given), as
     long as each base's were made with one set of settings; a `DvkitError` names the stored
     settings when no base's match or one base's cells have several.
     """
+    spread = world is not None and world.size > 1
+    options = {
+        "steps": steps, "guidance": guidance, "frames": frames, "size": size,
+        "motion_until": motion_until, "offset_noise": offset_noise,
+        "image_strength_uncond": image_strength_uncond, "clip": clip, "dino": dino,
+    }  # fmt: skip
+    try:
+        plans = _plans(catalog, subjects, motions, templates, seeds, base, baselines, shard,
+                       batch_size, settings, options, generate, spread)  # fmt: skip
+    except BaseException:
+        if spread:
+            share(world, None)  # the other ranks wait for a grid: there is none
+        raise
+    if isinstance(plans, GridResult):
+        if spread:
+            share(world, None)
+        return plans
+    result = GridResult(
+        cells=sum(len(plan.keys) for plan in plans),
+        skipped=sum(len(plan.keys) - len(plan.todo) for plan in plans),
+    )
+
+    def store(plan: _Plan, cell: Cell, frames: np.ndarray, scores: dict[str, float]) -> None:
+        _store(catalog, plan, cell, frames, scores, fps)
+        result.generated += 1
+        if on_cell:
+            on_cell(result.skipped + result.generated, result.cells)
+
+    if spread:
+        assert world is not None
+        _spread(plans, batch_size, device, dtype, store, world, rank_timeout)
+    for plan in plans:
+        if plan.todo and not spread:
+            chosen = [*plan.subjects.values(), *plan.motions.values()]
+            components, _ = open_matching_base(catalog, chosen, plan.base)
+            _generate(plan, components, _batches(plan.todo, batch_size), device, dtype,
+                      partial(store, plan))  # fmt: skip
+    result.rows = [row for plan in plans for row in catalog.evaluation_rows(list(plan.keys))]
+    return result
+
+
+def _plans(
+    catalog: Catalog,
+    subjects: Sequence[str] | None,
+    motions: Sequence[str] | None,
+    templates: Sequence[str] | None,
+    seeds: Sequence[int] | None,
+    base: str | None,
+    baselines: bool,
+    shard: tuple[int, int],
+    batch_size: int,
+    settings: SamplerSettings | None,
+    options: dict,
+    generate: bool,
+    spread: bool,
+) -> list[_Plan] | GridResult:
+    """`bench`'s arguments checked, and one plan per base (with `generate`), else the stored
+    cells; `options` holds `bench`'s sampler and encoder options by name."""
     quiet_libraries()
     index, count = shard
     if not 0 <= index < count:
         raise DvkitError(f"shard {index}/{count}: the index must be between 0 and {count - 1}")
+    if spread and count > 1:
+        raise DvkitError(
+            "shard splits a grid over processes of one host; under torchrun or accelerate "
+            "launch the ranks split it: give no shard"
+        )
     if batch_size < 1:
         raise DvkitError("the batch size must be at least 1")
     templates = [DEFAULT_TEMPLATE] if templates is None and generate else templates
     seeds = [0] if seeds is None and generate else seeds
     for template in templates or ():
         check_template(template, ["subject", "motion"])
-    check_counts([0] if seeds is None else seeds, steps, frames, size)
+    check_counts([0] if seeds is None else seeds, options["steps"], options["frames"],
+                 options["size"])  # fmt: skip
     groups = _by_base(
         _adapters(catalog, subjects, "subject", base), _adapters(catalog, motions, "motion", base)
     )
     roles = ROLES if baselines else ("joint",)
     if not generate:
         given = asdict(settings) if settings is not None else {
-            "steps": steps, "guidance_scale": guidance, "frames": frames, "height": size,
-            "motion_until": motion_until, "offset_noise": offset_noise,
+            "steps": options["steps"], "guidance_scale": options["guidance"],
+            "frames": options["frames"], "height": options["size"],
+            "motion_until": options["motion_until"], "offset_noise": options["offset_noise"],
         }  # fmt: skip
-        given.update(clip=clip, dino=dino, image_strength_uncond=image_strength_uncond)
+        given.update({key: options[key] for key in ("clip", "dino", "image_strength_uncond")})
         rows = _stored_groups(catalog, groups, roles, templates, seeds, given)
         return GridResult(cells=len(rows), skipped=len(rows), rows=rows)
-    options = {
-        "steps": steps, "guidance": guidance, "frames": frames, "size": size,
-        "motion_until": motion_until, "offset_noise": offset_noise,
-        "image_strength_uncond": image_strength_uncond, "clip": clip or DEFAULT_CLIP,
-        "dino": dino or DEFAULT_DINO,
-    }  # fmt: skip
-    plans = [
+    options = {**options, "clip": options["clip"] or DEFAULT_CLIP,
+               "dino": options["dino"] or DEFAULT_DINO}  # fmt: skip
+    return [
         _plan(catalog, group, settings, options, roles, templates, seeds, shard) for group in groups
     ]
-    result = GridResult(
-        cells=sum(len(plan.keys) for plan in plans),
-        skipped=sum(len(plan.keys) - len(plan.todo) for plan in plans),
-    )
-    for plan in plans:
-        if plan.todo:
-            _generate(catalog, plan, result, batch_size, fps, options, device, dtype, on_cell)
-    result.rows = [row for plan in plans for row in catalog.evaluation_rows(list(plan.keys))]
-    return result
+
+
+@dataclass
+class _Job:
+    """What rank 0 sends the other ranks: the plans (adapters, sampler, cells), their missing
+    cells' batches as (plan index, cells), which batches each rank makes, and how."""
+
+    run: str
+    plans: list[_Plan]
+    batches: list[tuple[int, list[Cell]]]
+    shares: list[list[int]]
+    device: str
+    dtype: str
+    timeout: float
+
+
+def _spread(
+    plans: list[_Plan],
+    batch_size: int,
+    device: str,
+    dtype: str,
+    store: Callable[[_Plan, Cell, np.ndarray, dict[str, float]], None],
+    world: World,
+    timeout: float,
+) -> None:
+    """Rank 0's part of a grid over several ranks: deal the batches, make its own, `store`
+    every rank's cells as they arrive; `RankStopped` when a rank stops early."""
+    batches = [(index, batch) for index, plan in enumerate(plans)
+               for batch in _batches(plan.todo, batch_size)]  # fmt: skip
+    costs = [len(batch) * plans[i].settings.frames * plans[i].settings.steps
+             for i, batch in batches]  # fmt: skip
+    job = _Job(uuid.uuid4().hex, plans, batches, assign(costs, world.size), device, dtype, timeout)
+    share(world, job)
+    link = Link(world, job.run, timeout)
+    left = {rank: sum(len(batches[i][1]) for i in job.shares[rank])
+            for rank in range(1, world.size)}  # fmt: skip
+
+    def collect() -> None:
+        for rank, (index, cell, frames, scores) in link.received():
+            store(plans[index], cell, frames, scores)
+            left[rank] -= 1
+        link.check(rank for rank, count in left.items() if count)
+
+    try:
+        _work(job, world, lambda index: partial(store, plans[index]), collect)
+        while any(left.values()):
+            collect()
+            time.sleep(POLL)
+    except BaseException:
+        link.stop()
+        for _, (index, cell, frames, scores) in link.received():  # keep what arrived
+            store(plans[index], cell, frames, scores)
+        raise
+
+
+def serve(world: World) -> None:
+    """The part of a rank other than 0 in a grid that rank 0 runs with `bench(world=...)`:
+    receive the grid, make this rank's batches on its own device and send each cell to rank 0,
+    without opening any catalog (bases load from this host's Hugging Face cache or folders).
+
+    Returns when its cells are sent, when rank 0 has no grid (an error there) or when rank 0
+    stops the run; raises `RankStopped` when rank 0 is gone before sending the grid, and any
+    error of its own work (after telling rank 0).
+    """
+    job = share(world, None)
+    if not isinstance(job, _Job):
+        return
+    link = Link(world, job.run, job.timeout)
+    link.beat()
+
+    def send(index: int, cell: Cell, frames: np.ndarray, scores: dict[str, float]) -> None:
+        link.send((index, cell, frames, scores))
+
+    try:
+        try:
+            _work(job, world, lambda index: partial(send, index), None)
+        finally:
+            link.close()  # a stop from rank 0 that came before is raised here at the latest
+    except KeyboardInterrupt:
+        if not link.stopped:
+            raise
+    except Exception as exc:
+        link.fail(" ".join(str(exc).split()) or type(exc).__name__)
+        raise
+
+
+_Deliver = Callable[[Cell, np.ndarray, dict[str, float]], None]
+"""What takes each finished cell: its uint8 frames (F, H, W, 3) and its scores."""
+
+
+def _work(
+    job: _Job,
+    world: World,
+    deliver: Callable[[int], _Deliver],
+    between: Callable[[], None] | None,
+) -> None:
+    """Make this rank's batches of `job`, base by base (each loaded here and checked against
+    the adapters' base); `deliver(plan index)` takes each cell, `between` runs after each
+    batch."""
+    run_device = rank_device(job.device, world)
+    if run_device.type == "cuda" and run_device.index is not None:
+        torch.cuda.set_device(run_device)  # what libraries put on "cuda" goes to this rank's GPU
+    device = str(run_device)
+    mine = [job.batches[i] for i in job.shares[world.rank]]
+    for index, plan in enumerate(job.plans):
+        batches = [batch for i, batch in mine if i == index]
+        if batches:
+            components = plan.source.load()
+            chosen = [*plan.subjects.values(), *plan.motions.values()]
+            check_trained_on(chosen, components.architecture, components.fingerprint(),
+                             f"on the host of rank {world.rank}")  # fmt: skip
+            _generate(plan, components, batches, device, job.dtype, deliver(index), between)
+
+
+def _batches(cells: list[Cell], size: int) -> list[list[Cell]]:
+    """`cells` in runs of `size` (the last one shorter), as a single process makes them."""
+    return [cells[start : start + size] for start in range(0, len(cells), size)]
 
 
 _Group = tuple[dict[str, LoadedAdapter], dict[str, LoadedAdapter]]
@@ -259,8 +453,8 @@ def _plan(
     keys = {cell.key(sampler): cell for cell in mine}
     done = {row["cell"] for row in catalog.evaluation_rows(list(keys))}
     todo = [cell for key, cell in keys.items() if key not in done]
-    return _Plan(base, subject_adapters, motion_adapters, settings, sampler, uncond, cells, keys,
-                 todo)  # fmt: skip
+    return _Plan(base, base_source(catalog, base), subject_adapters, motion_adapters, settings,
+                 sampler, uncond, cells, keys, todo)  # fmt: skip
 
 
 def _default_settings(
@@ -288,20 +482,17 @@ def _default_settings(
 
 
 def _generate(
-    catalog: Catalog,
     plan: _Plan,
-    result: GridResult,
-    batch_size: int,
-    fps: float,
-    options: dict,
+    components: BaseComponents,
+    batches: list[list[Cell]],
     device: str,
     dtype: str,
-    on_cell: Callable[[int, int], None] | None,
+    deliver: _Deliver,
+    between: Callable[[], None] | None = None,
 ) -> None:
-    """Generate, score and store the plan's cells still to do, counting them in `result`."""
+    """Generate and score `batches` of the plan's cells on `components` (one UNet batch each),
+    handing each cell to `deliver`; `between` runs after each batch."""
     subject_adapters, motion_adapters, settings = plan.subjects, plan.motions, plan.settings
-    chosen = [*subject_adapters.values(), *motion_adapters.values()]
-    components, _ = open_matching_base(catalog, chosen, plan.base)
     check_size(components, settings.height)
     tokens = _generation_tokens(subject_adapters)
     run_device = resolve_device(device)
@@ -324,38 +515,46 @@ def _generate(
                                    settings.height, run_device)
         for s in subject_adapters for m in motion_adapters
     }  # fmt: skip
+    todo = [cell for batch in batches for cell in batch]
     for s in subject_adapters:
         missing = [m for m in motion_adapters if guidance[(s, m)] is None]
-        if missing and any(c.role == "joint" and c.pair_subject == s for c in plan.todo):
+        if missing and any(c.role == "joint" and c.pair_subject == s for c in todo):
             warn_zero_embedding(motion_adapters[missing[0]], subject_adapters[s])
     scorer = _CachedScorer(
-        Scorer(options["clip"], options["dino"], device), subject_adapters, motion_adapters,
-        plan.base == SPRITES_NAME,
+        Scorer(plan.sampler["clip"], plan.sampler["dino"], device), subject_adapters,
+        motion_adapters, plan.base == SPRITES_NAME,
     )  # fmt: skip
-    folder = catalog.home / "videos" / "grid"
-    folder.mkdir(parents=True, exist_ok=True)
     try:
-        for start in range(0, len(plan.todo), batch_size):
-            batch = plan.todo[start : start + batch_size]
+        for batch in batches:
             rows = [
                 _row(cell, subject_adapters, motion_adapters, tokens, guidance, plan.uncond)
                 for cell in batch
             ]
             videos = sample(components, rows, settings, injector)
             for cell, video in zip(batch, videos, strict=True):
-                key = cell.key(plan.sampler)
-                path = write_video(to_uint8(video.numpy()), folder / f"{key}.gif", fps)
-                scores = scorer.score(cell, video)
-                strength = plan.uncond[cell.motion] if cell.motion else None
-                used = {**plan.sampler, "image_strength_uncond": strength}
-                catalog.add_evaluation(
-                    _record(cell, key, used, subject_adapters, motion_adapters, scores, path)
-                )
-                result.generated += 1
-                if on_cell:
-                    on_cell(result.skipped + result.generated, result.cells)
+                deliver(cell, to_uint8(video.numpy()), scorer.score(cell, video))
+            if between:
+                between()
     finally:
         injector.detach()
+
+
+def _store(
+    catalog: Catalog,
+    plan: _Plan,
+    cell: Cell,
+    frames: np.ndarray,
+    scores: dict[str, float],
+    fps: float,
+) -> None:
+    """Write a finished cell's uint8 frames (F, H, W, 3) as its GIF and store its evaluation."""
+    key = cell.key(plan.sampler)
+    folder = catalog.home / "videos" / "grid"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_video(frames, folder / f"{key}.gif", fps)
+    strength = plan.uncond[cell.motion] if cell.motion else None
+    used = {**plan.sampler, "image_strength_uncond": strength}
+    catalog.add_evaluation(_record(cell, key, used, plan.subjects, plan.motions, scores, path))
 
 
 def prompt_text(cell: Cell, subjects: dict, motions: dict, for_scoring: bool) -> str:

@@ -356,14 +356,21 @@ def open_matching_base(
         )
     name = chosen[0].record.base if chosen else choose_base(catalog, default)
     components, base_record = open_base(catalog, name)
+    check_trained_on(chosen, base_record.architecture, base_record.fingerprint, "in this catalog")
+    return components, base_record
+
+
+def check_trained_on(
+    chosen: Sequence[LoadedAdapter], architecture: str, fingerprint: str, where: str
+) -> None:
+    """Raise `BaseMismatchError` for the first of `chosen` not trained on the base of this
+    `architecture` and `fingerprint` (the base as found `where`, e.g. "in this catalog")."""
     for adapter in chosen:
-        if adapter.record.base_fingerprint != base_record.fingerprint:
+        if adapter.record.base_fingerprint != fingerprint:
             raise BaseMismatchError(
                 f"{adapter.record.ref} was trained on base {_base_label(adapter.record)}, but "
-                f"base {name} in this catalog is {base_record.architecture}, "
-                f"{base_record.fingerprint[:12]}"
+                f"base {adapter.record.base} {where} is {architecture}, {fingerprint[:12]}"
             )
-    return components, base_record
 
 
 def _default_size(components: BaseComponents) -> int:

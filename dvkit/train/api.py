@@ -24,6 +24,7 @@ from dvkit.catalog.blobs import StagedBlob
 from dvkit.catalog.records import AdapterRecord, BaseModelRecord, RunRecord
 from dvkit.catalog.runs import has_checkpoint
 from dvkit.catalog.store import adapter_record
+from dvkit.distributed import World, barrier, current_world, rank_device
 from dvkit.errors import DvkitError, DvkitWarning
 from dvkit.families import family
 from dvkit.families.base import SizeError
@@ -37,10 +38,9 @@ from dvkit.io.adapter_file import (
 )
 from dvkit.models.builtin import training_defaults
 from dvkit.models.components import BaseComponents
-from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
+from dvkit.models.loading import quiet_libraries, resolve_dtype
 from dvkit.names import validate_name, validate_tag
 from dvkit.train import data
-from dvkit.train.distributed import World, barrier, current_world
 from dvkit.train.loop import Reporter, SilentReporter
 from dvkit.train.settings import (
     MotionSettings,
@@ -104,7 +104,7 @@ def add_subject(
         SubjectSettings, "subject", preset, overrides, defaults, use_masks=masks is not None
     )
     world = current_world()
-    run_device = _device(device, world)
+    run_device = rank_device(device, world)
     run_dtype = resolve_dtype(dtype, run_device)
     notify = notify if world.main else _quiet
     pixels, paths = data.load_images(images, settings.resolution, notify)
@@ -267,7 +267,7 @@ def add_motion(
     settings = _settings(MotionSettings, "motion", preset, overrides, defaults)
     family(architecture).check_frames(settings.frames, "--frames")
     world = current_world()
-    run_device = _device(device, world)
+    run_device = rank_device(device, world)
     run_dtype = resolve_dtype(dtype, run_device)
     from dvkit.models.image_encoder import load_image_encoder
     from dvkit.train.motion import train_motion
@@ -348,13 +348,6 @@ def reference_images(pixels: torch.Tensor) -> torch.Tensor:
     [N, S, S, 3] (`REFERENCE_IMAGES_KEY`: the guidance image when composing, the references
     when scoring)."""
     return ((pixels + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-
-
-def _device(name: str, world: World) -> torch.device:
-    """In a data-parallel run, `auto` gives each process the GPU of its local rank."""
-    if name == "auto" and world.size > 1 and torch.cuda.is_available():
-        return torch.device(f"cuda:{world.local_rank}")
-    return resolve_device(name)
 
 
 def _quiet(line: str) -> None:

@@ -24,8 +24,8 @@ from typing import Protocol
 import torch
 
 from dvkit.catalog.runs import DONE_FILE, STATE_FILE
+from dvkit.distributed import World, average_gradients, gather
 from dvkit.errors import DvkitError
-from dvkit.train.distributed import World, average_gradients, gather
 
 
 class TrainingInterrupted(DvkitError):

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
+from dvkit.distributed import SINGLE_PROCESS, World
 from dvkit.models.components import BaseComponents
 from dvkit.models.image_encoder import AppearanceEncoder
 from dvkit.models.injection import AdapterInjector
 from dvkit.train.data import MotionClips
 from dvkit.train.diffusion import diffusion_loss, sample_latents
-from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import MotionSettings
 from dvkit.train.setup import loop_settings, make_generator, prepare_base, trained_denoisers

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
+from dvkit.distributed import World
 from dvkit.errors import DvkitError
 from dvkit.models.adapters import AdapterKind
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import SECOND_EXPERT
-from dvkit.train.distributed import World
 from dvkit.train.loop import LoopSettings
 from dvkit.train.settings import CommonSettings
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dvkit.distributed import SINGLE_PROCESS, World
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import AdapterInjector
 from dvkit.models.textual_inversion import (
@@ -26,7 +27,6 @@ from dvkit.models.textual_inversion import (
     expand_placeholder,
 )
 from dvkit.train.diffusion import diffusion_loss, latent_masks, sample_latents
-from dvkit.train.distributed import SINGLE_PROCESS, World
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import SubjectSettings
 from dvkit.train.setup import loop_settings, make_generator, prepare_base, trained_denoisers
