@@ -73,6 +73,8 @@ def test_reading_commands_work(cli, filled, read_only, tmp_path) -> None:
     assert code == 0 and [row["name"] for row in json.loads(out)] == [
         "tiny",
         "tiny-animatediff",
+        "tiny-wan",
+        "tiny-wan22",
         "sprites",
     ]
     code, out, _ = cli("--home", filled, "base", "show", "tiny", "--json")
