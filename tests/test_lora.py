@@ -530,7 +530,10 @@ def test_modelscope_loras_import_and_compose_as_peft_applies_them(cli, home, tmp
     assert (torch.as_tensor(fused) - ours).abs().max().item() <= 1e-4
 
 
-def test_lora_mistakes_are_one_line_and_leave_the_catalog_alone(four, cli, tmp_path, unet):
+def test_lora_mistakes_are_one_line_and_leave_the_catalog_alone(
+    four, cli, tmp_path, unet, monkeypatch
+):
+    monkeypatch.delenv("DVKIT_BASE")
     subject = _peft_file(tmp_path / "s2.safetensors", _lora_weights(unet, False, 8))
     ckpt = tmp_path / "mm_zoom.ckpt"
     torch.save({"state_dict": {"x.to_q_lora.down.weight": torch.zeros(2, 2)}, "opt": object()},

@@ -373,7 +373,6 @@ def test_import_errors_are_one_line_and_leave_catalog_unchanged(
         "--name", "dog")  # fmt: skip
     before = _catalog_state(home)
     cases = [
-        ((identity, "--embedding", embedding), "needs --base NAME"),
         ((identity, "--base", "tiny"), "needs its learned word: pass --embedding"),
         ((identity, "--base", "tiny", "--embedding", wide),
          "1024 wide, but base 'tiny' has a text encoder of width 32"),
@@ -400,6 +399,18 @@ def test_import_errors_are_one_line_and_leave_catalog_unchanged(
         code, _, err = cli("--home", home, "import", *args)
         _one_error_line(code, err, expected)
         assert _catalog_state(home) == before, args
+
+
+def test_foreign_files_go_onto_the_default_base(cli, home, official, monkeypatch) -> None:
+    identity, embedding = official["identity"], official["embedding"]
+    monkeypatch.delenv("DVKIT_BASE")
+    before = _catalog_state(home)
+    code, _, err = cli("--home", home, "import", identity, "--embedding", embedding)
+    _one_error_line(code, err, "needs --base NAME, the base it was trained for, or a default")
+    assert _catalog_state(home) == before
+    monkeypatch.setenv("DVKIT_BASE", "tiny")
+    code, out, err = cli("--home", home, "import", identity, "--embedding", embedding)
+    assert code == 0 and "base tiny" in out, err
 
 
 def test_embedding_reader_checks_shape(tmp_path) -> None:

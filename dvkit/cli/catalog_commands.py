@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -250,11 +251,9 @@ def import_files(
         official = [file for file in files if kinds[file][0] == "official"]
         learned = [found for _, found in kinds.values() if found is not None]
         own = [file for file in files if kinds[file][0] == "dvkit"]
-        if loras and base is None:
-            raise DvkitError(
-                f"{loras[0]}: a LoRA file: importing it needs --base NAME, the base it was "
-                "trained for (see: dvkit base list)"
-            )
+        foreign = loras + official + [item.path for item in learned]
+        if foreign and base is None:
+            base = _import_base(catalog, foreign[0], loras, official)
         _check_import_options(official + loras, learned, own, base, embedding, token, references)
         others = [file for file in files if file not in loras]
         if kind is not None and others:
@@ -287,7 +286,7 @@ def import_files(
                 description=description,
                 references=references or (),
             )
-            prepared = {item.source: item for item in ready}
+            prepared.update({item.source: item for item in ready})
         if learned:
             from dvkit.io.embeddings import prepare_embedding_files
 
@@ -351,6 +350,31 @@ def _partly_imported(exc: Exception, done: list[str], left: list[Path]) -> Excep
     return error
 
 
+def _import_base(catalog: Any, file: Path, loras: list[Path], official: list[Path]) -> str:
+    """The base foreign files (LoRAs, official checkpoints, embeddings) are imported onto when no
+    --base is given: `$DVKIT_BASE` or the catalog's default base; otherwise a `DvkitError`
+    saying the file needs --base."""
+    from dvkit.bases import NoBaseError, choose_base
+    from dvkit.errors import DvkitError
+
+    if os.environ.get("DVKIT_BASE"):
+        return choose_base(catalog, None)
+    try:
+        return choose_base(catalog, None)
+    except NoBaseError:
+        what = (
+            "a LoRA file: importing it"
+            if file in loras
+            else "importing an official .pth checkpoint"
+            if file in official
+            else "a textual-inversion embedding, not a dvkit adapter file: importing it"
+        )
+        raise DvkitError(
+            f"{file}: {what} needs --base NAME, the base it was trained for, or a default base "
+            "(dvkit base default NAME; see: dvkit base list)"
+        ) from None
+
+
 def _check_import_options(
     official: list[Path],
     learned: list[Any],
@@ -371,16 +395,6 @@ def _check_import_options(
             "--base, --embedding and --references apply to official .pth checkpoints and "
             "textual-inversion embeddings; dvkit files name their own base and carry their own "
             "images"
-        )
-    if foreign and base is None:
-        what = (
-            "importing an official .pth checkpoint"
-            if official
-            else "a textual-inversion embedding, not a dvkit adapter file: importing it"
-        )
-        raise DvkitError(
-            f"{foreign[0]}: {what} needs --base NAME, the base it was trained for "
-            "(see: dvkit base list)"
         )
     if embedding and not official:
         raise DvkitError(
