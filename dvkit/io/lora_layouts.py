@@ -40,6 +40,7 @@ EXPORT_LAYOUTS = ("diffusers", "comfyui")
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_")
 _LORA_KEY = re.compile(r"(^|[._])lora([._]|$)|lora_[AB]\.|_lora\.")
 _METADATA_KEY = "lora_adapter_metadata"
+COMPONENTS = ("unet", "text_encoder")
 SPLIT_NAMES = ("motion_modules", "temp_attentions", "temp_convs", "transformer_in")
 """Module names of AnimateDiff's and ModelScope's UNets that diffusers' kohya conversion (made
 for SD UNets) splits at their underscore."""
@@ -77,6 +78,25 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
     dora = next((k for k in keys if "dora_scale" in k or "lora_magnitude_vector" in k), None)
     if dora is not None:
         raise AdapterFileError(f"{path}: a DoRA ({dora}), which dvkit does not apply")
+    configs = {component: _adapter_config(header, component) for component in COMPONENTS}
+    layout, tensors = convert_lora(loaded, pipeline_class, configs)
+    return ForeignLora(path, layout, tensors)
+
+
+def convert_lora(
+    loaded: Mapping[str, torch.Tensor],
+    pipeline_class: type,
+    configs: Mapping[str, Mapping[str, Any]],
+) -> tuple[Layout, dict[str, torch.Tensor]]:
+    """LoRA tensors in any layout above (told apart by their names) in dvkit names, with one
+    alpha per layer: the file's, else by the component's peft `LoraConfig` fields in `configs`
+    (`alpha_pattern`, `lora_alpha`; component → fields), else the layer's rank.
+
+    `pipeline_class` converts kohya names (`lora_state_dict`). Names of other components are
+    kept as they are. Also what turns peft's own state dict of a trained LoRA
+    (`get_peft_model_state_dict`, under its component) into dvkit names.
+    """
+    keys = list(loaded)
     layout: Layout
     if all(key.startswith(KOHYA_PREFIXES) for key in keys):
         layout = "kohya"
@@ -95,21 +115,20 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
         name if name.endswith("down.weight") else f"{name}.lora.down.weight": value
         for name, value in ((k.removesuffix(".alpha"), v) for k, v in alphas.items())
     }
-    components = ("unet", "text_encoder")
     tensors = {k: v for k, v in converted.items() if not k.startswith(("unet.", "text_encoder."))}
-    for component in components:
+    for component in COMPONENTS:
         part = _to_peft(component, converted)
         layer_alphas = {
             k.removesuffix(".lora_A.weight"): v for k, v in _to_peft(component, as_down).items()
         }
-        config = _adapter_config(header, component)
+        config = configs.get(component, {})
         for key, value in part.items():
             tensors[key] = value
             if key.endswith(".lora_A.weight"):
                 layer = key.removesuffix(".lora_A.weight")
                 alpha = layer_alphas.get(layer, _configured_alpha(layer, value.shape[0], config))
                 tensors[f"{layer}.alpha"] = _scalar(alpha)
-    return ForeignLora(path, layout, tensors)
+    return layout, tensors
 
 
 def file_names(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
