@@ -142,35 +142,6 @@ class LoraWeights(nn.Module):
             weights.up[key] = nn.Parameter(tensors[f"{module.path}.lora_B.weight"].float())
         return weights
 
-    @classmethod
-    def create(
-        cls,
-        kind: AdapterKind,
-        roots: Mapping[str, nn.Module],
-        paths: Iterable[str],
-        rank: int,
-        alpha: float,
-        seed: int | None = None,
-    ) -> LoraWeights:
-        """A fresh LoRA of `rank` and `alpha` on the layers at `paths` (`<component>.<module
-        path>`): A as peft initialises it (Kaiming-uniform, a = √5, `LoraLayer.reset_lora_
-        parameters`), B zero, so it adds exactly nothing until trained."""
-        modules = [LoraModule(path, rank, alpha) for path in paths]
-        weights = cls(kind, modules)
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for module in modules:
-                layer = roots[module.component].get_submodule(module.module_path)
-                shapes = expected_shapes(layer, rank)
-                assert shapes is not None, f"{module.path} is not a layer LoRAs take"
-                down = torch.empty(shapes["lora_A.weight"])
-                nn.init.kaiming_uniform_(down, a=5**0.5)
-                key = _module_key(module.path)
-                weights.down[key] = nn.Parameter(down)
-                weights.up[key] = nn.Parameter(torch.zeros(shapes["lora_B.weight"]))
-        return weights
-
     def adapter(self, prefix: str) -> None:
         """No DreamVideo adapter sits anywhere in a LoRA (see `AdapterWeights.adapter`)."""
         return None
