@@ -39,6 +39,14 @@ their scales or one scale); see `AdapterInjector.selection`."""
 RowsPerVideo = Callable[[int], int]
 
 
+TWO_EXPERTS = (
+    "base {base} has two experts (Wan 2.2 A14B); dvkit applies LoRAs to one-denoiser bases only"
+)
+"""Why a LoRA is refused on a two-expert base: diffusers loads a Wan 2.2 LoRA into each expert
+separately (`load_lora_weights(…, load_into_transformer_2=True)`), and which expert a file is
+for is not written in it."""
+
+
 class LoraMismatchError(DvkitError):
     """LoRA tensors whose names or shapes do not fit the base's layers."""
 

@@ -39,6 +39,7 @@ from dvkit.models.injection import (
     adapter_slots,
     create_adapter_state,
 )
+from dvkit.models.lora import TWO_EXPERTS
 from dvkit.train.settings import CommonSettings
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -159,10 +160,7 @@ def fresh_weights(
     two-expert base."""
     if settings.adapter == "lora":
         if base.unet_2 is not None:
-            raise DvkitError(
-                f"--adapter lora: base {base.name} has two experts; dvkit trains LoRAs on "
-                "one-denoiser bases"
-            )
+            raise DvkitError("--adapter lora: " + TWO_EXPERTS.format(base=base.name))
         alpha = settings.lora_alpha or float(settings.lora_rank)
         layers = lora_layers(base.unet, kind)
         return PeftLora(
