@@ -225,10 +225,29 @@ def test_trained_wan_loras_target_cross_attention_for_subjects_self_attention_fo
     assert not hasattr(open_base(catalog, BASE)[0].unet, "peft_config")
 
 
-def test_loras_on_a_two_expert_base_are_refused_in_one_line(cli, home, tmp_path) -> None:
-    file = _write(tmp_path / "d.safetensors", "diffusers", _weights(1))
-    code, _, err = cli("--home", home, "import", file, "--kind", "motion", "--base", "tiny-wan22")
-    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+def test_wan_lora_mistakes_are_one_line_and_leave_the_catalog_alone(cli, home, tmp_path) -> None:
+    def refused(*args: str | Path) -> str:
+        code, _, err = cli("--home", home, *args)
+        assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+        return err
+
+    weights = _weights(1)
+    file = _write(tmp_path / "d.safetensors", "diffusers", weights)
+    err = refused("import", file, "--kind", "motion", "--base", "tiny-wan22")
     assert "has two experts" in err and "one-denoiser bases only" in err
-    code, out, _ = cli("--home", home, "list")
-    assert "d " not in out
+    partial = dict(list(weights.items())[1:])  # musubi-tuner writes every block layer
+    musubi = _write(tmp_path / "partial.safetensors", "musubi", partial, 1.0)
+    err = refused("import", musubi, "--kind", "motion", "--base", BASE)
+    assert "partial.safetensors: kohya LoRA that WanPipeline.lora_state_dict cannot" in err
+    down, up = (t.clone() for t in weights["blocks.0.attn1.to_q"])
+    outside = {f"transformer.{k}.lora_{p}.weight": t for k, w in weights.items()
+               for p, t in zip("AB", w, strict=True)}  # fmt: skip
+    outside |= {"transformer.proj_out.lora_A.weight": down,  # a layer outside the blocks
+                "transformer.proj_out.lora_B.weight": up[:16]}  # fmt: skip
+    save_file(outside, tmp_path / "outside.safetensors")
+    _import(cli, home, tmp_path / "outside.safetensors", "outside")
+    err = refused("export", "outside", "--out", tmp_path / "o.safetensors", "--format", "comfyui")
+    assert "unet.proj_out: no ComfyUI (Wan original) name" in err
+    assert not (tmp_path / "o.safetensors").exists()
+    with Catalog.open(home) as catalog:
+        assert [record.name for record in catalog.list()] == ["outside"]
