@@ -380,19 +380,13 @@ def test_exports_in_diffusers_and_comfyui_layouts_load_back_in_diffusers(cli, ho
 
 
 def test_into_base_folder_loads_with_the_pipeline_and_samples_what_dvkit_composes(
-    four, cli, tmp_path
+    four, cli, tmp_path, fused_pipeline
 ):
     from diffusers import AnimateDiffPipeline
 
     from dvkit.catalog import Catalog
 
-    out = tmp_path / "fused"
-    code, out_text, err = cli("--home", four, "export", "--merged", "--into-base", out,
-                              "--subject", "lorasubject", "--motion", "zoom",
-                              "--subject-scale", "0.8", "--motion-scale", "1.2")  # fmt: skip
-    assert code == 0, err
-    pipe = AnimateDiffPipeline.from_pretrained(out)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = fused_pipeline(four, AnimateDiffPipeline, "lorasubject", "zoom", (0.8, 1.2))
     with Catalog.open(four) as catalog:
         ours = _catalog_frames(catalog, {"lorasubject": 0.8, "zoom": 1.2})
         base = open_base(catalog, BASE)[0]
@@ -432,26 +426,11 @@ def test_subject_lora_export_carries_its_token_for_diffusers(four, cli, tmp_path
 
 
 def test_training_lora_subjects_and_motions_registers_loras_the_grid_composes(
-    catalog, tmp_path
+    catalog, train_loras
 ) -> None:
-    import numpy as np
-    from PIL import Image
-
     from dvkit.evaluate.grid import bench
-    from dvkit.train.api import add_motion, add_subject
 
-    rng = np.random.default_rng(0)
-    images, videos = tmp_path / "images", tmp_path / "videos" / "0"
-    images.mkdir()
-    videos.mkdir(parents=True)
-    for index in range(4):
-        pixels = (rng.random((8, 8, 3)) * 255).astype("uint8")
-        Image.fromarray(pixels).save((images if index < 2 else videos) / f"{index}.png")
-        Image.fromarray(pixels).save(videos / f"{index + 4}.png")
-    fast = {"preset": "quick", "resolution": 8, "base": BASE, "adapter": "lora"}
-    cat = add_subject("cat", [images], catalog=catalog, inversion_steps=1, identity_steps=2,
-                      lora_rank=3, lora_alpha=6.0, **fast)  # fmt: skip
-    surf = add_motion("surf", [videos], catalog=catalog, steps=2, frames=4, **fast)
+    cat, surf = train_loras(BASE, 8, 4, lora_rank=3, lora_alpha=6.0)
     assert (cat.method, cat.rank, cat.alpha, cat.token) == ("lora", 3, 6.0, "<cat>")
     assert (surf.method, surf.rank, surf.alpha) == ("lora", 4, 4.0)
     assert cat.placement == surf.placement == ["to_k", "to_out.0", "to_q", "to_v"]

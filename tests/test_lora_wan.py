@@ -171,7 +171,7 @@ def test_wan_exports_load_back_in_wan_pipeline_and_import_again(cli, home, tmp_p
 
 
 def test_wan_into_base_loads_with_wan_pipeline_and_samples_what_dvkit_composes(
-    cli, home, tmp_path
+    cli, home, tmp_path, fused_pipeline
 ) -> None:
     from diffusers import WanPipeline
 
@@ -183,13 +183,7 @@ def test_wan_into_base_loads_with_wan_pipeline_and_samples_what_dvkit_composes(
                        "--name", "toy", "--embedding", embedding)  # fmt: skip
     assert code == 0, err
     _import(cli, home, _write(tmp_path / "m.safetensors", "diffusers", _weights(4)), "zoom")
-    out = tmp_path / "fused"
-    code, _, err = cli("--home", home, "export", "--merged", "--into-base", out, "--subject",
-                       "toy", "--motion", "zoom", "--subject-scale", "0.7",
-                       "--motion-scale", "1.2")  # fmt: skip
-    assert code == 0, err
-    pipe = WanPipeline.from_pretrained(out)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = fused_pipeline(home, WanPipeline, "toy", "zoom", (0.7, 1.2))
     with Catalog.open(home) as catalog:
         ours = _catalog_frames(catalog, {"toy": 0.7, "zoom": 1.2})
         base = open_base(catalog, BASE)[0]
@@ -198,25 +192,9 @@ def test_wan_into_base_loads_with_wan_pipeline_and_samples_what_dvkit_composes(
 
 
 def test_trained_wan_loras_target_cross_attention_for_subjects_self_attention_for_motions(
-    catalog, tmp_path
+    catalog, train_loras
 ) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from dvkit.train.api import add_motion, add_subject
-
-    rng = np.random.default_rng(0)
-    images, videos = tmp_path / "images", tmp_path / "videos" / "0"
-    images.mkdir()
-    videos.mkdir(parents=True)
-    for index in range(5):
-        pixels = (rng.random((32, 32, 3)) * 255).astype("uint8")
-        Image.fromarray(pixels).save((images if index < 2 else videos) / f"{index}.png")
-        Image.fromarray(pixels).save(videos / f"{index + 5}.png")
-    fast = {"preset": "quick", "resolution": 32, "base": BASE, "adapter": "lora"}
-    cat = add_subject("cat", [images], catalog=catalog, inversion_steps=1, identity_steps=2,
-                      **fast)  # fmt: skip
-    surf = add_motion("surf", [videos], catalog=catalog, steps=2, frames=5, **fast)
+    cat, surf = train_loras(BASE, 32, 5)
     subject = load_adapter(catalog, "cat", None, "subject").tensors.adapters
     motion = load_adapter(catalog, "surf", None, "motion").tensors.adapters
     assert {k.split(".")[3] for k in subject} == {"attn2"} and len(subject) == 2 * 4 * 3
