@@ -71,16 +71,16 @@ class PeftLora:
     of `unet`, a training run's own copy of the denoiser; `pipeline` is the family's diffusers
     pipeline class (`dvkit.io.lora_import.pipeline_class`).
 
-    peft draws A from the global torch generator; with a `seed` that draw happens in a forked
-    generator seeded with it, so runs with one seed start (and end) alike. peft keeps the LoRA
-    in float32 whatever the base's dtype (the optimizer steps float32 weights; autocast runs
-    the layers in half precision). Call `remove` when done: until then the base's module tree
-    holds peft's layers.
+    Per layer A [rank, in] (peft: Kaiming-uniform) and B [out, rank] (zero); the layer's output
+    gains (alpha / rank) · B(A(x)). peft draws A from the global torch generator; with a `seed`
+    that draw happens in a forked generator seeded with it, so runs with one seed start (and
+    end) alike. A and B are cast to float32 after peft makes them in the base's dtype (the
+    optimizer steps float32 weights; autocast runs the layers in half precision). Call `remove`
+    when done: until then the base's module tree holds peft's layers.
     """
 
     def __init__(
         self,
-        kind: AdapterKind,
         unet: torch.nn.Module,
         layers: list[str],
         rank: int,
@@ -90,7 +90,7 @@ class PeftLora:
     ) -> None:
         from peft import LoraConfig, inject_adapter_in_model
 
-        self.kind, self.unet, self.alpha, self.pipeline = kind, unet, alpha, pipeline
+        self.unet, self.alpha, self.pipeline = unet, alpha, pipeline
         config = LoraConfig(
             r=rank,
             lora_alpha=alpha,
@@ -164,7 +164,7 @@ def fresh_weights(
         alpha = settings.lora_alpha or float(settings.lora_rank)
         layers = lora_layers(base.unet, kind)
         return PeftLora(
-            kind, base.unet, layers, settings.lora_rank, alpha, settings.seed, pipeline_class(base)
+            base.unet, layers, settings.lora_rank, alpha, settings.seed, pipeline_class(base)
         )
     fresh = create_adapter_state(
         denoisers, kind, settings.hidden_ratio, cond_dim=cond_dim, seed=settings.seed
