@@ -682,7 +682,6 @@ def test_trained_loras_compose_through_hooks_as_peft_runs_them(tmp_path) -> None
     assert (ours - theirs).abs().max().item() <= 1e-5
 
 
-@pytest.mark.slow
 def test_lora_training_is_reproducible_and_resumes_to_the_same_weights(tmp_path) -> None:
     from test_training import InterruptAt
 
