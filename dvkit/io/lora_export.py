@@ -1,5 +1,6 @@
-"""Exports of LoRAs: one LoRA as a diffusers/peft or ComfyUI (kohya) file that other tools
-load, and LoRAs fused into a copy of their base (`--into-base`), saved as a diffusers folder.
+"""Exports of LoRAs: one LoRA as a diffusers/peft or ComfyUI file that other tools load (kohya
+names on UNet families, Wan's original names on wan), and LoRAs fused into a copy of their base
+(`--into-base`), saved as a diffusers folder of the family's pipeline.
 
 Both files carry ModelSpec metadata (`modelspec.*`, architecture `<family>/lora`, the
 subject's token as `modelspec.trigger_phrase`); a subject's learned token is written beside the
@@ -47,11 +48,13 @@ def export_lora(
     overwrite: bool = False,
 ) -> ExportResult:  # fmt: skip
     """Write LoRA `ref` (or its kept checkpoint at `step`) to `out` in layout `fmt`: `diffusers`
-    (peft names under `unet.` / `text_encoder.`, written by the family pipeline's
-    `save_lora_weights` with each layer's rank and alpha as a peft `LoraConfig`) or `comfyui`
-    (kohya names with `.alpha`, `dvkit.io.lora_layouts.to_kohya`).
+    (peft names under `unet.` / `text_encoder.`, or `transformer.` on wan, written by the family
+    pipeline's `save_lora_weights` with each layer's rank and alpha as a peft `LoraConfig`) or
+    `comfyui` (kohya names with `.alpha`, `dvkit.io.lora_layouts.to_kohya`; on wan Wan's
+    original names, `to_wan_original`).
 
-    Raises `DvkitError` for a DreamVideo adapter or an unknown format.
+    Raises `DvkitError` for a DreamVideo adapter, an unknown format, a text-encoder LoRA the
+    family's pipeline cannot load, or (`AdapterFileError`) a wan layer with no ComfyUI name.
     """
     from dvkit.generate.compose import load_adapter
     from dvkit.io.adapter_file import serialize_with_hash
