@@ -155,3 +155,52 @@ def run_dvkit() -> Callable[..., subprocess.CompletedProcess]:
         )
 
     return invoke
+
+
+@pytest.fixture
+def train_loras(catalog: Catalog, tmp_path: Path) -> Callable[..., tuple]:
+    """A trainer of LoRAs, `train(base, size, frames, **subject)` → the records of subject `cat`
+    (1 inversion + 2 LoRA steps, `subject` options) and motion `surf` (2 steps on `frames`
+    frames), trained in `catalog` on 2 random `size`-pixel images and one video of 8 frames."""
+
+    def train(base: str, size: int, frames: int, **subject: object) -> tuple:
+        import numpy as np
+        from PIL import Image
+
+        from dvkit.train.api import add_motion, add_subject
+
+        rng = np.random.default_rng(0)
+        images, video = tmp_path / "images", tmp_path / "videos" / "0"
+        images.mkdir()
+        video.mkdir(parents=True)
+        for folder, count in ((images, 2), (video, 8)):
+            for index in range(count):
+                pixels = (rng.random((size, size, 3)) * 255).astype("uint8")
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+        fast = {"preset": "quick", "resolution": size, "base": base, "adapter": "lora"}
+        cat = add_subject("cat", [images], catalog=catalog, inversion_steps=1, identity_steps=2,
+                          **fast, **subject)  # fmt: skip
+        surf = add_motion("surf", [video], catalog=catalog, steps=2, frames=frames, **fast)
+        return cat, surf
+
+    return train
+
+
+@pytest.fixture
+def fused_pipeline(cli: Callable[..., tuple[int, str, str]], tmp_path: Path) -> Callable:
+    """`fuse(home, pipeline_class, subject, motion, scales)` → `pipeline_class.from_pretrained`
+    of the folder `dvkit export --merged --into-base` writes for LoRAs `subject` and `motion` at
+    `scales` (subject's, motion's), progress bar off."""
+
+    def fuse(home: Path, pipeline_class: type, subject: str, motion: str, scales: tuple) -> object:
+        out = tmp_path / "fused"
+        subject_scale, motion_scale = (str(scale) for scale in scales)
+        code, _, err = cli("--home", home, "export", "--merged", "--into-base", out,
+                           "--subject", subject, "--subject-scale", subject_scale,
+                           "--motion", motion, "--motion-scale", motion_scale)  # fmt: skip
+        assert code == 0, err
+        pipe = pipeline_class.from_pretrained(out)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return fuse

@@ -380,19 +380,13 @@ def test_exports_in_diffusers_and_comfyui_layouts_load_back_in_diffusers(cli, ho
 
 
 def test_into_base_folder_loads_with_the_pipeline_and_samples_what_dvkit_composes(
-    four, cli, tmp_path
+    four, cli, tmp_path, fused_pipeline
 ):
     from diffusers import AnimateDiffPipeline
 
     from dvkit.catalog import Catalog
 
-    out = tmp_path / "fused"
-    code, out_text, err = cli("--home", four, "export", "--merged", "--into-base", out,
-                              "--subject", "lorasubject", "--motion", "zoom",
-                              "--subject-scale", "0.8", "--motion-scale", "1.2")  # fmt: skip
-    assert code == 0, err
-    pipe = AnimateDiffPipeline.from_pretrained(out)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = fused_pipeline(four, AnimateDiffPipeline, "lorasubject", "zoom", (0.8, 1.2))
     with Catalog.open(four) as catalog:
         ours = _catalog_frames(catalog, {"lorasubject": 0.8, "zoom": 1.2})
         base = open_base(catalog, BASE)[0]
@@ -432,26 +426,11 @@ def test_subject_lora_export_carries_its_token_for_diffusers(four, cli, tmp_path
 
 
 def test_training_lora_subjects_and_motions_registers_loras_the_grid_composes(
-    catalog, tmp_path
+    catalog, train_loras
 ) -> None:
-    import numpy as np
-    from PIL import Image
-
     from dvkit.evaluate.grid import bench
-    from dvkit.train.api import add_motion, add_subject
 
-    rng = np.random.default_rng(0)
-    images, videos = tmp_path / "images", tmp_path / "videos" / "0"
-    images.mkdir()
-    videos.mkdir(parents=True)
-    for index in range(4):
-        pixels = (rng.random((8, 8, 3)) * 255).astype("uint8")
-        Image.fromarray(pixels).save((images if index < 2 else videos) / f"{index}.png")
-        Image.fromarray(pixels).save(videos / f"{index + 4}.png")
-    fast = {"preset": "quick", "resolution": 8, "base": BASE, "adapter": "lora"}
-    cat = add_subject("cat", [images], catalog=catalog, inversion_steps=1, identity_steps=2,
-                      lora_rank=3, lora_alpha=6.0, **fast)  # fmt: skip
-    surf = add_motion("surf", [videos], catalog=catalog, steps=2, frames=4, **fast)
+    cat, surf = train_loras(BASE, 8, 4, lora_rank=3, lora_alpha=6.0)
     assert (cat.method, cat.rank, cat.alpha, cat.token) == ("lora", 3, 6.0, "<cat>")
     assert (surf.method, surf.rank, surf.alpha) == ("lora", 4, 4.0)
     assert cat.placement == surf.placement == ["to_k", "to_out.0", "to_q", "to_v"]
@@ -624,3 +603,101 @@ def test_a_second_text_encoder_or_a_dora_is_refused(cli, home, tmp_path, unet):
     code, _, err = cli("--home", home, "import", tmp_path / "dora.safetensors", "--kind",
                        "motion", "--base", BASE)  # fmt: skip
     assert code == 1 and "a DoRA" in err and err.count("\n") == 1
+
+
+TRAINED = {"adapter": "lora", "lora_rank": 2, "lora_alpha": 3.0, "seed": 7, "resolution": 8}
+
+
+def _train_lora_subject(folder: Path, reporter=None, resume: bool = False):
+    """A subject LoRA trained through peft on a fresh tiny-animatediff (2 + 4 steps, a
+    checkpoint every 2, step 2 kept), and the base it trained on."""
+    from dvkit.models.tiny_animatediff import build_tiny_animatediff_base
+    from dvkit.train.loop import SilentReporter
+    from dvkit.train.settings import QUICK, SubjectSettings
+    from dvkit.train.subject import train_subject
+
+    settings = SubjectSettings(**{
+        **QUICK["subject"], **TRAINED, "token": "<cat>", "initializer": "cat",
+        "inversion_steps": 2, "identity_steps": 4, "identity_lr": 0.05, "checkpoint_every": 2,
+        "keep_steps": [2],
+    })  # fmt: skip
+    base = build_tiny_animatediff_base()
+    pixels = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    result = train_subject(base, pixels, None, settings, torch.device("cpu"), torch.float32,
+                           folder, reporter or SilentReporter(), resume=resume)  # fmt: skip
+    return result, base
+
+
+@pytest.mark.slow
+def test_trained_loras_compose_through_hooks_as_peft_runs_them(tmp_path) -> None:
+    """A subject and a motion LoRA trained through peft: dvkit's hooks (compose) give the
+    frames of the base with peft's layers holding the same weights; training leaves the base's
+    state dict as it was and no peft config behind."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    from dvkit.models.image_encoder import load_image_encoder
+    from dvkit.models.lora import LoraWeights
+    from dvkit.models.textual_inversion import apply_token_embedding
+    from dvkit.models.tiny_animatediff import build_tiny_animatediff_base
+    from dvkit.train.loop import SilentReporter
+    from dvkit.train.motion import train_motion
+    from dvkit.train.settings import QUICK, MotionSettings
+
+    subject, trained_on = _train_lora_subject(tmp_path / "subject")
+    fresh = build_tiny_animatediff_base().unet.state_dict()
+    after = trained_on.unet.state_dict()
+    assert list(after) == list(fresh) and all(torch.equal(after[k], fresh[k]) for k in fresh)
+    assert not hasattr(trained_on.unet, "peft_config")
+    clips = torch.rand(2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    settings = MotionSettings(**{**QUICK["motion"], **TRAINED, "steps": 4, "lr": 0.05,
+                                 "frames": 4, "image_encoder": "tiny"})  # fmt: skip
+    motion = train_motion(build_tiny_animatediff_base(), clips, load_image_encoder("tiny"),
+                          settings, torch.device("cpu"), torch.float32, tmp_path / "motion",
+                          SilentReporter())  # fmt: skip
+    loras = {"cat": ("subject", subject.identity), "surf": ("motion", motion.tensors)}
+    assert all(float(t) == 3.0 for _, ts in loras.values() for k, t in ts.items()
+               if k.endswith(".alpha"))  # fmt: skip
+    prompt = f"{PROMPT} <cat>"
+
+    hooked = build_tiny_animatediff_base()
+    apply_token_embedding(hooked.tokenizer, hooked.text_encoder, "<cat>", subject.embedding)
+    injector = AdapterInjector(hooked.unet)
+    for name, (kind, tensors) in loras.items():
+        injector.load_lora(name, LoraWeights.from_tensors(kind, tensors, {"unet": hooked.unet}))
+    row = Row(prompt, 5, NEGATIVE, {"cat": 1.0, "surf": 1.0})
+    ours = sample(hooked, [row], SETTINGS, injector)
+
+    wrapped = build_tiny_animatediff_base()
+    apply_token_embedding(wrapped.tokenizer, wrapped.text_encoder, "<cat>", subject.embedding)
+    bare = sample(wrapped, [Row(prompt, 5, NEGATIVE)], SETTINGS, AdapterInjector(wrapped.unet))
+    weights = {  # both LoRAs in one peft adapter (they share rank and alpha)
+        k.removeprefix("unet."): v
+        for _, tensors in loras.values()
+        for k, v in tensors.items()
+        if "lora_" in k
+    }
+    layers = sorted({k.rsplit(".lora_", 1)[0] for k in weights})
+    config = LoraConfig(r=2, lora_alpha=3.0, target_modules=layers)
+    inject_adapter_in_model(config, wrapped.unet, adapter_name="trained")
+    set_peft_model_state_dict(wrapped.unet, weights, adapter_name="trained")
+    theirs = sample(wrapped, [Row(prompt, 5, NEGATIVE)], SETTINGS, AdapterInjector(wrapped.unet))
+    assert (ours - bare).abs().max().item() > 1e-2  # the LoRAs do change the frames
+    assert (ours - theirs).abs().max().item() <= 1e-5
+
+
+def test_lora_training_is_reproducible_and_resumes_to_the_same_weights(tmp_path) -> None:
+    from test_training import InterruptAt
+
+    from dvkit.train.loop import TrainingInterrupted
+
+    straight, _ = _train_lora_subject(tmp_path / "a")
+    again, _ = _train_lora_subject(tmp_path / "b")
+    with pytest.raises(TrainingInterrupted):
+        _train_lora_subject(tmp_path / "c", InterruptAt(4))  # inside the LoRA's stage
+    resumed, base = _train_lora_subject(tmp_path / "c", resume=True)
+    for other in (again, resumed):
+        assert straight.identity.keys() == other.identity.keys()
+        assert all(torch.equal(v, other.identity[k]) for k, v in straight.identity.items())
+        assert all(torch.equal(v, other.kept[2][k]) for k, v in straight.kept[2].items())
+    assert {k.rsplit(".", 1)[-1] for k in straight.kept[2]} == {"weight", "alpha"}
+    assert not hasattr(base.unet, "peft_config")

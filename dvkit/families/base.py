@@ -109,6 +109,13 @@ class Family:
     }
     """Per slot, the block's submodule whose input is the block's hidden states `h` (the norm
     feeding the layer) and the layer the adapter's output is added to."""
+    lora_attentions: ClassVar[Mapping[AdapterKind, tuple[str, ...]]] = {
+        "subject": ("attn1", "attn2"),
+        "motion": ("attn1", "attn2"),
+    }
+    """Per kind, the attention layers of each block whose projections a trained LoRA adapts
+    (`dvkit.train.weights.lora_layers`): in a UNet's blocks every attention, as MotionDirector's
+    spatial (subject) and temporal (motion) LoRAs adapt them."""
     gated_slots: ClassVar[frozenset[str]] = frozenset()
     """Slots whose layer output the block multiplies by a gate (see `slot_gate`)."""
     defaults: ClassVar[FamilyDefaults]

@@ -80,6 +80,11 @@ class WanFamily(Family):
         "ff": ("norm3", "ffn"),
     }
     gated_slots = frozenset({"attn1", "ff"})
+    lora_attentions = {"subject": ("attn2",), "motion": ("attn1",)}
+    """A DiT block has no spatial/temporal split, so a trained LoRA's kind picks the attention:
+    a subject's LoRA the cross-attention (`attn2`, where the prompt and its learned token enter,
+    like DreamVideo's identity adapter), a motion's the space-time self-attention (`attn1`,
+    the one layer where frames see each other)."""
     temporal_vae = True
     # WanPipeline's own defaults (81 frames, 50 steps, guidance 5.0; videos written at 16 fps
     # in its documentation). It samples 480×832; dvkit's videos are square, so the default size

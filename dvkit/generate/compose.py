@@ -413,11 +413,14 @@ def load_weights(
     """Load an adapter version's weights into `injector` as `name`: DreamVideo adapters beside
     their layers, a LoRA on its layers of the UNet and text encoder (`dvkit.models.lora`), a
     token-only subject (an imported textual inversion) as an empty adapter. Raises
-    `LoraMismatchError` for a LoRA whose tensors do not fit the base."""
+    `LoraMismatchError` for a LoRA whose tensors do not fit the base, `DvkitError` for a LoRA
+    on a two-expert base."""
     record, tensors = adapter.record, adapter.tensors.adapters
     if record.method == "lora":
-        from dvkit.models.lora import LoraWeights
+        from dvkit.models.lora import TWO_EXPERTS, LoraWeights
 
+        if components.unet_2 is not None:
+            raise DvkitError(TWO_EXPERTS.format(base=components.name))
         roots = {"unet": components.unet, "text_encoder": components.text_encoder}
         weights = LoraWeights.from_tensors(record.kind, tensors, roots, f"base {components.name}")
         injector.load_lora(name, weights, components.text_encoder)

@@ -1,5 +1,6 @@
-"""Exports of LoRAs: one LoRA as a diffusers/peft or ComfyUI (kohya) file that other tools
-load, and LoRAs fused into a copy of their base (`--into-base`), saved as a diffusers folder.
+"""Exports of LoRAs: one LoRA as a diffusers/peft or ComfyUI file that other tools load (kohya
+names on UNet families, Wan's original names on wan), and LoRAs fused into a copy of their base
+(`--into-base`), saved as a diffusers folder of the family's pipeline.
 
 Both files carry ModelSpec metadata (`modelspec.*`, architecture `<family>/lora`, the
 subject's token as `modelspec.trigger_phrase`); a subject's learned token is written beside the
@@ -47,16 +48,18 @@ def export_lora(
     overwrite: bool = False,
 ) -> ExportResult:  # fmt: skip
     """Write LoRA `ref` (or its kept checkpoint at `step`) to `out` in layout `fmt`: `diffusers`
-    (peft names under `unet.` / `text_encoder.`, written by the family pipeline's
-    `save_lora_weights` with each layer's rank and alpha as a peft `LoraConfig`) or `comfyui`
-    (kohya names with `.alpha`, `dvkit.io.lora_layouts.to_kohya`).
+    (peft names under `unet.` / `text_encoder.`, or `transformer.` on wan, written by the family
+    pipeline's `save_lora_weights` with each layer's rank and alpha as a peft `LoraConfig`) or
+    `comfyui` (kohya names with `.alpha`, `dvkit.io.lora_layouts.to_kohya`; on wan Wan's
+    original names, `to_wan_original`).
 
-    Raises `DvkitError` for a DreamVideo adapter or an unknown format.
+    Raises `DvkitError` for a DreamVideo adapter, an unknown format, a text-encoder LoRA the
+    family's pipeline cannot load, or (`AdapterFileError`) a wan layer with no ComfyUI name.
     """
     from dvkit.generate.compose import load_adapter
     from dvkit.io.adapter_file import serialize_with_hash
     from dvkit.io.export import ExportResult, check_out_path
-    from dvkit.io.lora_layouts import to_diffusers, to_kohya
+    from dvkit.io.lora_layouts import denoiser_component, to_diffusers, to_kohya, to_wan_original
 
     if fmt not in FORMATS[1:]:
         raise DvkitError(f"unknown export format {fmt!r} (use dvkit, diffusers or comfyui)")
@@ -69,7 +72,10 @@ def export_lora(
         )
     adapter = load_adapter(catalog, record.ref, step, record.kind)
     tensors = adapter.tensors.adapters
-    if fmt == "comfyui":
+    pipeline = family_pipeline(record.architecture)
+    if fmt == "comfyui" and denoiser_component(pipeline) != "unet":
+        foreign, extra = to_wan_original(tensors, pipeline), {}
+    elif fmt == "comfyui":
         foreign, extra = to_kohya(tensors), {}
     else:
         layers, configs = to_diffusers(tensors)
@@ -104,6 +110,7 @@ def export_into_base(
     import torch
 
     from dvkit.generate.compose import load_adapter, open_matching_base
+    from dvkit.io.lora_layouts import denoiser_component
     from dvkit.models.lora import LoraWeights
     from dvkit.models.textual_inversion import apply_token_embedding
 
@@ -131,10 +138,14 @@ def export_into_base(
     accepted = inspect.signature(pipeline).parameters
     given = {
         "vae": components.vae, "text_encoder": components.text_encoder,
-        "tokenizer": components.tokenizer, "unet": components.unet,
+        "tokenizer": components.tokenizer, denoiser_component(pipeline): components.unet,
         "scheduler": components.family.sampling_scheduler(components),
     }  # fmt: skip
-    optional = {key: None for key in accepted if key not in given and key != "self"}
+    optional = {
+        key: None
+        for key, parameter in accepted.items()
+        if key not in given and key != "self" and parameter.default is inspect.Parameter.empty
+    }
     pipeline(**given, **optional).save_pretrained(out)
     return [adapter.label for adapter, _ in chosen]
 
@@ -145,16 +156,25 @@ def _saved_by_diffusers(
     """The tensors and header metadata the family pipeline's `save_lora_weights` writes."""
     from safetensors import safe_open
 
+    from dvkit.io.lora_layouts import denoiser_component
+
     pipeline = family_pipeline(architecture)
-    with tempfile.TemporaryDirectory(prefix="dvkit-lora-") as folder:
-        pipeline.save_lora_weights(
-            folder,
-            unet_lora_layers=layers.get("unet"),
-            text_encoder_lora_layers=layers.get("text_encoder"),
-            unet_lora_adapter_metadata=configs.get("unet"),
-            text_encoder_lora_adapter_metadata=configs.get("text_encoder"),
-            weight_name="lora.safetensors",
+    denoiser = denoiser_component(pipeline)
+    parts = (
+        {denoiser: "unet"}
+        if denoiser != "unet"
+        else {"unet": "unet", "text_encoder": "text_encoder"}
+    )
+    if "text_encoder" in layers and "text_encoder" not in parts.values():
+        raise DvkitError(
+            f"{pipeline.__name__} loads no text-encoder LoRA: export this LoRA with --format dvkit"
         )
+    kwargs = {}
+    for theirs, ours in parts.items():
+        kwargs[f"{theirs}_lora_layers"] = layers.get(ours)
+        kwargs[f"{theirs}_lora_adapter_metadata"] = configs.get(ours)
+    with tempfile.TemporaryDirectory(prefix="dvkit-lora-") as folder:
+        pipeline.save_lora_weights(folder, weight_name="lora.safetensors", **kwargs)
         with safe_open(Path(folder) / "lora.safetensors", "pt") as handle:
             return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
 

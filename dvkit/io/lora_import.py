@@ -41,15 +41,16 @@ def prepare_lora_file(
     """A LoRA file as a dvkit LoRA of `base`, checked, not yet registered.
 
     `embedding` (a textual-inversion file) pairs a subject LoRA with its learned token, named
-    `token` or `<name>`. Raises `DvkitError` without a kind, `LoraMismatchError` naming how many
-    of the file's tensors fit the base when any does not, and the embedding's own errors.
+    `token` or `<name>`. Raises `DvkitError` without a kind or for a two-expert base,
+    `LoraMismatchError` naming how many of the file's tensors fit the base when any does not,
+    and the embedding's own errors.
     """
     from dvkit.bases import open_base
     from dvkit.io.adapter_file import TOKEN_EMBEDDING_KEY, AdapterFileInfo
     from dvkit.io.embeddings import check_fits, read_embedding
     from dvkit.io.lora_layouts import model_names, read_lora
     from dvkit.io.vgen import DEFAULT_HIDDEN_RATIO, PreparedImport
-    from dvkit.models.lora import LoraMismatchError, LoraWeights
+    from dvkit.models.lora import TWO_EXPERTS, LoraMismatchError, LoraWeights
 
     path = Path(path)
     if kind not in LORA_KINDS:
@@ -59,6 +60,8 @@ def prepare_lora_file(
     name = validate_name(name or name_from_text(path.stem) or "lora")
     catalog.check_kind(name, kind)
     components, record = open_base(catalog, base)
+    if components.unet_2 is not None:
+        raise DvkitError(f"{path}: " + TWO_EXPERTS.format(base=record.name))
     lora = read_lora(path, pipeline_class(components))
     roots = {"unet": components.unet, "text_encoder": components.text_encoder}
     lora.tensors = model_names(lora.tensors, components.text_encoder)

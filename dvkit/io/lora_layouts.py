@@ -11,6 +11,15 @@ Read (told apart by their keys):
   (`down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.
   processor.to_q_lora.down.weight`), alpha = rank.
 
+On a transformer family (`wan`: the pipeline's `transformer_name`), diffusers' pipeline reads
+every layout it knows (`WanPipeline.lora_state_dict`, `loaders/lora_conversion_utils.py`):
+`diffusers` (`transformer.blocks.N.attn1.to_q.lora_A.weight`, finetrainers and diffusers' own),
+`kohya` (musubi-tuner's `lora_unet_blocks_N_self_attn_q.lora_down.weight` with `.alpha`) and
+`comfyui` (Wan's original names, `diffusion_model.blocks.N.self_attn.q.lora_A.weight` or
+`lora_down` with `.alpha`: ComfyUI, ai-toolkit, diffusion-pipe); it folds each alpha into the
+weights (α = r after). The denoiser's component is `transformer` in diffusers' names, `unet` in
+dvkit's.
+
 Key conversion is diffusers' own: the pipeline's `lora_state_dict` (kohya → diffusers names,
 `loaders/lora_pipeline.py`), `convert_unet_state_dict_to_peft` and `convert_state_dict_to_peft`
 (`utils/state_dict_utils.py`); `convert_state_dict_to_kohya` writes the kohya layout. dvkit adds
@@ -35,11 +44,25 @@ from dvkit.errors import AdapterFileError
 if TYPE_CHECKING:
     import torch
 
-Layout = Literal["diffusers", "kohya", "motionlora"]
+Layout = Literal["diffusers", "kohya", "motionlora", "comfyui"]
 EXPORT_LAYOUTS = ("diffusers", "comfyui")
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_")
 _LORA_KEY = re.compile(r"(^|[._])lora([._]|$)|lora_[AB]\.|_lora\.")
 _METADATA_KEY = "lora_adapter_metadata"
+COMPONENTS = ("unet", "text_encoder")
+COMPONENT_PREFIXES = ("unet.", "text_encoder.")
+_PROJECTIONS = {"q": "to_q", "k": "to_k", "v": "to_v", "o": "to_out.0"}
+WAN_ORIGINAL = {
+    **{f"attn1.{ours}": f"self_attn.{theirs}" for theirs, ours in _PROJECTIONS.items()},
+    **{f"attn2.{ours}": f"cross_attn.{theirs}" for theirs, ours in _PROJECTIONS.items()},
+    "attn2.add_k_proj": "cross_attn.k_img",
+    "attn2.add_v_proj": "cross_attn.v_img",
+    "ffn.net.0.proj": "ffn.0",
+    "ffn.net.2": "ffn.2",
+}
+"""Module names in a `WanTransformerBlock` (diffusers) → Wan's original names (`WanAttentionBlock`
+of Wan's repository), as diffusers' `_convert_non_diffusers_wan_lora_to_diffusers` maps them
+the other way; an export checks each name by converting it back with diffusers."""
 SPLIT_NAMES = ("motion_modules", "temp_attentions", "temp_convs", "transformer_in")
 """Module names of AnimateDiff's and ModelScope's UNets that diffusers' kohya conversion (made
 for SD UNets) splits at their underscore."""
@@ -66,8 +89,8 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
 
     `pipeline_class` is the base family's diffusers pipeline, whose `lora_state_dict` converts
     kohya names. Names of other components are kept as they are (`LoraWeights.from_tensors`
-    counts them as not fitting). Raises `AdapterFileError` for a file that holds no LoRA, or a
-    DoRA (its magnitude vectors have no place in a LoRA).
+    counts them as not fitting). Raises `AdapterFileError` for a file that holds no LoRA, a
+    DoRA (its magnitude vectors have no place in a LoRA), or one diffusers cannot convert.
     """
     path = Path(path)
     loaded, header = _load(path)
@@ -77,8 +100,50 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
     dora = next((k for k in keys if "dora_scale" in k or "lora_magnitude_vector" in k), None)
     if dora is not None:
         raise AdapterFileError(f"{path}: a DoRA ({dora}), which dvkit does not apply")
+    configs = {
+        "unet": _adapter_config(header, denoiser_component(pipeline_class)),
+        "text_encoder": _adapter_config(header, "text_encoder"),
+    }
+    try:
+        layout, tensors = convert_lora(loaded, pipeline_class, configs)
+    except AdapterFileError as exc:
+        raise AdapterFileError(f"{path}: {exc}") from None
+    return ForeignLora(path, layout, tensors)
+
+
+def convert_lora(
+    loaded: Mapping[str, torch.Tensor],
+    pipeline_class: type,
+    configs: Mapping[str, Mapping[str, Any]],
+) -> tuple[Layout, dict[str, torch.Tensor]]:
+    """LoRA tensors in any layout above (told apart by their names) in dvkit names, with one
+    alpha per layer: the file's, else by the component's peft `LoraConfig` fields in `configs`
+    (`alpha_pattern`, `lora_alpha`; component → fields), else the layer's rank.
+
+    `pipeline_class` converts kohya names (`lora_state_dict`). Names of other components are
+    kept as they are. Also what turns peft's own state dict of a trained LoRA
+    (`get_peft_model_state_dict`, under its component) into dvkit names. Raises
+    `AdapterFileError` when a transformer pipeline's `lora_state_dict` fails on the names.
+    """
+    keys = list(loaded)
     layout: Layout
-    if all(key.startswith(KOHYA_PREFIXES) for key in keys):
+    denoiser = denoiser_component(pipeline_class)
+    if denoiser != "unet" and not all(key.startswith(COMPONENT_PREFIXES) for key in keys):
+        layout = _transformer_layout(keys)
+        try:
+            read = pipeline_class.lora_state_dict(dict(loaded))
+        except (KeyError, ValueError, IndexError) as exc:
+            raise AdapterFileError(
+                f"{layout} LoRA that {pipeline_class.__name__}.lora_state_dict cannot convert "
+                f"({type(exc).__name__}: {exc})"[:300]
+            ) from None
+        prefix = f"{denoiser}."
+        converted = {f"unet.{k.removeprefix(prefix)}" if k.startswith(prefix) else k: v
+                     for k, v in read.items()}  # fmt: skip
+        if not any(k.startswith(COMPONENT_PREFIXES) for k in converted):
+            converted = {f"unet.{k}": v for k, v in converted.items()}
+        alphas: Mapping[str, Any] = {}
+    elif all(key.startswith(KOHYA_PREFIXES) for key in keys):
         layout = "kohya"
         converted, alphas = pipeline_class.lora_state_dict(dict(loaded))
         converted = {_fix_split_names(k): v for k, v in converted.items()}
@@ -87,7 +152,7 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
         layout = "motionlora" if any(".temporal_transformer." in k for k in keys) else "diffusers"
         if layout == "motionlora":
             loaded = {f"unet.{_motion_module_name(k)}": v for k, v in loaded.items()}
-        elif not any(k.startswith(("unet.", "text_encoder.")) for k in keys):
+        elif not any(k.startswith(COMPONENT_PREFIXES) for k in keys):
             loaded = {f"unet.{k}": v for k, v in loaded.items()}
         converted, alphas = loaded, {}
     # alphas go through the same conversion as the layers' down weights
@@ -95,21 +160,20 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
         name if name.endswith("down.weight") else f"{name}.lora.down.weight": value
         for name, value in ((k.removesuffix(".alpha"), v) for k, v in alphas.items())
     }
-    components = ("unet", "text_encoder")
-    tensors = {k: v for k, v in converted.items() if not k.startswith(("unet.", "text_encoder."))}
-    for component in components:
+    tensors = {k: v for k, v in converted.items() if not k.startswith(COMPONENT_PREFIXES)}
+    for component in COMPONENTS:
         part = _to_peft(component, converted)
         layer_alphas = {
             k.removesuffix(".lora_A.weight"): v for k, v in _to_peft(component, as_down).items()
         }
-        config = _adapter_config(header, component)
+        config = configs.get(component, {})
         for key, value in part.items():
             tensors[key] = value
             if key.endswith(".lora_A.weight"):
                 layer = key.removesuffix(".lora_A.weight")
                 alpha = layer_alphas.get(layer, _configured_alpha(layer, value.shape[0], config))
                 tensors[f"{layer}.alpha"] = _scalar(alpha)
-    return ForeignLora(path, layout, tensors)
+    return layout, tensors
 
 
 def file_names(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -202,6 +266,54 @@ def to_kohya(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         alpha_key = re.sub(r"^lora_te1_", "lora_te_", next(k for k in one if k.endswith(".alpha")))
         converted[alpha_key] = tensors[layer_alpha]
     return converted
+
+
+def denoiser_component(pipeline_class: type) -> str:
+    """What diffusers calls a pipeline's denoiser in LoRA names: `transformer` for transformer
+    families (`WanPipeline.transformer_name`), else `unet`."""
+    return getattr(pipeline_class, "transformer_name", None) or "unet"
+
+
+def to_wan_original(
+    tensors: Mapping[str, torch.Tensor], pipeline_class: type
+) -> dict[str, torch.Tensor]:
+    """dvkit LoRA tensors of a Wan transformer in the ComfyUI layout: Wan's original names
+    (`diffusion_model.blocks.N.self_attn.q.lora_A.weight`, `lora_B`; `WAN_ORIGINAL`), each
+    layer's α / r folded into B (no `.alpha`: ComfyUI then scales by 1, as diffusers does after
+    folding). The result is converted back by `pipeline_class.lora_state_dict` (diffusers' own
+    reader) and must give the same layers and weights.
+
+    Raises `AdapterFileError` naming a layer with no original name (outside the blocks, or a
+    text-encoder layer), or when diffusers reads the result back differently.
+    """
+    import torch
+
+    out: dict[str, torch.Tensor] = {}
+    expected: dict[str, torch.Tensor] = {}
+    for key in [k for k in tensors if k.endswith(".lora_A.weight")]:
+        layer = key.removesuffix(".lora_A.weight")
+        match = re.fullmatch(r"unet\.blocks\.(\d+)\.(.+)", layer)
+        if match is None or match[2] not in WAN_ORIGINAL:
+            raise AdapterFileError(f"{layer}: no ComfyUI (Wan original) name for this layer")
+        down, up = tensors[key], tensors[f"{layer}.lora_B.weight"]
+        scaled = up * (float(tensors[f"{layer}.alpha"]) / down.shape[0])
+        name = f"diffusion_model.blocks.{match[1]}.{WAN_ORIGINAL[match[2]]}"
+        out |= {f"{name}.lora_A.weight": down, f"{name}.lora_B.weight": scaled}
+        expected |= {f"{layer}.lora_A.weight": down, f"{layer}.lora_B.weight": scaled}
+    _, back = convert_lora(out, pipeline_class, {})
+    back = {k: v for k, v in back.items() if not k.endswith(".alpha")}
+    if back.keys() != expected.keys() or any(
+        not torch.equal(back[k], v) for k, v in expected.items()
+    ):
+        raise AdapterFileError("diffusers reads the ComfyUI export back as other layers")
+    return out
+
+
+def _transformer_layout(keys: list[str]) -> Layout:
+    """The layout of a transformer family's LoRA by its names (see the module docstring)."""
+    if all(key.startswith(KOHYA_PREFIXES) for key in keys):
+        return "kohya"
+    return "comfyui" if any(key.startswith("diffusion_model.") for key in keys) else "diffusers"
 
 
 def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

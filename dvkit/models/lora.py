@@ -39,6 +39,14 @@ their scales or one scale); see `AdapterInjector.selection`."""
 RowsPerVideo = Callable[[int], int]
 
 
+TWO_EXPERTS = (
+    "base {base} has two experts (Wan 2.2 A14B); dvkit applies LoRAs to one-denoiser bases only"
+)
+"""Why a LoRA is refused on a two-expert base: diffusers loads a Wan 2.2 LoRA into each expert
+separately (`load_lora_weights(…, load_into_transformer_2=True)`), and which expert a file is
+for is not written in it."""
+
+
 class LoraMismatchError(DvkitError):
     """LoRA tensors whose names or shapes do not fit the base's layers."""
 
@@ -140,35 +148,6 @@ class LoraWeights(nn.Module):
             key = _module_key(module.path)
             weights.down[key] = nn.Parameter(tensors[f"{module.path}.lora_A.weight"].float())
             weights.up[key] = nn.Parameter(tensors[f"{module.path}.lora_B.weight"].float())
-        return weights
-
-    @classmethod
-    def create(
-        cls,
-        kind: AdapterKind,
-        roots: Mapping[str, nn.Module],
-        paths: Iterable[str],
-        rank: int,
-        alpha: float,
-        seed: int | None = None,
-    ) -> LoraWeights:
-        """A fresh LoRA of `rank` and `alpha` on the layers at `paths` (`<component>.<module
-        path>`): A as peft initialises it (Kaiming-uniform, a = √5, `LoraLayer.reset_lora_
-        parameters`), B zero, so it adds exactly nothing until trained."""
-        modules = [LoraModule(path, rank, alpha) for path in paths]
-        weights = cls(kind, modules)
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for module in modules:
-                layer = roots[module.component].get_submodule(module.module_path)
-                shapes = expected_shapes(layer, rank)
-                assert shapes is not None, f"{module.path} is not a layer LoRAs take"
-                down = torch.empty(shapes["lora_A.weight"])
-                nn.init.kaiming_uniform_(down, a=5**0.5)
-                key = _module_key(module.path)
-                weights.down[key] = nn.Parameter(down)
-                weights.up[key] = nn.Parameter(torch.zeros(shapes["lora_B.weight"]))
         return weights
 
     def adapter(self, prefix: str) -> None:

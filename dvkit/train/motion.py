@@ -24,7 +24,7 @@ from dvkit.train.diffusion import diffusion_loss, sample_latents
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import MotionSettings
 from dvkit.train.setup import loop_settings, make_generator, prepare_base, trained_denoisers
-from dvkit.train.weights import fresh_weights
+from dvkit.train.weights import fresh_weights, kept_tensors, release
 
 ADAPTER_NAME = "motion"
 
@@ -97,18 +97,21 @@ def train_motion(
         )  # fmt: skip
         image = embeds[chosen[torch.arange(batch, device=device), frame]] * keep_image[:, None]
         text = torch.where(keep_text[:, None, None], caption, empty)
-        injector.set_active({ADAPTER_NAME: 1.0}, image_embeds=image)
+        if settings.adapter != "lora":  # a LoRA runs in peft's layers, with no condition
+            injector.set_active({ADAPTER_NAME: 1.0}, image_embeds=image)
         prediction = family.predict(base, noisy.to(dtype), timesteps, text)
         return diffusion_loss(prediction, target)
 
-    result = run_stage(
-        Stage("motion", settings.steps, settings.lr, weights.parameters_by_name(), motion_loss,
-              settings.keep_steps),
-        loop_settings(settings, device, dtype, world), folder, generator, reporter, resume,
-    )  # fmt: skip
-    tensors = {name: value.cpu().clone() for name, value in weights.tensors().items()}
-    injector.detach()
-    return MotionResult(tensors, result.kept, {"motion": result.loss_curve})
+    try:
+        result = run_stage(
+            Stage("motion", settings.steps, settings.lr, weights.parameters_by_name(),
+                  motion_loss, settings.keep_steps),
+            loop_settings(settings, device, dtype, world), folder, generator, reporter, resume,
+        )  # fmt: skip
+        tensors = {name: value.cpu().clone() for name, value in weights.tensors().items()}
+    finally:
+        release(injector, weights)
+    return MotionResult(tensors, kept_tensors(weights, result.kept), {"motion": result.loss_curve})
 
 
 def _window_posteriors(

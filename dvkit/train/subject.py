@@ -30,7 +30,7 @@ from dvkit.train.diffusion import diffusion_loss, latent_masks, sample_latents
 from dvkit.train.loop import Reporter, Stage, run_stage
 from dvkit.train.settings import SubjectSettings
 from dvkit.train.setup import loop_settings, make_generator, prepare_base, trained_denoisers
-from dvkit.train.weights import fresh_weights
+from dvkit.train.weights import fresh_weights, kept_tensors, release
 
 ADAPTER_NAME = "identity"
 
@@ -132,17 +132,19 @@ def train_subject(
         prediction = family.predict(base, noisy, timesteps, text)
         return diffusion_loss(prediction, target, mask)
 
-    identity = run_stage(
-        Stage("identity", settings.identity_steps, settings.identity_lr,
-              weights.parameters_by_name(), identity_loss, settings.keep_steps),
-        loop, folder, generator, reporter, resume,
-    )  # fmt: skip
-    tensors = {name: value.cpu().clone() for name, value in weights.tensors().items()}
-    injector.detach()
+    try:
+        identity = run_stage(
+            Stage("identity", settings.identity_steps, settings.identity_lr,
+                  weights.parameters_by_name(), identity_loss, settings.keep_steps),
+            loop, folder, generator, reporter, resume,
+        )  # fmt: skip
+        tensors = {name: value.cpu().clone() for name, value in weights.tensors().items()}
+    finally:
+        release(injector, weights)
     return SubjectResult(
         identity=tensors,
         embedding=embedding,
-        kept=identity.kept,
+        kept=kept_tensors(weights, identity.kept),
         loss_curves={**curves, "identity": identity.loss_curve},
         initializer=described,
     )
