@@ -168,7 +168,7 @@ def test_import_errors_leave_catalog_unchanged(cli, home, make_adapter, tmp_path
 
     foreign = tmp_path / "foreign.safetensors"
     save_file({"x": torch.zeros(3)}, foreign)
-    _one_error_line(*cli("--home", home, "import", foreign), "not a dvkit adapter file")
+    _one_error_line(*cli("--home", home, "import", foreign), "embedding width 3 does not fit")
     corrupt = make_adapter("dog")
     data = bytearray(corrupt.read_bytes())
     data[-3] ^= 0x55
