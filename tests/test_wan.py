@@ -106,10 +106,11 @@ def test_scale_zero_equals_no_adapters_and_rows_batch_as_alone(base) -> None:
 EMBEDS = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
 
 
-def _block_run(base, tensors, slot):
+def _block_run(base, tensors, slot, zero_channel=None):
     """Run the transformer once with the motion adapter of `tensors` (only its `slot` adapters
     nonzero) and once without; returns what block 0 showed: the adapter's input and output, and
-    the tensor that should differ by exactly A(h) between the runs."""
+    the tensor that should differ by exactly A(h) between the runs. With `zero_channel`, block
+    0's gate of `slot` is exactly 0 in that channel."""
     only = {
         k: (v if f".{slot}_adapter." in k or not k.split(".")[-2] == "up" else torch.zeros_like(v))
         for k, v in tensors.items()
@@ -129,6 +130,15 @@ def _block_run(base, tensors, slot):
             lambda _, args: seen["after"].append(args[0])))  # fmt: skip
     else:  # the ffn is the block's last residual add
         hooks.append(block.register_forward_hook(lambda _, a, out: seen["after"].append(out)))
+    if zero_channel is not None:  # temb's gate row := −scale_shift_table's, before all hooks
+        row = 2 if slot == "attn1" else 5
+
+        def zero_gate(module, args):
+            temb = args[2].clone()
+            temb[:, row, zero_channel] = -module.scale_shift_table[0, row, zero_channel]
+            return (*args[:2], temb, *args[3:])
+
+        hooks.append(block.register_forward_pre_hook(zero_gate, prepend=True))
     text = base.family.encode_text(base, ["a cat", "a dog"]).detach()
     latents = torch.randn(2, 4, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     try:
@@ -155,6 +165,16 @@ def test_motion_adapters_act_outside_the_gate_on_every_token(base, slot) -> None
     assert a.abs().mean() > 0.1
     # the block's hidden states gain exactly A(h), not gate·A(h)
     assert (difference - a).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("slot", ["attn1", "ff"])
+def test_a_zero_gate_gives_finite_outputs_and_exact_adapters_elsewhere(base, slot) -> None:
+    tensors = _random_adapters(base.unet, "motion", 2, cond_dim=8)
+    h, a, difference = _block_run(base, tensors, slot, zero_channel=5)
+    assert torch.isfinite(difference).all() and a[..., 5].abs().max() > 0.1
+    assert difference[..., 5].abs().max().item() == 0.0  # gate 0: the block adds 0·A/ε
+    others = [c for c in range(24) if c != 5]
+    assert (difference[..., others] - a[..., others]).abs().max().item() <= 1e-5
 
 
 def test_learned_token_changes_only_its_own_row_of_the_shared_embedding() -> None:

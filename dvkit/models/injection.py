@@ -12,7 +12,8 @@ the temporal ones (`TransformerTemporalModel` with `transformer_in` on ModelScop
 pre-hook on the norm that feeds the layer records `h`, and a forward hook on the layer adds
 `A(h)` to its output (in the layer's dtype). Where the block multiplies the layer's output by a
 gate, as Wan's adaLN blocks do for `attn1` and `ffn`, the hook adds `A(h) / gate`, so the
-adapter still acts outside the gate (see `dvkit.families.wan` for why).
+adapter still acts outside the gate (see `dvkit.families.wan` for why; where |gate| < 1e-6 it
+divides by ±1e-6 instead, `_outside_gate`).
 Where a block adds positional embeddings to its layers' input (the `sprites` base gives its
 temporal blocks frame positions), the adapter reads `h` with them added: otherwise a per-token
 adapter in a temporal block could not tell one frame from another.
@@ -42,6 +43,8 @@ from dvkit.models.adapters import (
 )
 
 _NAMES_SHOWN = 3
+GATE_EPSILON = 1e-6
+"""Smallest gate magnitude an adapter's output is divided by (see `_outside_gate`)."""
 
 
 class AdapterMismatchError(DvkitError):
@@ -423,9 +426,11 @@ class AdapterInjector:
         self, prefix: str, h: torch.Tensor, output: torch.Tensor, gate: torch.Tensor | None
     ) -> torch.Tensor:
         """`output` plus, on the rows that use them, the scaled outputs of the active adapters
-        (each divided by `gate`, (N, 1 or L, C) in float32, when the layer is gated)."""
+        (each divided by `gate`, (N, 1 or L, C) in float32, when the layer is gated; see
+        `_outside_gate`)."""
         if gate is not None:
             output = output.float()
+            gate = _outside_gate(gate)
         for name, selection in self._active.items():
             adapter = self._weights[name].adapter(prefix)
             if adapter is None:
@@ -473,6 +478,19 @@ class AdapterInjector:
                 f"{self._videos} videos the adapter selection was set for"
             )
         return rows // self._videos
+
+
+def _outside_gate(gate: torch.Tensor) -> torch.Tensor:
+    """The divisor that puts an adapter's output outside `gate` (any shape, float32): `gate`
+    itself where |gate| ≥ `GATE_EPSILON`, else ±`GATE_EPSILON` with the gate's sign (+ for an
+    exact 0). The block multiplies the hook's float32 output `y + A(h) / divisor` by `gate` in
+    float32 (`WanTransformerBlock.forward`), so it adds `A(h)` to within float32 rounding of
+    `A(h)` wherever |gate| ≥ `GATE_EPSILON` (the quotient's relative error survives the
+    product; real gates that small occur: 1.4e-4 in a channel of `tiny-wan`), and
+    `A(h) · gate / GATE_EPSILON`, smaller than `A(h)` and 0 where the gate is exactly 0, below
+    it: finite for every gate, never inf or NaN, and the quotient at most 1e6 · |A(h)|."""
+    tiny = gate.abs() < GATE_EPSILON
+    return torch.where(tiny, torch.copysign(torch.full_like(gate, GATE_EPSILON), gate), gate)
 
 
 def _module_key(prefix: str) -> str:
