@@ -35,10 +35,8 @@ per channel as `(z − latents_mean) / latents_std` (`WanPipeline` undoes it bef
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,12 +120,11 @@ class WanFamily(Family):
                     f"{source} samples with per-token timesteps (Wan 2.2 TI2V, "
                     "expand_timesteps), which dvkit's wan family does not reproduce"
                 )
-            with _without_accelerate(WanTransformer3DModel):
-                experts = [
-                    WanTransformer3DModel.from_pretrained(location, subfolder=sub).eval()
-                    for sub in ("transformer", "transformer_2")
-                    if (index.get(sub) or [None])[0] is not None
-                ]
+            experts = [
+                WanTransformer3DModel.from_pretrained(location, subfolder=sub).eval()
+                for sub in ("transformer", "transformer_2")
+                if (index.get(sub) or [None])[0] is not None
+            ]
             scheduler_config = diffusers.UniPCMultistepScheduler.load_config(
                 location, subfolder="scheduler"
             )  # any scheduler class reads the config; its _class_name says which to build
@@ -404,23 +401,6 @@ def expert_for(components: BaseComponents, timesteps: torch.Tensor) -> nn.Module
     if not bool(high.any()):
         return components.unet_2
     raise ValueError("a batch of timesteps on both sides of the experts' boundary")
-
-
-@contextmanager
-def _without_accelerate(model_class: type) -> Iterator[None]:
-    """Let diffusers load `model_class` in float32 when `accelerate` is not installed: it loads
-    a class with `_keep_in_fp32_modules` (Wan's norms and time embedding) only through
-    accelerate, though in float32 there is nothing to keep; dvkit casts the whole base to its
-    dtype afterwards (`BaseComponents.freeze`) either way."""
-    if importlib.util.find_spec("accelerate") is not None:
-        yield
-        return
-    kept = model_class._keep_in_fp32_modules
-    model_class._keep_in_fp32_modules = None
-    try:
-        yield
-    finally:
-        model_class._keep_in_fp32_modules = kept
 
 
 def flow_shift(scheduler: SchedulerMixin) -> float:
