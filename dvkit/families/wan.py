@@ -421,4 +421,44 @@ def latent_stats(vae: Any, device: torch.device) -> tuple[torch.Tensor, torch.Te
     return mean, std
 
 
+class SpritesWanFamily(WanFamily):
+    """The built-in `sprites-wan` base: a Wan transformer in pixel space (`PixelCodec`, no VAE:
+    latents are the 16×16 frames, any frame count, one latent frame per frame), the sprites
+    CLIP text encoder and tokenizer (text as on the UNet families), Wan's flow-matching
+    objective and sampler. Adapter sites are `wan`'s (`WanTransformerBlock`)."""
+
+    name = "sprites-pixel-wan"
+    description = "pixel-space Wan transformer of the sprites world (built-in)"
+    temporal_vae = False
+    defaults = FamilyDefaults(
+        frames=8,
+        fps=8,
+        size=16,
+        train_frames=8,
+        steps=25,
+        guidance=2.0,
+        motion_until=0.4,
+        offset_noise=0.0,
+    )
+    tokenize = Family.tokenize
+    embed_ids = Family.embed_ids
+    encode_text = Family.encode_text
+    scale_factor = Family.scale_factor
+    check_frames = Family.check_frames
+    latent_frames = Family.latent_frames
+    encode_frames = Family.encode_frames
+    encode_videos = Family.encode_videos
+    decode = Family.decode
+
+    def detect(self, folder: Path) -> bool:
+        return False
+
+    def claims_hub_id(self, source: str) -> bool:
+        return False
+
+    def load(self, source: str, name: str, options: Mapping[str, Any]) -> BaseComponents:
+        raise BaseLoadError("sprites bases are built in: use the base named 'sprites-wan'")
+
+
 WAN = WanFamily()
+SPRITES_WAN = SpritesWanFamily()
