@@ -69,7 +69,7 @@ def train_subject(
     those vectors, fixed: textual inversion is skipped and only the identity adapter trains
     (the result's `initializer` is then empty).
     """
-    prepare_base(base, device, dtype, settings.gradient_checkpointing)
+    prepare_base(base, device, dtype, settings)
     family, unet, text_encoder = base.family, base.unet, base.text_encoder
     denoisers = trained_denoisers(base, settings.experts, "subject")
     if embedding is None:
