@@ -49,6 +49,8 @@ def test_demo_on_sprites_wan_and_one_base_per_folder(tmp_path, quick_training, c
                          "2", "--device", "cpu")  # fmt: skip
     assert code == 0, err
     assert "report:" in out and "joint" in out
+    joint = next(line for line in out.splitlines() if line.startswith("joint")).split()[1:]
+    assert "Subj. fid." in out and len(joint) == 4 and "-" not in joint  # GT metrics measured
     with Catalog.open(folder / "registry") as catalog:
         subject, motion = catalog.show("orange-triangle"), catalog.show("zigzag")
         assert subject.base == motion.base == "sprites-wan"

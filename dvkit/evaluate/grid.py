@@ -42,7 +42,7 @@ from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.text import check_prompts
 from dvkit.models.textual_inversion import expand_placeholder, initializer_word
-from dvkit.sprites.base import SPRITES_NAME
+from dvkit.sprites.base import SPRITES_BASES
 from dvkit.templates import check_template
 
 ROLES = ("joint", "subject", "motion", "base")
@@ -330,7 +330,7 @@ def _generate(
             warn_zero_embedding(motion_adapters[missing[0]], subject_adapters[s])
     scorer = _CachedScorer(
         Scorer(options["clip"], options["dino"], device), subject_adapters, motion_adapters,
-        plan.base == SPRITES_NAME,
+        plan.base in SPRITES_BASES,
     )  # fmt: skip
     folder = catalog.home / "videos" / "grid"
     folder.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,8 @@ SPRITES_WAN_NAME = "sprites-wan"
 SPRITES_WAN_ARCHITECTURE = "sprites-pixel-wan"
 WAN_WEIGHTS_FILE = WEIGHTS_FILE.with_name("sprites-wan.safetensors")
 WAN_WEIGHTS_SHA256 = ""
+SPRITES_BASES = (SPRITES_NAME, SPRITES_WAN_NAME)
+"""The built-in models of the sprites world (ground-truth metrics apply to their videos)."""
 
 
 SHIPPED_SHA256 = {WEIGHTS_FILE: WEIGHTS_SHA256, WAN_WEIGHTS_FILE: WAN_WEIGHTS_SHA256}

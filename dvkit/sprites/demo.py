@@ -47,8 +47,6 @@ MOTION_TRAINING = {
     "checkpoint_every": 50,
 }
 IMAGES, CLIPS = 5, 6
-BASES = ("sprites", "sprites-wan")
-"""The bases the demo runs on: the built-in models of the sprites world."""
 SCORERS = {"clip": "tiny", "dino": "tiny"}
 
 
@@ -148,8 +146,12 @@ def run_demo(
 
 
 def _check(subject: str, motion: str, seeds: int, base: str) -> Sprite:
-    if base not in BASES:
-        raise DvkitError(f"the demo runs on a sprites base: {' or '.join(BASES)}, not {base!r}")
+    from dvkit.sprites.base import SPRITES_BASES
+
+    if base not in SPRITES_BASES:
+        raise DvkitError(
+            f"the demo runs on a sprites base: {' or '.join(SPRITES_BASES)}, not {base!r}"
+        )
     try:
         sprite = Sprite.parse(subject)
     except ValueError as exc:
