@@ -196,7 +196,7 @@ def memory_mode_step(
     )  # fmt: skip
     settings = MotionSettings(memory=[] if mode == "none" else mode.split("+"))
     prepare_base(base, device, dtype, settings)
-    injector = AdapterInjector(transformer)
+    injector = AdapterInjector(transformer, device=device)
     state = create_adapter_state(transformer, "motion", settings.hidden_ratio, 1024, seed=0)
     injector.load("m", "motion", state, settings.hidden_ratio)
     params = injector.train_adapter("m")

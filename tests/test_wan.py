@@ -405,6 +405,15 @@ def test_memory_modes_keep_training_exact_or_close() -> None:
         assert abs(other_loss - loss) / loss <= loss_tolerance and relative <= grad_tolerance
 
 
+def test_adapters_live_where_the_injector_is_told(base) -> None:
+    # under --memory offload the transformer's weights stay on the CPU while it runs elsewhere
+    injector = AdapterInjector(base.unet, device=torch.device("meta"))
+    injector.load("m", "motion", create_adapter_state(base.unet, "motion", 0.5, 8, seed=1))
+    assert {p.device.type for p in injector.get("m").parameters()} == {"meta"}
+    injector.detach()
+    assert AdapterInjector(base.unet).device == torch.device("cpu")
+
+
 def test_memory_option_is_validated_and_recorded(cli, home, images) -> None:
     from dvkit.train.settings import MotionSettings
     from dvkit.train.setup import memory_modes

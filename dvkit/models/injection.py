@@ -217,10 +217,18 @@ class AdapterInjector:
 
     Nothing is active after `load`: call `set_active` (same adapters on every row) or `set_rows`
     (a choice per row) before running the UNet. Each adapter runs only on the rows that use it.
+    Adapters and their conditions live on `device`, by default the UNet's; give it where the
+    UNet's weights are elsewhere while it runs (`--memory offload` keeps them on the CPU).
     """
 
-    def __init__(self, unet: nn.Module, unet_2: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        unet: nn.Module,
+        unet_2: nn.Module | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         self.unet = unet
+        self._device = device
         self._denoisers = {"": unet, **({SECOND_EXPERT: unet_2} if unet_2 is not None else {})}
         self._family = family_of_denoiser(unet)
         self._gates: dict[str, torch.Tensor] = {}
@@ -232,6 +240,11 @@ class AdapterInjector:
         self._cond: torch.Tensor | None = None
         self._strength: torch.Tensor | None = None
         self._shifts: dict[tuple[str, str], torch.Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        """Where adapters and their conditions live: the one given, else the UNet's now."""
+        return self.unet.device if self._device is None else self._device
 
     @property
     def loaded(self) -> dict[str, AdapterKind]:
@@ -257,7 +270,7 @@ class AdapterInjector:
         weights = AdapterWeights.from_tensors(
             self._denoisers_of(tensors), kind, tensors, hidden_ratio
         )
-        self._weights[name] = weights.to(self.unet.device)
+        self._weights[name] = weights.to(self.device)
         for slot in weights.slots:
             if slot.prefix not in self._hooks:
                 self._hooks[slot.prefix] = self._hook(slot)
@@ -328,7 +341,7 @@ class AdapterInjector:
                     indices, row_scales = uses.setdefault(name, ([], []))
                     indices.append(row)
                     row_scales.append(float(scale))
-        device = self.unet.device
+        device = self.device
         active = {}
         for name, (indices, row_scales) in uses.items():
             if len(indices) == len(rows) and len(set(row_scales)) == 1:
@@ -376,7 +389,7 @@ class AdapterInjector:
             count = image_embeds.shape[0]
             if videos is not None and count != videos:
                 raise ValueError(f"{count} image embeddings for {videos} rows")
-            cond = image_embeds.to(self.unet.device)
+            cond = image_embeds.to(self.device)
             strength_per_video = torch.as_tensor(strength, device=cond.device, dtype=cond.dtype)
             if strength_per_video.ndim == 0:
                 strength_per_video = strength_per_video.expand(count)

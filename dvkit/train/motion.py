@@ -70,7 +70,7 @@ def train_motion(
     generator = make_generator(settings.seed, device, world)
     batch = settings.batch_size
 
-    injector = AdapterInjector(unet, base.unet_2)
+    injector = AdapterInjector(unet, base.unet_2, device)
     fresh = create_adapter_state(
         denoisers, "motion", settings.hidden_ratio, cond_dim=embeds.shape[1], seed=settings.seed
     )

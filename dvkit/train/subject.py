@@ -123,7 +123,7 @@ def train_subject(
 
     with torch.no_grad():
         text = family.embed_ids(base, input_ids).expand(batch, -1, -1)
-    injector = AdapterInjector(unet, base.unet_2)
+    injector = AdapterInjector(unet, base.unet_2, device)
     fresh = create_adapter_state(denoisers, "subject", settings.hidden_ratio, seed=settings.seed)
     weights = injector.load(ADAPTER_NAME, "subject", fresh, settings.hidden_ratio)
     injector.train_adapter(ADAPTER_NAME)
