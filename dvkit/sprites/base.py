@@ -45,7 +45,7 @@ WEIGHTS_SHA256 = "b08e99c3ff51eeb997b22a916a7480673d3e503dfbf03f6e67f6ab0a6ebca5
 SPRITES_WAN_NAME = "sprites-wan"
 SPRITES_WAN_ARCHITECTURE = "sprites-pixel-wan"
 WAN_WEIGHTS_FILE = WEIGHTS_FILE.with_name("sprites-wan.safetensors")
-WAN_WEIGHTS_SHA256 = ""
+WAN_WEIGHTS_SHA256 = "7b09d89cbdf6a4bd4203769cab67b8b99b796200f1541f9ff91b8bcf5df25e6c"
 SPRITES_BASES = (SPRITES_NAME, SPRITES_WAN_NAME)
 """The built-in models of the sprites world (ground-truth metrics apply to their videos)."""
 
