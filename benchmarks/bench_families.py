@@ -22,9 +22,28 @@ Peak memory is reported per training stage and loop and per sampling kind (CUDA:
 `max_memory_allocated`; CPU: whole-process peak RSS). Absolute times depend on the machine and
 its load; the ratios, measured side by side, are the figures to quote.
 
+With `--memory-modes`, it measures instead the training memory modes (`dvkit add-subject /
+add-motion --memory`, `dvkit.train.setup.prepare_base`) on the `wan` family: per mode (`none`,
+or modes joined by `+`, e.g. `checkpoint+fp8`), in a fresh process each, one motion-adapter
+training step after another on Wan 2.1 T2V 1.3B's transformer (`wan_shaped_transformer`,
+narrowed by `--width-scale`) with random weights, `--size HxW` pixels (any ratio: the step
+runs on latents directly, 8× smaller, so the sampler's square-only sizes do not apply) and
+`--frames` (4k + 1): seconds per step and peak memory during the steps, the frozen weights
+as the mode stores them included. As in dvkit's training, latents and text embeddings are
+cached before the steps (here random tensors of their shapes: 16 channels; 512 text tokens of
+UMT5's scaled width), so the VAE and text encoder are not on the device (`PixelCodec` stands
+in for both). CUDA: `torch.cuda.max_memory_allocated`; CPU: peak RSS of the process during the
+steps (reset through /proc/self/clear_refs), minus nothing: it includes the interpreter
+and libraries (`rss_before_build_mb` says how much).
+
     python benchmarks/bench_families.py                      # CPU: width 0.1, 64×64, 4 frames
     python benchmarks/bench_families.py --device cuda --dtype bfloat16 --width-scale 1 \\
         --resolution 512 --frames 16 --steps 8 --warmup 2 --sample-steps 25
+    python benchmarks/bench_families.py --memory-modes none,checkpoint,fp8,offload,\\
+        checkpoint+fp8 --width-scale 0.25 --size 128x128 --frames 17   # CPU
+    python benchmarks/bench_families.py --memory-modes none,checkpoint,fp8,offload,\\
+        checkpoint+fp8 --device cuda --dtype bfloat16 --width-scale 1 --size 480x832 \\
+        --frames 33 --steps 3 --warmup 1                      # the 1.3B shape on a GPU
 """
 
 from __future__ import annotations
@@ -33,6 +52,7 @@ import argparse
 import gc
 import json
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -79,6 +99,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("--output", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--memory-modes", default=None, help="measure these training memory modes instead"
+    )
+    parser.add_argument("--size", default="128x128", help="HxW pixels for --memory-modes")
+    parser.add_argument("--one-memory-mode", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.families = [name for name in args.families.split(",") if name]
     unknown = set(args.families) - set(SHAPED)
@@ -148,7 +173,82 @@ def measure_family(
     }
 
 
+def memory_mode_step(
+    args: argparse.Namespace, mode: str, device: torch.device, dtype: torch.dtype
+) -> dict:
+    """Seconds per step and peak memory of motion-adapter training steps under memory `mode`
+    (see the module docstring), in this process."""
+    from dvkit.models.injection import AdapterInjector, create_adapter_state
+    from dvkit.models.pixel_codec import PixelCodec
+    from dvkit.models.random_wan import wan_shaped_transformer
+    from dvkit.models.tiny_wan import wan_scheduler
+    from dvkit.train.diffusion import diffusion_loss
+    from dvkit.train.settings import MotionSettings
+    from dvkit.train.setup import memory_modes, prepare_base
+
+    rss_before = bench_train._current_rss_mb()
+    torch.manual_seed(0)
+    transformer = wan_shaped_transformer(args.width_scale)
+    parameters = sum(p.numel() for p in transformer.parameters())
+    base = BaseComponents(
+        unet=transformer, vae=PixelCodec(), text_encoder=PixelCodec(), tokenizer=None,
+        scheduler=wan_scheduler(), name="wan-shaped", architecture="wan",
+    )  # fmt: skip
+    settings = MotionSettings(memory=[] if mode == "none" else mode.split("+"))
+    prepare_base(base, device, dtype, settings)
+    injector = AdapterInjector(transformer, device=device)
+    state = create_adapter_state(transformer, "motion", settings.hidden_ratio, 1024, seed=0)
+    injector.load("m", "motion", state, settings.hidden_ratio)
+    params = injector.train_adapter("m")
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    height, width = (int(side) for side in args.size.lower().split("x"))
+    frames = family_frames("wan", args.frames)
+    generator = torch.Generator(device).manual_seed(0)
+    shape = (args.motion_batch, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
+    latents = torch.randn(shape, generator=generator, device=device)
+    text_dim = transformer.config.text_dim
+    text = torch.randn(args.motion_batch, 512, text_dim, generator=generator, device=device)
+    embeds = torch.randn(args.motion_batch, 1024, generator=generator, device=device)
+    autocast = bench_train.autocast_dtype_of(device, dtype)
+    meter = bench_train.Meter(device)
+    meter.begin(mode)
+    for _ in range(args.warmup + args.steps):
+        injector.set_active({"m": 1.0}, embeds)
+        with torch.autocast(device.type, dtype=autocast or dtype, enabled=autocast is not None):
+            noisy, target, timesteps = base.family.add_noise(base, latents, generator, 0.0)
+            loss = diffusion_loss(base.family.predict(base, noisy, timesteps, text), target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        meter.step(loss.item())
+    meter.finish()
+    return {
+        "modes": memory_modes(settings),
+        "transformer_parameters": parameters,
+        "latents": list(shape),
+        "frames": frames,
+        "size": [height, width],
+        "rss_before_build_mb": None if rss_before is None else round(rss_before, 1),
+        **meter.summary(args.warmup),
+    }
+
+
+def measure_memory_modes(args: argparse.Namespace, argv: list[str]) -> dict:
+    """Each of `--memory-modes` measured by `memory_mode_step` in a fresh process."""
+    results = {}
+    for mode in args.memory_modes.split(","):
+        command = [sys.executable, __file__, *argv, "--one-memory-mode", mode]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode:
+            results[mode] = {"error": done.stderr.strip().splitlines()[-1:]}
+        else:
+            results[mode] = json.loads(done.stdout)
+        bench_train.log(f"memory mode {mode}: {results[mode]}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     bench_train.QUIET = args.quiet
     if args.threads:
@@ -156,6 +256,15 @@ def main(argv: list[str] | None = None) -> dict:
     quiet_libraries()
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    if args.one_memory_mode:
+        result = memory_mode_step(args, args.one_memory_mode, device, dtype)
+        print(json.dumps(result))
+        return result
+    measured = (
+        {"memory_modes": measure_memory_modes(args, argv)}
+        if args.memory_modes
+        else {family: measure_family(args, family, device, dtype) for family in args.families}
+    )
     report = {
         "benchmark": "bench_families",
         "compared": (
@@ -177,9 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
             if key not in ("quiet", "output", "families")
         },
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
-        "families": {
-            family: measure_family(args, family, device, dtype) for family in args.families
-        },
+        "families" if not args.memory_modes else "wan": measured,
     }
     text = json.dumps(report, indent=2)
     print(text)

@@ -1,21 +1,26 @@
 """What the sprites world shows, measured from pixels: prints JSON.
 
+`--base` picks the sprites base: `sprites` (3D UNet, the default) or `sprites-wan` (Wan
+transformer, flow matching); the objective, sampler and text encoding are its family's.
+
 `base`: the built-in sprites base sampled for seen captions (seen objects doing seen motions):
 how often each frame's object has the caption's colour and shape, how well it follows the
 caption's motion, and its temporal consistency.
 
-`adapters`: the `dvkit demo` pipeline (one held-out subject and one held-out motion trained
-with the demo's settings) on a grid with more seeds, and the ground-truth means per role:
-subject fidelity of the subject's cells against the base prompted with the initializer word,
-motion fidelity of the motion's cells against the base, and both together. It also measures
-whether the motion adapter learnt the motion's direction, without sampling: the v-prediction
-loss on the band of timesteps the demo trains its motion on (`MOTION_TRAINING`, where sampling
-picks a path) on fresh clips of the motion played forwards and backwards, for the base and
-with the adapter. A base that has not learnt the motion scores both alike; an adapter that has
-learnt it scores the reversed clips clearly worse than the forward ones.
+`adapters`: the `dvkit demo` pipeline (one held-out subject and one held-out motion trained with
+the demo's settings) on a grid with more seeds, and the ground-truth means per role: subject
+fidelity of the subject's cells against the base prompted with the initializer word, motion
+fidelity of the motion's cells against the base, and both together. It also measures whether the
+motion adapter learnt the motion's direction, without sampling: the base's training loss
+(v-prediction on `sprites`, flow matching on `sprites-wan`) on the band of timesteps the demo
+trains its motion on (`MOTION_TRAINING`, where sampling picks a path) on fresh clips of the
+motion played forwards and backwards, for the base and with the adapter. A base that has not
+learnt the motion scores both alike; an adapter that has learnt it scores the reversed clips
+clearly worse than the forward ones.
 
     python benchmarks/bench_sprites.py base --clips 64
     python benchmarks/bench_sprites.py adapters --seeds 8
+    python benchmarks/bench_sprites.py all --base sprites-wan --clips 32 --seeds 4
 """
 
 from __future__ import annotations
@@ -29,19 +34,26 @@ from pathlib import Path
 import numpy as np
 
 
-def bench_base(clips: int, batch: int, weights: Path | None, seed: int) -> dict:
+def build(name: str, weights: Path | None = None):
+    """Sprites base `name` with its shipped weights, or with `weights`."""
+    from dvkit.sprites.train_base import BASES
+
+    builder, shipped = BASES[name]
+    return builder(weights or shipped)
+
+
+def bench_base(name: str, clips: int, batch: int, weights: Path | None, seed: int) -> dict:
     import torch
 
     from dvkit.generate.sampler import Row, SamplerSettings, sample
     from dvkit.models.builtin import sampling_default
     from dvkit.sprites import metrics
-    from dvkit.sprites.base import WEIGHTS_FILE, build_sprites_base
     from dvkit.sprites.world import training_batch
 
-    base = build_sprites_base(weights or WEIGHTS_FILE)
+    base = build(name, weights)
 
     def default(key: str) -> float:
-        return sampling_default("sprites", key)
+        return sampling_default(name, key)
 
     size = int(default("size"))
     settings = SamplerSettings(
@@ -66,6 +78,7 @@ def bench_base(clips: int, batch: int, weights: Path | None, seed: int) -> dict:
                 scores["motion"].append(metrics.motion_fidelity(video, example.motion, seen))
                 scores["t_cons"].append(metrics.temporal_consistency(video, seen))
     return {
+        "base": name,
         "what": "sprites base on seen captions (seen object × seen motion), scored from pixels",
         "clips": clips,
         "sampler": {"steps": settings.steps, "guidance": settings.guidance_scale},
@@ -77,39 +90,41 @@ def bench_base(clips: int, batch: int, weights: Path | None, seed: int) -> dict:
     }
 
 
-def bench_adapters(folder: Path, subject: str, motion: str, seeds: int) -> dict:
+def bench_adapters(name: str, folder: Path, subject: str, motion: str, seeds: int) -> dict:
     from dvkit.sprites.demo import run_demo
 
     started = time.perf_counter()
-    result = run_demo(folder, subject=subject, motion=motion, seeds=seeds)
+    result = run_demo(folder, subject=subject, motion=motion, seeds=seeds, base=name)
     return {
+        "base": name,
         "what": "dvkit demo pipeline: held-out subject and motion, grid with baselines",
         "subject": subject,
         "motion": motion,
         "seeds": seeds,
         "training": result.training,
         "roles": result.roles,
-        "direction": direction_losses(folder, result.motion, motion),
+        "direction": direction_losses(name, folder, result.motion, motion),
         "seconds": round(time.perf_counter() - started, 1),
     }
 
 
-def direction_losses(folder: Path, ref: str, motion: str, clips: int = 8, draws: int = 16) -> dict:
-    """V-loss in the demo's motion band on fresh clips of `motion` forwards and reversed, base
-    vs adapter."""
+def direction_losses(
+    name: str, folder: Path, ref: str, motion: str, clips: int = 8, draws: int = 16
+) -> dict:
+    """The training loss in the demo's motion band on fresh clips of `motion` forwards and
+    reversed, base `name` vs adapter."""
     import torch
 
     from dvkit.catalog import Catalog
     from dvkit.generate.compose import load_adapter
     from dvkit.models.injection import AdapterInjector
-    from dvkit.models.text import encode_text
-    from dvkit.sprites.base import build_sprites_base
     from dvkit.sprites.demo import MOTION_TRAINING
     from dvkit.sprites.train_base import video_tensor
     from dvkit.sprites.world import MOTION_PHRASES, examples_of
-    from dvkit.train.diffusion import add_noise, diffusion_loss
+    from dvkit.train.diffusion import diffusion_loss
 
-    base, band = build_sprites_base(), MOTION_TRAINING["high_noise_band"]
+    base, band = build(name), MOTION_TRAINING["high_noise_band"]
+    family = base.family
     with Catalog.open(folder / "registry") as catalog:
         adapter = load_adapter(catalog, ref, None, "motion")
     injector = AdapterInjector(base.unet)
@@ -117,7 +132,7 @@ def direction_losses(folder: Path, ref: str, motion: str, clips: int = 8, draws:
     # The demo trains on seed 0's clips.
     video = video_tensor(np.stack([e.clip for e in examples_of(None, motion, clips, seed=1)]))
     with torch.no_grad():
-        (text,) = encode_text(base.tokenizer, base.text_encoder, [MOTION_PHRASES[motion]])
+        (text,) = family.encode_text(base, [MOTION_PHRASES[motion]])
         text = text.expand(clips, -1, -1)
 
         def loss(clip: torch.Tensor) -> float:
@@ -125,10 +140,8 @@ def direction_losses(folder: Path, ref: str, motion: str, clips: int = 8, draws:
             total = 0.0
             for draw in range(draws):
                 generator = torch.Generator().manual_seed(draw)
-                noisy, target, timesteps = add_noise(
-                    base.scheduler, clip, generator, 0.0, 1.0, band
-                )
-                prediction = base.unet(noisy, timesteps, encoder_hidden_states=text).sample
+                noisy, target, timesteps = family.add_noise(base, clip, generator, 0.0, 1.0, band)
+                prediction = family.predict(base, noisy, timesteps, text)
                 total += float(diffusion_loss(prediction, target))
             return round(total / draws, 4)
 
@@ -142,6 +155,7 @@ def direction_losses(folder: Path, ref: str, motion: str, clips: int = 8, draws:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["base", "adapters", "all"])
+    parser.add_argument("--base", choices=["sprites", "sprites-wan"], default="sprites")
     parser.add_argument("--clips", type=int, default=64, help="base: clips sampled")
     parser.add_argument("--batch", type=int, default=16, help="base: clips per UNet batch")
     parser.add_argument("--weights", type=Path, help="base: another weights file to measure")
@@ -156,10 +170,12 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     if args.part in ("base", "all"):
-        results["base"] = bench_base(args.clips, args.batch, args.weights, args.seed)
+        results["base"] = bench_base(args.base, args.clips, args.batch, args.weights, args.seed)
     if args.part in ("adapters", "all"):
         folder = args.folder or Path(tempfile.mkdtemp(prefix="dvkit-sprites-bench-"))
-        results["adapters"] = bench_adapters(folder, args.subject, args.motion, args.seeds)
+        results["adapters"] = bench_adapters(
+            args.base, folder, args.subject, args.motion, args.seeds
+        )
     print(json.dumps(results, indent=2))
 
 

@@ -51,7 +51,7 @@ from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.textual_inversion import add_placeholder_tokens, expand_placeholder
 from dvkit.train.diffusion import diffusion_loss
 from dvkit.train.motion import train_motion
-from dvkit.train.settings import MotionSettings, SubjectSettings
+from dvkit.train.settings import CommonSettings, MotionSettings, SubjectSettings
 from dvkit.train.setup import prepare_base
 from dvkit.train.subject import train_subject
 
@@ -213,7 +213,7 @@ def run_dvkit(args, base, encoder, pixels, clips, device, dtype, stages, folder)
 
 def run_naive(args, base, encoder, pixels, clips, device, dtype, stages) -> dict:
     """The straightforward loop for each stage; see the module docstring."""
-    prepare_base(base, device, dtype, gradient_checkpointing=False)
+    prepare_base(base, device, dtype, CommonSettings())
     autocast_dtype = autocast_dtype_of(device, dtype)
     token = "<naive>"
     token_ids = add_placeholder_tokens(base.tokenizer, base.text_encoder, token, "cat")

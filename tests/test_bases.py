@@ -49,6 +49,7 @@ def test_base_list_shows_unused_builtins(cli, home) -> None:
         "tiny-wan",
         "tiny-wan22",
         "sprites",
+        "sprites-wan",
     ]
 
 
@@ -73,6 +74,7 @@ def test_base_add_errors(cli, home, tmp_path, run_dvkit) -> None:
         "tiny-wan",
         "tiny-wan22",
         "sprites",
+        "sprites-wan",
     ]  # nothing was added
 
 

@@ -110,12 +110,13 @@ def test_base_commands(cli, home) -> None:
     code, out, _ = cli("--home", home, "base", "list")
     lines = out.splitlines()
     assert code == 0 and lines[0].split() == ["NAME", "FAMILY", "FINGERPRINT", "SOURCE"]
-    assert [line.split()[:4] for line in lines[1:11:2]] == [
+    assert [line.split()[:4] for line in lines[1:13:2]] == [
         ["tiny", "modelscope-t2v", "(first", "use)"],
         ["tiny-animatediff", "animatediff", "(first", "use)"],
         ["tiny-wan", "wan", "(first", "use)"],
         ["tiny-wan22", "wan", "(first", "use)"],
         ["sprites", "sprites-pixel-t2v", "(first", "use)"],
+        ["sprites-wan", "sprites-pixel-wan", "(first", "use)"],
     ]
     assert lines[2].strip().startswith("tiny random components") and lines[-1] == "no default base"
     code, out, _ = cli("--home", home, "base", "show", "sprites", "--json")

@@ -76,6 +76,7 @@ def test_reading_commands_work(cli, filled, read_only, tmp_path) -> None:
         "tiny-wan",
         "tiny-wan22",
         "sprites",
+        "sprites-wan",
     ]
     code, out, _ = cli("--home", filled, "base", "show", "tiny", "--json")
     assert code == 0 and json.loads(out)["fingerprint"] == "tiny-fingerprint"

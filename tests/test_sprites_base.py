@@ -73,3 +73,21 @@ def test_shipped_base_samples_pixel_clips():
     assert 0.0 <= float(video.min()) and float(video.max()) <= 1.0
     again = sample(base, [Row("a red circle moving left", seed=0)], settings)
     assert torch.equal(video, again)
+
+
+def test_shipped_sprites_wan_loads_checked_and_samples(tmp_path):
+    from dvkit.sprites.base import WAN_WEIGHTS_FILE, WAN_WEIGHTS_SHA256, build_sprites_wan_base
+    from dvkit.sprites.train_base import trained_steps
+
+    assert hashlib.sha256(WAN_WEIGHTS_FILE.read_bytes()).hexdigest() == WAN_WEIGHTS_SHA256
+    assert WAN_WEIGHTS_FILE.stat().st_size <= 5 * 1024 * 1024 and trained_steps(WAN_WEIGHTS_FILE)
+    base = load_base("sprites-wan")
+    assert (base.architecture, isinstance(base.vae, PixelCodec)) == ("sprites-pixel-wan", True)
+    assert base.fingerprint() != build_sprites_wan_base(weights=None).fingerprint()
+    settings = SamplerSettings(steps=2, guidance_scale=2.0, frames=7, height=16, width=16)
+    video = sample(base, [Row("a red circle moving left", seed=0)], settings)
+    assert video.shape == (1, 7, 16, 16, 3)  # any frame count: no 4k + 1 rule in pixel space
+    altered = tmp_path / "sprites-wan.safetensors"
+    altered.write_bytes(WAN_WEIGHTS_FILE.read_bytes() + b" ")
+    with pytest.raises(SpritesWeightsError, match="sha256"):
+        load_weights(altered, WAN_WEIGHTS_SHA256)

@@ -41,3 +41,22 @@ def test_demo_trains_composes_and_scores_the_grid(tmp_path, quick_training, cli)
     with Catalog.open(folder / "registry") as catalog:  # nothing trained or scored again
         assert catalog.versions("orange-triangle") == [1] and catalog.versions("zigzag") == [1]
         assert len(catalog.evaluation_rows()) == len(rows)
+
+
+def test_demo_on_sprites_wan_and_one_base_per_folder(tmp_path, quick_training, cli):
+    folder = tmp_path / "demo"
+    code, out, err = cli("demo", folder, "--base", "sprites-wan", "--seeds", "1", "--steps",
+                         "2", "--device", "cpu")  # fmt: skip
+    assert code == 0, err
+    assert "report:" in out and "joint" in out
+    joint = next(line for line in out.splitlines() if line.startswith("joint")).split()[1:]
+    assert "Subj. fid." in out and len(joint) == 4 and "-" not in joint  # GT metrics measured
+    with Catalog.open(folder / "registry") as catalog:
+        subject, motion = catalog.show("orange-triangle"), catalog.show("zigzag")
+        assert subject.base == motion.base == "sprites-wan"
+        assert (subject.architecture, motion.placement) == ("sprites-pixel-wan", ["attn1", "ff"])
+    code, _, err = cli("demo", folder, "--seeds", "1", "--device", "cpu")
+    assert code == 1 and err.count("\n") == 1
+    assert "holds a demo on base sprites-wan; run --base sprites in another folder" in err
+    code, _, err = cli("demo", tmp_path / "other", "--base", "tiny-wan")
+    assert code == 1 and "the demo runs on a sprites base: sprites or sprites-wan" in err

@@ -106,10 +106,11 @@ def test_scale_zero_equals_no_adapters_and_rows_batch_as_alone(base) -> None:
 EMBEDS = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
 
 
-def _block_run(base, tensors, slot):
+def _block_run(base, tensors, slot, zero_channel=None):
     """Run the transformer once with the motion adapter of `tensors` (only its `slot` adapters
     nonzero) and once without; returns what block 0 showed: the adapter's input and output, and
-    the tensor that should differ by exactly A(h) between the runs."""
+    the tensor that should differ by exactly A(h) between the runs. With `zero_channel`, block
+    0's gate of `slot` is exactly 0 in that channel."""
     only = {
         k: (v if f".{slot}_adapter." in k or not k.split(".")[-2] == "up" else torch.zeros_like(v))
         for k, v in tensors.items()
@@ -129,6 +130,15 @@ def _block_run(base, tensors, slot):
             lambda _, args: seen["after"].append(args[0])))  # fmt: skip
     else:  # the ffn is the block's last residual add
         hooks.append(block.register_forward_hook(lambda _, a, out: seen["after"].append(out)))
+    if zero_channel is not None:  # temb's gate row := −scale_shift_table's, before all hooks
+        row = 2 if slot == "attn1" else 5
+
+        def zero_gate(module, args):
+            temb = args[2].clone()
+            temb[:, row, zero_channel] = -module.scale_shift_table[0, row, zero_channel]
+            return (*args[:2], temb, *args[3:])
+
+        hooks.append(block.register_forward_pre_hook(zero_gate, prepend=True))
     text = base.family.encode_text(base, ["a cat", "a dog"]).detach()
     latents = torch.randn(2, 4, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     try:
@@ -155,6 +165,16 @@ def test_motion_adapters_act_outside_the_gate_on_every_token(base, slot) -> None
     assert a.abs().mean() > 0.1
     # the block's hidden states gain exactly A(h), not gate·A(h)
     assert (difference - a).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("slot", ["attn1", "ff"])
+def test_a_zero_gate_gives_finite_outputs_and_exact_adapters_elsewhere(base, slot) -> None:
+    tensors = _random_adapters(base.unet, "motion", 2, cond_dim=8)
+    h, a, difference = _block_run(base, tensors, slot, zero_channel=5)
+    assert torch.isfinite(difference).all() and a[..., 5].abs().max() > 0.1
+    assert difference[..., 5].abs().max().item() == 0.0  # gate 0: the block adds 0·A/ε
+    others = [c for c in range(24) if c != 5]
+    assert (difference[..., others] - a[..., others]).abs().max().item() <= 1e-5
 
 
 def test_learned_token_changes_only_its_own_row_of_the_shared_embedding() -> None:
@@ -223,8 +243,9 @@ def test_training_on_wan_composing_export_and_refusal_across_families(
     cat = add_subject("cat", [images], catalog=catalog, base="tiny-wan",
                       inversion_steps=2, identity_steps=2, **fast)  # fmt: skip
     surf = add_motion("surf", videos, catalog=catalog, base="tiny-wan", steps=2, frames=5,
-                      **fast)  # fmt: skip
+                      memory="checkpoint,fp8", **fast)  # fmt: skip
     assert (cat.architecture, surf.architecture) == ("wan", "wan")
+    assert surf.training["memory"] == ["checkpoint", "fp8"] and cat.training["memory"] == []
     assert (cat.placement, surf.placement) == (["attn2"], ["attn1", "ff"])
     video = compose("cat", "surf", catalog=catalog, steps=2)
     assert video.frames.shape == (1, 5, 32, 32, 3)
@@ -344,3 +365,64 @@ def test_each_step_stays_in_one_experts_range() -> None:
     # shift 3: u(σ = 0.875) = 0.875 / (3 − 2·0.875) = 0.7, so 30 % of steps are high-noise
     high = sum(bool(t[0] >= 875) for t in steps) / len(steps)
     assert abs(high - 0.3) < 0.07
+
+
+def _memory_step(modes):
+    """One motion-adapter training step on a fresh tiny-wan prepared with memory `modes`:
+    the loss and the adapter's gradients."""
+    from dvkit.train.diffusion import diffusion_loss
+    from dvkit.train.settings import MotionSettings
+    from dvkit.train.setup import prepare_base
+
+    tiny = build_tiny_wan_base()
+    prepare_base(tiny, torch.device("cpu"), torch.float32, MotionSettings(memory=modes))
+    injector = AdapterInjector(tiny.unet)
+    injector.load("m", "motion", create_adapter_state(tiny.unet, "motion", 0.5, 8, seed=1))
+    params = injector.train_adapter("m")
+    for p in params:  # nonzero up-projections, so every adapter parameter gets a gradient
+        p.data.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    injector.set_active({"m": 1.0}, EMBEDS)
+    text = tiny.family.encode_text(tiny, ["a cat", "a dog"]).detach()
+    latents = torch.randn(2, 4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    noisy, target, steps = tiny.family.add_noise(tiny, latents, torch.Generator().manual_seed(2), 0)
+    loss = diffusion_loss(tiny.family.predict(tiny, noisy, steps, text), target)
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten() for p in params])
+
+
+def test_memory_modes_keep_training_exact_or_close() -> None:
+    loss, grads = _memory_step([])
+    assert np.isfinite(loss) and grads.abs().max() > 0
+    # measured: checkpoint and offload (on the CPU: hooks only) 0 apart; fp8 1.3e-4 on the
+    # loss and 1.3 % on the gradients (relative norm of the difference)
+    for modes, loss_tolerance, grad_tolerance in (
+        (["checkpoint"], 1e-5, 1e-5), (["offload"], 1e-5, 1e-5), (["fp8"], 1e-3, 0.03),
+        (["checkpoint", "fp8", "offload"], 1e-3, 0.03),
+    ):  # fmt: skip
+        other_loss, other_grads = _memory_step(modes)
+        assert torch.isfinite(other_grads).all() and np.isfinite(other_loss)
+        relative = ((other_grads - grads).norm() / grads.norm()).item()
+        assert abs(other_loss - loss) / loss <= loss_tolerance and relative <= grad_tolerance
+
+
+def test_adapters_live_where_the_injector_is_told(base) -> None:
+    # under --memory offload the transformer's weights stay on the CPU while it runs elsewhere
+    injector = AdapterInjector(base.unet, device=torch.device("meta"))
+    injector.load("m", "motion", create_adapter_state(base.unet, "motion", 0.5, 8, seed=1))
+    assert {p.device.type for p in injector.get("m").parameters()} == {"meta"}
+    injector.detach()
+    assert AdapterInjector(base.unet).device == torch.device("cpu")
+
+
+def test_memory_option_is_validated_and_recorded(cli, home, images) -> None:
+    from dvkit.train.settings import MotionSettings
+    from dvkit.train.setup import memory_modes
+
+    assert MotionSettings(memory="fp8,checkpoint").memory == ["checkpoint", "fp8"]
+    assert MotionSettings(memory="none").memory == []
+    assert memory_modes(MotionSettings(memory="offload")) == ["checkpoint", "offload"]
+    assert memory_modes(MotionSettings(gradient_checkpointing=True)) == ["checkpoint"]
+    code, _, err = cli("--home", home, "add-subject", "cat", "--images", images, "--base",
+                       "tiny-wan", "--preset", "quick", "--memory", "checkpoint,fp4")  # fmt: skip
+    assert code != 0 and err.strip().count("\n") == 0 and "error:" in err
+    assert "unknown memory mode 'fp4'" in err and "Traceback" not in err

@@ -37,8 +37,14 @@ def demo(
         ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    base: Annotated[
+        str,
+        typer.Option(
+            "--base", help="sprites (3D UNet) or sprites-wan (Wan transformer, flow matching)."
+        ),
+    ] = "sprites",
 ) -> None:
-    """Train a held-out subject and motion on the built-in sprites base, compose them and
+    """Train a held-out subject and motion on a built-in sprites base, compose them and
     score a grid with the baselines (about 10 minutes on a laptop CPU). Re-runs reuse what
     is done; an interrupted training resumes."""
     from dvkit.cli.progress import RichReporter, interrupt_on_terminate
@@ -47,7 +53,7 @@ def demo(
     with interrupt_on_terminate():
         result = run_demo(
             folder, subject=subject, motion=motion, seeds=seeds, steps=steps, device=device,
-            reporter=RichReporter(), on_stage=lambda text: print(f"· {text}"),
+            base=base, reporter=RichReporter(), on_stage=lambda text: print(f"· {text}"),
             grid_reporter=RichReporter(unit="cells", loss=False),
         )  # fmt: skip
     _print_roles(result.roles)

@@ -105,7 +105,22 @@ CheckpointEvery = Annotated[
     ),
 ]
 GradientCheckpointing = Annotated[
-    bool, typer.Option("--gradient-checkpointing", help="Trade compute for memory.")
+    bool,
+    typer.Option(
+        "--gradient-checkpointing", help="Trade compute for memory (--memory checkpoint)."
+    ),
+]
+Memory = Annotated[
+    str | None,
+    typer.Option(
+        "--memory",
+        help=described(
+            "Memory modes, comma-separated: checkpoint (recompute blocks in the backward "
+            "pass), fp8 (frozen denoiser stored in float8, computed in --dtype), offload "
+            "(idle denoiser blocks on the CPU; implies checkpoint), or none.",
+            "none",
+        ),
+    ),
 ]
 HighNoiseShare = Annotated[
     float | None,
@@ -237,6 +252,7 @@ def add_subject(
     keep_steps: KeepSteps = None,
     checkpoint_every: CheckpointEvery = None,
     gradient_checkpointing: GradientCheckpointing = False,
+    memory: Memory = None,
     base: Base = None,
     preset: Preset = "official",
     device: Device = "auto",
@@ -271,6 +287,7 @@ def add_subject(
         "keep_steps": _steps(keep_steps),
         "checkpoint_every": checkpoint_every,
         "gradient_checkpointing": gradient_checkpointing or None,
+        "memory": memory,
     }
     _train(ctx, "subject", name, [*images, *(more_images or [])], base, preset, device, dtype,
            resume, restart, tag, description, settings, masks=masks,
@@ -380,6 +397,7 @@ def add_motion(
     keep_steps: KeepSteps = None,
     checkpoint_every: CheckpointEvery = None,
     gradient_checkpointing: GradientCheckpointing = False,
+    memory: Memory = None,
     base: Base = None,
     preset: Preset = "official",
     device: Device = "auto",
@@ -415,6 +433,7 @@ def add_motion(
         "keep_steps": _steps(keep_steps),
         "checkpoint_every": checkpoint_every,
         "gradient_checkpointing": gradient_checkpointing or None,
+        "memory": memory,
     }
     _train(ctx, "motion", name, [*videos, *(more_videos or [])], base, preset, device, dtype,
            resume, restart, tag, description, settings)  # fmt: skip

@@ -56,7 +56,7 @@ from dvkit.models.injection import AdapterInjector
 from dvkit.models.loading import quiet_libraries, resolve_device, resolve_dtype
 from dvkit.models.text import check_prompts
 from dvkit.models.textual_inversion import expand_placeholder, initializer_word
-from dvkit.sprites.base import SPRITES_NAME
+from dvkit.sprites.base import SPRITES_BASES
 from dvkit.templates import check_template
 
 ROLES = ("joint", "subject", "motion", "base")
@@ -522,7 +522,7 @@ def _generate(
             warn_zero_embedding(motion_adapters[missing[0]], subject_adapters[s])
     scorer = _CachedScorer(
         Scorer(plan.sampler["clip"], plan.sampler["dino"], device), subject_adapters,
-        motion_adapters, plan.base == SPRITES_NAME,
+        motion_adapters, plan.base in SPRITES_BASES,
     )  # fmt: skip
     try:
         for batch in batches:

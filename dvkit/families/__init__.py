@@ -23,6 +23,7 @@ FAMILIES: dict[str, str] = {
     "sprites-pixel-t2v": "dvkit.families.modelscope:SPRITES",
     "animatediff": "dvkit.families.animatediff:ANIMATEDIFF",
     "wan": "dvkit.families.wan:WAN",
+    "sprites-pixel-wan": "dvkit.families.wan:SPRITES_WAN",
 }
 """Family name → `module:attribute` of its `Family` object."""
 

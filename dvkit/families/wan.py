@@ -35,10 +35,8 @@ per channel as `(z − latents_mean) / latents_std` (`WanPipeline` undoes it bef
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,12 +125,11 @@ class WanFamily(Family):
                     f"{source} samples with per-token timesteps (Wan 2.2 TI2V, "
                     "expand_timesteps), which dvkit's wan family does not reproduce"
                 )
-            with _without_accelerate(WanTransformer3DModel):
-                experts = [
-                    WanTransformer3DModel.from_pretrained(location, subfolder=sub).eval()
-                    for sub in ("transformer", "transformer_2")
-                    if (index.get(sub) or [None])[0] is not None
-                ]
+            experts = [
+                WanTransformer3DModel.from_pretrained(location, subfolder=sub).eval()
+                for sub in ("transformer", "transformer_2")
+                if (index.get(sub) or [None])[0] is not None
+            ]
             scheduler_config = diffusers.UniPCMultistepScheduler.load_config(
                 location, subfolder="scheduler"
             )  # any scheduler class reads the config; its _class_name says which to build
@@ -411,23 +408,6 @@ def expert_for(components: BaseComponents, timesteps: torch.Tensor) -> nn.Module
     raise ValueError("a batch of timesteps on both sides of the experts' boundary")
 
 
-@contextmanager
-def _without_accelerate(model_class: type) -> Iterator[None]:
-    """Let diffusers load `model_class` in float32 when `accelerate` is not installed: it loads
-    a class with `_keep_in_fp32_modules` (Wan's norms and time embedding) only through
-    accelerate, though in float32 there is nothing to keep; dvkit casts the whole base to its
-    dtype afterwards (`BaseComponents.freeze`) either way."""
-    if importlib.util.find_spec("accelerate") is not None:
-        yield
-        return
-    kept = model_class._keep_in_fp32_modules
-    model_class._keep_in_fp32_modules = None
-    try:
-        yield
-    finally:
-        model_class._keep_in_fp32_modules = kept
-
-
 def flow_shift(scheduler: SchedulerMixin) -> float:
     """The static flow shift of a flow-matching scheduler: UniPC's `flow_shift`, the Euler
     scheduler's `shift` (1: none)."""
@@ -446,4 +426,44 @@ def latent_stats(vae: Any, device: torch.device) -> tuple[torch.Tensor, torch.Te
     return mean, std
 
 
+class SpritesWanFamily(WanFamily):
+    """The built-in `sprites-wan` base: a Wan transformer in pixel space (`PixelCodec`, no VAE:
+    latents are the 16×16 frames, any frame count, one latent frame per frame), the sprites
+    CLIP text encoder and tokenizer (text as on the UNet families), Wan's flow-matching
+    objective and sampler. Adapter sites are `wan`'s (`WanTransformerBlock`)."""
+
+    name = "sprites-pixel-wan"
+    description = "pixel-space Wan transformer of the sprites world (built-in)"
+    temporal_vae = False
+    defaults = FamilyDefaults(
+        frames=8,
+        fps=8,
+        size=16,
+        train_frames=8,
+        steps=25,
+        guidance=2.0,
+        motion_until=0.4,
+        offset_noise=0.0,
+    )
+    tokenize = Family.tokenize
+    embed_ids = Family.embed_ids
+    encode_text = Family.encode_text
+    scale_factor = Family.scale_factor
+    check_frames = Family.check_frames
+    latent_frames = Family.latent_frames
+    encode_frames = Family.encode_frames
+    encode_videos = Family.encode_videos
+    decode = Family.decode
+
+    def detect(self, folder: Path) -> bool:
+        return False
+
+    def claims_hub_id(self, source: str) -> bool:
+        return False
+
+    def load(self, source: str, name: str, options: Mapping[str, Any]) -> BaseComponents:
+        raise BaseLoadError("sprites bases are built in: use the base named 'sprites-wan'")
+
+
 WAN = WanFamily()
+SPRITES_WAN = SpritesWanFamily()

@@ -68,6 +68,12 @@ BUILTINS: dict[str, BuiltinBase] = {
         "dvkit.sprites.base:build_sprites_base",
         image_encoder="sprites",
     ),
+    "sprites-wan": BuiltinBase(
+        "16×16 pixel-space Wan transformer of the sprites world (flow matching)",
+        "sprites-pixel-wan",
+        "dvkit.sprites.base:build_sprites_wan_base",
+        image_encoder="sprites",
+    ),
 }
 DEFAULT_IMAGE_STRENGTH = 1.0
 """Appearance-guidance λ of the conditional branch when none is given (the official inference's)."""

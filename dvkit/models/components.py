@@ -55,10 +55,14 @@ class BaseComponents:
 
         return family(self.architecture)
 
-    def freeze(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Move the denoisers, VAE and text encoder to `device` in `dtype`, frozen in eval mode."""
-        for model in (*self.denoisers.values(), self.vae, self.text_encoder):
-            model.to(device=device)
+    def freeze(
+        self, device: torch.device, dtype: torch.dtype, denoiser_device: torch.device | None = None
+    ) -> None:
+        """Move the denoisers (to `denoiser_device` when given), VAE and text encoder to
+        `device` in `dtype`, frozen in eval mode."""
+        denoisers = list(self.denoisers.values())
+        for model in (*denoisers, self.vae, self.text_encoder):
+            model.to(device=denoiser_device or device if model in denoisers else device)
             if model.dtype != dtype:
                 model.to(dtype=dtype)
             model.requires_grad_(False).eval()

@@ -12,7 +12,8 @@ the temporal ones (`TransformerTemporalModel` with `transformer_in` on ModelScop
 pre-hook on the norm that feeds the layer records `h`, and a forward hook on the layer adds
 `A(h)` to its output (in the layer's dtype). Where the block multiplies the layer's output by a
 gate, as Wan's adaLN blocks do for `attn1` and `ffn`, the hook adds `A(h) / gate`, so the
-adapter still acts outside the gate (see `dvkit.families.wan` for why).
+adapter still acts outside the gate (see `dvkit.families.wan` for why; where |gate| < 1e-6 it
+divides by ±1e-6 instead, `_outside_gate`).
 Where a block adds positional embeddings to its layers' input (the `sprites` base gives its
 temporal blocks frame positions), the adapter reads `h` with them added: otherwise a per-token
 adapter in a temporal block could not tell one frame from another.
@@ -44,6 +45,8 @@ from dvkit.models.adapters import (
 from dvkit.models.lora import LoraWeights
 
 _NAMES_SHOWN = 3
+GATE_EPSILON = 1e-6
+"""Smallest gate magnitude an adapter's output is divided by (see `_outside_gate`)."""
 
 
 class AdapterMismatchError(DvkitError):
@@ -216,10 +219,18 @@ class AdapterInjector:
 
     Nothing is active after `load`: call `set_active` (same adapters on every row) or `set_rows`
     (a choice per row) before running the UNet. Each adapter runs only on the rows that use it.
+    Adapters and their conditions live on `device`, by default the UNet's; give it where the
+    UNet's weights are elsewhere while it runs (`--memory offload` keeps them on the CPU).
     """
 
-    def __init__(self, unet: nn.Module, unet_2: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        unet: nn.Module,
+        unet_2: nn.Module | None = None,
+        device: torch.device | None = None,
+    ) -> None:
         self.unet = unet
+        self._device = device
         self._denoisers = {"": unet, **({SECOND_EXPERT: unet_2} if unet_2 is not None else {})}
         self._family = family_of_denoiser(unet)
         self._gates: dict[str, torch.Tensor] = {}
@@ -232,6 +243,11 @@ class AdapterInjector:
         self._cond: torch.Tensor | None = None
         self._strength: torch.Tensor | None = None
         self._shifts: dict[tuple[str, str], torch.Tensor] = {}
+
+    @property
+    def device(self) -> torch.device:
+        """Where adapters and their conditions live: the one given, else the UNet's now."""
+        return self.unet.device if self._device is None else self._device
 
     @property
     def loaded(self) -> dict[str, AdapterKind]:
@@ -257,7 +273,7 @@ class AdapterInjector:
         weights = AdapterWeights.from_tensors(
             self._denoisers_of(tensors), kind, tensors, hidden_ratio
         )
-        self._weights[name] = weights.to(self.unet.device)
+        self._weights[name] = weights.to(self.device)
         for slot in weights.slots:
             if slot.prefix not in self._hooks:
                 self._hooks[slot.prefix] = self._hook(slot)
@@ -350,7 +366,7 @@ class AdapterInjector:
                     indices, row_scales = uses.setdefault(name, ([], []))
                     indices.append(row)
                     row_scales.append(float(scale))
-        device = self.unet.device
+        device = self.device
         active = {}
         for name, (indices, row_scales) in uses.items():
             if len(indices) == len(rows) and len(set(row_scales)) == 1:
@@ -398,7 +414,7 @@ class AdapterInjector:
             count = image_embeds.shape[0]
             if videos is not None and count != videos:
                 raise ValueError(f"{count} image embeddings for {videos} rows")
-            cond = image_embeds.to(self.unet.device)
+            cond = image_embeds.to(self.device)
             strength_per_video = torch.as_tensor(strength, device=cond.device, dtype=cond.dtype)
             if strength_per_video.ndim == 0:
                 strength_per_video = strength_per_video.expand(count)
@@ -448,9 +464,11 @@ class AdapterInjector:
         self, prefix: str, h: torch.Tensor, output: torch.Tensor, gate: torch.Tensor | None
     ) -> torch.Tensor:
         """`output` plus, on the rows that use them, the scaled outputs of the active adapters
-        (each divided by `gate`, (N, 1 or L, C) in float32, when the layer is gated)."""
+        (each divided by `gate`, (N, 1 or L, C) in float32, when the layer is gated; see
+        `_outside_gate`)."""
         if gate is not None:
             output = output.float()
+            gate = _outside_gate(gate)
         for name, selection in self._active.items():
             adapter = self._weights[name].adapter(prefix)
             if adapter is None:
@@ -499,6 +517,19 @@ class AdapterInjector:
                 f"{self._videos} videos the adapter selection was set for"
             )
         return rows // self._videos
+
+
+def _outside_gate(gate: torch.Tensor) -> torch.Tensor:
+    """The divisor that puts an adapter's output outside `gate` (any shape, float32): `gate`
+    itself where |gate| ≥ `GATE_EPSILON`, else ±`GATE_EPSILON` with the gate's sign (+ for an
+    exact 0). The block multiplies the hook's float32 output `y + A(h) / divisor` by `gate` in
+    float32 (`WanTransformerBlock.forward`), so it adds `A(h)` to within float32 rounding of
+    `A(h)` wherever |gate| ≥ `GATE_EPSILON` (the quotient's relative error survives the
+    product; real gates that small occur: 1.4e-4 in a channel of `tiny-wan`), and
+    `A(h) · gate / GATE_EPSILON`, smaller than `A(h)` and 0 where the gate is exactly 0, below
+    it: finite for every gate, never inf or NaN, and the quotient at most 1e6 · |A(h)|."""
+    tiny = gate.abs() < GATE_EPSILON
+    return torch.where(tiny, torch.copysign(torch.full_like(gate, GATE_EPSILON), gate), gate)
 
 
 def _module_key(prefix: str) -> str:

@@ -53,20 +53,7 @@ def build_wan_shaped(
     text_width = round_to_multiple(UMT5_WIDTH * width_scale, UMT5_HEADS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=HEADS,
-            attention_head_dim=round_to_multiple(HEAD_WIDTH * width_scale, 2),
-            in_channels=16,
-            out_channels=16,
-            text_dim=text_width,
-            freq_dim=256,
-            ffn_dim=round_to_multiple(FFN * width_scale, 8),
-            num_layers=BLOCKS,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=1024,
-        )
+        transformer = wan_shaped_transformer(width_scale)
         vae = AutoencoderKLWan(base_dim=round_to_multiple(VAE_WIDTH * width_scale, 8), z_dim=16)
         text_encoder = umt5_encoder(
             UMT5_ROWS,
@@ -78,7 +65,7 @@ def build_wan_shaped(
             buckets=32,
         )
     return BaseComponents(
-        unet=transformer.eval(),
+        unet=transformer,
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
         tokenizer=build_wan_tokenizer(UMT5_TOKENS),
@@ -86,3 +73,22 @@ def build_wan_shaped(
         name=WAN_SHAPED_NAME,
         architecture="wan",
     )
+
+
+def wan_shaped_transformer(width_scale: float = 1.0) -> WanTransformer3DModel:
+    """Wan 2.1 T2V 1.3B's transformer, narrowed by `width_scale` as `build_wan_shaped` narrows
+    it (text_dim: UMT5's scaled width), freshly initialised from torch's RNG, in eval mode."""
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=HEADS,
+        attention_head_dim=round_to_multiple(HEAD_WIDTH * width_scale, 2),
+        in_channels=16,
+        out_channels=16,
+        text_dim=round_to_multiple(UMT5_WIDTH * width_scale, UMT5_HEADS),
+        freq_dim=256,
+        ffn_dim=round_to_multiple(FFN * width_scale, 8),
+        num_layers=BLOCKS,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=1024,
+    ).eval()

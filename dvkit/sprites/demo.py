@@ -1,4 +1,5 @@
-"""`dvkit demo`: the whole method on the sprites base, on a laptop CPU, in a fresh catalog.
+"""`dvkit demo`: the whole method on a sprites base (`sprites`, the UNet, by default, or
+`sprites-wan`, the Wan transformer), on a laptop CPU, in a fresh catalog.
 
 It generates stills of a held-out object and clips of a held-out motion, trains a subject and
 a motion adapter on them, composes the two, and runs a grid with the baselines (base alone,
@@ -69,6 +70,7 @@ def run_demo(
     seeds: int = 4,
     steps: int | None = None,
     device: str = "auto",
+    base: str = "sprites",
     reporter: Reporter | None = None,
     on_stage: Callable[[str], None] | None = None,
     grid_reporter: Reporter | None = None,
@@ -79,7 +81,7 @@ def run_demo(
     and grid cells too unless `grid_reporter` is given; `on_stage(text)` hears each stage
     start.
     """
-    sprite, folder = _check(subject, motion, seeds), Path(folder)
+    sprite, folder = _check(subject, motion, seeds, base), Path(folder)
     from dvkit.catalog import Catalog
     from dvkit.evaluate.grid import bench
     from dvkit.evaluate.report import summarise, write_report
@@ -96,17 +98,22 @@ def run_demo(
     catalog, _ = Catalog.init(folder / "registry")
     with catalog:
         subject_name, motion_name = sprite.words.replace(" ", "-"), motion
+        for ref in (subject_name, motion_name):
+            if catalog.versions(ref) and (other := catalog.show(ref).base) != base:
+                raise DvkitError(
+                    f"{folder} holds a demo on base {other}; run --base {base} in another folder"
+                )
         if not catalog.versions(subject_name):
             say(f"training subject {subject_name} (initializer word: {sprite.shape})")
             add_subject(
-                subject_name, images, catalog=catalog, base="sprites", device=device,
+                subject_name, images, catalog=catalog, base=base, device=device,
                 initializer=sprite.shape, resume=_interrupted(catalog, "subject", subject_name),
                 reporter=reporter, **SUBJECT_TRAINING,
             )  # fmt: skip
         if not catalog.versions(motion_name):
             say(f"training motion {motion_name} (caption: {MOTION_PHRASES[motion]})")
             add_motion(
-                motion_name, clips, catalog=catalog, base="sprites", device=device,
+                motion_name, clips, catalog=catalog, base=base, device=device,
                 caption=MOTION_PHRASES[motion], resume=_interrupted(catalog, "motion", motion_name),
                 reporter=reporter, **MOTION_TRAINING,
             )  # fmt: skip
@@ -138,7 +145,13 @@ def run_demo(
     )
 
 
-def _check(subject: str, motion: str, seeds: int) -> Sprite:
+def _check(subject: str, motion: str, seeds: int, base: str) -> Sprite:
+    from dvkit.sprites.base import SPRITES_BASES
+
+    if base not in SPRITES_BASES:
+        raise DvkitError(
+            f"the demo runs on a sprites base: {' or '.join(SPRITES_BASES)}, not {base!r}"
+        )
     try:
         sprite = Sprite.parse(subject)
     except ValueError as exc:

@@ -1,6 +1,10 @@
-"""Train the `sprites` base from generated clips: `python -m dvkit.sprites.train_base`.
+"""Train a sprites base from generated clips: `python -m dvkit.sprites.train_base [--base
+sprites-wan]`.
 
-Each step trains the UNet and the text encoder on a batch of seen clips (8 frames) and a batch
+`--base` picks the architecture: `sprites` (3D UNet, DDPM v-prediction, the default) or
+`sprites-wan` (Wan transformer, flow matching); each step's loss is the base family's objective
+(`Family.add_noise`, `Family.predict`), so one loop trains both. Each step trains the denoiser
+and the text encoder on a batch of seen clips (8 frames) and a batch
 of seen still images (1 frame, captions without motion), with 10 % empty captions for
 classifier-free guidance and, with `--attribute-dropout P`, the colour word left out of a share
 P of the captions (so that "a triangle" alone still draws a clean triangle). The weights
@@ -22,19 +26,33 @@ import numpy as np
 import torch
 
 from dvkit.models.components import BaseComponents
-from dvkit.models.text import encode_text
-from dvkit.sprites.base import WEIGHTS_FILE, build_sprites_base, load_weights
+from dvkit.sprites.base import (
+    SPRITES_NAME,
+    SPRITES_WAN_NAME,
+    WAN_WEIGHTS_FILE,
+    WEIGHTS_FILE,
+    build_sprites_base,
+    build_sprites_wan_base,
+    load_weights,
+)
 from dvkit.sprites.world import caption, training_batch
-from dvkit.train.diffusion import add_noise, diffusion_loss
+from dvkit.train.diffusion import diffusion_loss
 
 STEPS_KEY = "dvkit.sprites.steps"
+BASES = {
+    SPRITES_NAME: (build_sprites_base, WEIGHTS_FILE),
+    SPRITES_WAN_NAME: (build_sprites_wan_base, WAN_WEIGHTS_FILE),
+}
+"""Each trainable sprites base: its builder and the weights file it ships."""
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    base = build_sprites_base(weights=None, seed=args.seed)
+    build, shipped = BASES[args.base]
+    args.out = args.out or shipped
+    base = build(weights=None, seed=args.seed)
     models = torch.nn.ModuleDict({"unet": base.unet, "text_encoder": base.text_encoder})
     models.to(device).train()
     ema = {k: v.detach().clone() for k, v in models.state_dict().items()}
@@ -100,12 +118,13 @@ def _step_loss(
         else caption(sprite, motion, colour=rng.random() >= args.attribute_dropout)
         for sprite, motion in shown
     ]  # fmt: skip
-    text = encode_text(base.tokenizer, base.text_encoder, captions)
+    family = base.family
+    text = family.encode_text(base, captions)
     total = torch.zeros((), device=device)
     for pixels, texts in ((videos, text[: len(clips)]), (frames, text[len(clips) :])):
         latents = video_tensor(pixels).to(device)
-        noisy, target, timesteps = add_noise(base.scheduler, latents, generator, 0.0)
-        prediction = base.unet(noisy, timesteps, encoder_hidden_states=texts).sample
+        noisy, target, timesteps = family.add_noise(base, latents, generator, 0.0)
+        prediction = family.predict(base, noisy, timesteps, texts)
         total = total + diffusion_loss(prediction, target) * len(pixels)
     return total / (len(clips) + len(stills))
 
@@ -157,7 +176,8 @@ def trained_steps(path: Path) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=WEIGHTS_FILE, help="weights file to write")
+    parser.add_argument("--base", choices=sorted(BASES), default=SPRITES_NAME)
+    parser.add_argument("--out", type=Path, help="weights file to write (default: the shipped)")
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--minutes", type=float, default=math.inf, help="stop after this long")
     parser.add_argument("--clips", type=int, default=8, help="clips per step")

@@ -52,7 +52,7 @@ def train_motion(
     (N, F, 3, S, S) in [-1, 1] (one window each, embedded here by `encoder`)."""
     if isinstance(clips, torch.Tensor):
         clips = MotionClips.whole(clips, encoder)
-    prepare_base(base, device, dtype, settings.gradient_checkpointing)
+    prepare_base(base, device, dtype, settings)
     family, unet = base.family, base.unet
     denoisers = trained_denoisers(base, settings.experts, "motion")
     if family.temporal_vae:  # (W, C, f, h, w): each window through the 3-D VAE
@@ -71,7 +71,7 @@ def train_motion(
     generator = make_generator(settings.seed, device, world)
     batch = settings.batch_size
 
-    injector = AdapterInjector(unet, base.unet_2)
+    injector = AdapterInjector(unet, base.unet_2, device)
     weights = fresh_weights(
         injector, base, denoisers, "motion", settings, ADAPTER_NAME, embeds.shape[1]
     )

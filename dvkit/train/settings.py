@@ -20,6 +20,8 @@ from dvkit.ranges import SEED, TRAINING_FRAMES
 from dvkit.templates import check_template
 
 Preset = Literal["official", "official-carturn", "quick"]
+MEMORY_MODES = ("checkpoint", "fp8", "offload")
+"""Memory modes of training (`dvkit.train.setup.prepare_base`)."""
 
 
 class CommonSettings(BaseModel):
@@ -42,6 +44,11 @@ class CommonSettings(BaseModel):
         default_factory=list, description="adapter steps kept as selectable checkpoints"
     )
     gradient_checkpointing: bool = False
+    memory: list[Literal["checkpoint", "fp8", "offload"]] = Field(
+        default_factory=list,
+        description="memory modes (train.setup.prepare_base); gradient_checkpointing adds "
+        "checkpoint",
+    )
     high_noise_share: float = Field(
         0.0, ge=0, le=1, description="share of steps drawn from `high_noise_band`"
     )
@@ -53,6 +60,24 @@ class CommonSettings(BaseModel):
         description="on a base with two experts (Wan 2.2 A14B): the high-noise, the low-noise "
         "or both transformers get adapters; None: the kind's default (train.setup)",
     )
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _split_memory(cls, value: Any) -> Any:
+        """ "checkpoint,fp8" → ["checkpoint", "fp8"]; "none" → []; each mode once, in
+        `MEMORY_MODES` order."""
+        if isinstance(value, str):
+            value = [] if value.strip() == "none" else value.split(",")
+        if isinstance(value, (list, tuple)):
+            value = [str(mode).strip() for mode in value]
+            unknown = [mode for mode in value if mode not in MEMORY_MODES]
+            if unknown:
+                raise ValueError(
+                    f"unknown memory mode {unknown[0]!r} (expected none or a comma-separated "
+                    f"list of {', '.join(MEMORY_MODES)})"
+                )
+            value = [mode for mode in MEMORY_MODES if mode in value]
+        return value
 
     @model_validator(mode="after")
     def _check_band(self) -> CommonSettings:

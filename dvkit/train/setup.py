@@ -15,17 +15,71 @@ from dvkit.models.adapters import AdapterKind
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import SECOND_EXPERT
 from dvkit.train.loop import LoopSettings
-from dvkit.train.settings import CommonSettings
+from dvkit.train.settings import MEMORY_MODES, CommonSettings
 
 
 def prepare_base(
-    base: BaseComponents, device: torch.device, dtype: torch.dtype, gradient_checkpointing: bool
+    base: BaseComponents, device: torch.device, dtype: torch.dtype, settings: CommonSettings
 ) -> None:
-    """Move the base to `device` in `dtype`, frozen (no gradients for any of its weights)."""
-    base.freeze(device, dtype)
-    if gradient_checkpointing:
-        for denoiser in base.denoisers.values():
+    """Move the base to `device` in `dtype`, frozen (no gradients for any of its weights), its
+    denoisers set up for the run's memory modes (`memory_modes`):
+
+    - `checkpoint`: each block's activations are recomputed in the backward pass
+      (`checkpoint_blocks`);
+    - `fp8`: the denoisers' weights are stored in `float8_e4m3fn` and each layer is cast to
+      `dtype` just for its forward pass (diffusers `ModelMixin.enable_layerwise_casting`, which
+      leaves norms, patch and position embeddings and `_keep_in_fp32_modules` in `dtype`);
+      cast on the CPU before moving, so a base is never on the device whole in `dtype`;
+    - `offload`: the denoisers stay on the CPU and each block is moved to `device` for its
+      forward pass only (diffusers `apply_group_offloading`, `block_level`, one block per
+      group). Frozen weights a layer saved for the backward pass would stay on the device until
+      then, so `offload` always runs with `checkpoint`: blocks are recomputed (and moved again)
+      in the backward pass. On a CPU run it changes nothing.
+
+    Adapters are hooks on the blocks' layers (`dvkit.models.injection`): they run in the
+    recomputation and on the cast or moved layers alike, so their gradients are those of a run
+    without the modes (`fp8`: to the float8 rounding of the base's weights).
+    `DvkitError` when the installed torch or diffusers cannot do a mode."""
+    modes = memory_modes(settings)
+    on_cpu = "fp8" in modes or "offload" in modes
+    base.freeze(device, dtype, torch.device("cpu") if on_cpu else device)
+    for denoiser in base.denoisers.values():
+        if "checkpoint" in modes:
             checkpoint_blocks(denoiser)
+        if "fp8" in modes:
+            _layerwise_fp8(denoiser, dtype)
+        if "offload" in modes:
+            from diffusers.hooks import apply_group_offloading
+
+            apply_group_offloading(
+                denoiser, onload_device=device, offload_device=torch.device("cpu"),
+                offload_type="block_level", num_blocks_per_group=1,
+            )  # fmt: skip
+        elif on_cpu:
+            denoiser.to(device)
+
+
+def memory_modes(settings: CommonSettings) -> list[str]:
+    """The run's memory modes: `settings.memory`, with `checkpoint` added by
+    `gradient_checkpointing` or by `offload`."""
+    modes = set(settings.memory)
+    if settings.gradient_checkpointing or "offload" in modes:
+        modes.add("checkpoint")
+    return [mode for mode in MEMORY_MODES if mode in modes]
+
+
+def _layerwise_fp8(denoiser: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Store `denoiser`'s weights in float8 (e4m3), computed in `dtype` (see `prepare_base`)."""
+    import diffusers
+
+    if not hasattr(torch, "float8_e4m3fn"):
+        raise DvkitError(f"--memory fp8 needs float8 tensors: torch {torch.__version__} has none")
+    if not hasattr(denoiser, "enable_layerwise_casting"):
+        raise DvkitError(
+            f"--memory fp8 needs diffusers ≥ 0.33 (layerwise casting); {diffusers.__version__} "
+            "is installed"
+        )
+    denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
 
 
 def checkpoint_blocks(unet: torch.nn.Module) -> None:

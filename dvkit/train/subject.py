@@ -70,7 +70,7 @@ def train_subject(
     those vectors, fixed: textual inversion is skipped and only the identity adapter trains
     (the result's `initializer` is then empty).
     """
-    prepare_base(base, device, dtype, settings.gradient_checkpointing)
+    prepare_base(base, device, dtype, settings)
     family, unet, text_encoder = base.family, base.unet, base.text_encoder
     denoisers = trained_denoisers(base, settings.experts, "subject")
     if embedding is None:
@@ -124,7 +124,7 @@ def train_subject(
 
     with torch.no_grad():
         text = family.embed_ids(base, input_ids).expand(batch, -1, -1)
-    injector = AdapterInjector(unet, base.unet_2)
+    injector = AdapterInjector(unet, base.unet_2, device)
     weights = fresh_weights(injector, base, denoisers, "subject", settings, ADAPTER_NAME)
 
     def identity_loss(gen: torch.Generator) -> torch.Tensor:
