@@ -176,8 +176,7 @@ def test_wrong_width_and_broken_files_are_one_line_and_change_nothing(cli, home,
     cases = [
         ((wide, "--base", "tiny"),
          "embedding width 768 does not fit base tiny's text encoder (width 32)"),
-        ((wide,), "a textual-inversion embedding, not a dvkit adapter file: importing it needs "
-                  "--base NAME"),
+        ((wide,), "embedding width 768 does not fit base tiny's text encoder (width 32)"),
         ((two, "--base", "tiny"), "holds 2 learned embeddings ('clip_g', 'clip_l')"),
         ((ints, "--base", "tiny"), "is torch.int64, not floats"),
         ((cut, "--base", "tiny"), "not a readable PyTorch checkpoint"),
