@@ -46,7 +46,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 def hoist_home(args: list[str]) -> list[str]:
     """`dvkit list --home X` as `dvkit --home X list`: the global `--home X` (or `--home=X`) is
-    accepted anywhere before a `--`; the last one given wins."""
+    accepted anywhere before a `--`; the last one given wins. A `--home` with no value comes
+    back alone, for click to refuse."""
     front: list[str] = []
     rest: list[str] = []
     values = iter(args)
@@ -55,7 +56,9 @@ def hoist_home(args: list[str]) -> list[str]:
             rest += [arg, *values]
         elif arg == "--home":
             value = next(values, None)
-            front = [arg] if value is None else [arg, value]  # no value: click says so
+            if value is None:
+                return [arg]  # click refuses it: the option requires an argument
+            front = [arg, value]
         elif arg.startswith("--home="):
             front = ["--home", arg.removeprefix("--home=")]
         else:
