@@ -55,6 +55,7 @@ class RichReporter:
         self._task = self._progress.add_task(
             stage, total=total, completed=completed, loss="", rate=""
         )
+        self._progress.advance(self._task, 0)  # the rate counts from now: work done before is not
         self._stage = stage
         self._times = []
 

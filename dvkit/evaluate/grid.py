@@ -163,7 +163,8 @@ def bench(
     `DvkitWarning`. Subjects that share a token are each given their own while the grid runs
     (one subject acts per cell). Before the first cell, every prompt of the grid is checked: a
     learned token past the text encoder's length raises PromptTooLongError, a cut prompt warns.
-    `on_cell(done, total)` counts the cells of every base together.
+    `on_cell(done, total)` counts the cells of every base together: it is called once with the
+    cells already stored before the first cell is made, then after each cell.
 
     With a `world` of several ranks (`dvkit.distributed.current_world("gloo")`; this is rank
     0, the others run `serve`), rank 0 sends the adapters to the other ranks and deals them the
@@ -207,6 +208,8 @@ def bench(
         if on_cell:
             on_cell(result.skipped + result.generated, result.cells)
 
+    if on_cell and result.skipped < result.cells:
+        on_cell(result.skipped, result.cells)  # the clock of the cells made here starts
     if spread:
         assert world is not None
         _spread(plans, batch_size, device, dtype, store, world, rank_timeout)
