@@ -136,6 +136,10 @@ def test_rank_0_hears_cells_errors_and_silence(monkeypatch) -> None:
     worker.fail("CUDA out of memory")
     with pytest.raises(RankStopped, match="^rank 1 stopped: CUDA out of memory$"):
         coordinator.check([1])
+    coordinator, worker = (Link(World(rank, 2), "other run", timeout=5) for rank in range(2))
+    worker.told()  # stopped by its host's launcher
+    with pytest.raises(RankStopped, match="^rank 1 stopped: a signal stopped it"):
+        coordinator.check([1])
     del server
 
 

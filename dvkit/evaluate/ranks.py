@@ -162,14 +162,21 @@ class Link:
         return messages
 
     def check(self, ranks: Iterable[int]) -> None:
-        """Raise `RankStopped` for the first of `ranks` that reported an error or has not beaten
-        for `timeout` seconds."""
+        """Raise `RankStopped` for the first of `ranks` that reported an error, was stopped by a
+        signal while rank 0 was not (another host's launcher stopped it) or has not beaten for
+        `timeout` seconds."""
         now = time.monotonic()
         for rank in ranks:
             error = self._key("error", rank)
             if self._store.check([error]):
                 message = self._store.get(error).decode()
                 raise RankStopped(f"rank {rank} stopped: {message}")
+            if self._store.check([self._key("told", rank)]):
+                raise RankStopped(
+                    f"rank {rank} stopped: a signal stopped it (its host's launcher stops every "
+                    "rank there when one dies); the cells finished so far are stored, re-run to "
+                    "make the rest"
+                )
             beats = self._store.add(self._key("beat", rank), 0)
             last, since = self._heard[rank]
             if beats != last:
