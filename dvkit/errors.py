@@ -36,6 +36,11 @@ class ConflictError(DvkitError):
     """An operation that would contradict what the catalog already holds."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C where a command asks for it (`interrupt_on_terminate`), so
+    that the work stops the same way and the CLI can name the signal."""
+
+
 class DvkitWarning(UserWarning):
     """Something the user should know about a result that still goes ahead (a prompt cut short,
     a motion composed without a guidance image).

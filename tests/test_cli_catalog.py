@@ -26,6 +26,14 @@ def test_init_where_list_empty(cli, tmp_path) -> None:
     assert (code, json.loads(out)) == (0, [])
 
 
+def test_home_without_a_value_or_without_a_command_is_refused(cli) -> None:
+    missing = (2, "", "error: Option '--home' requires an argument.\n")
+    assert cli("bench", "--home") == missing
+    assert cli("list", "--home") == missing
+    assert cli("--home", "bench") == (2, "", "error: Missing command.\n")  # bench: the folder
+    assert cli()[0] == 0  # the help
+
+
 def test_init_default_path_and_discovery(cli, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert cli("init")[0] == 0

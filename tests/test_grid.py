@@ -268,3 +268,22 @@ def test_progress_bars_count_their_unit_and_show_a_loss_only_for_training() -> N
     cells = texts(RichReporter(unit="cells", loss=False))
     assert "cells" in cells and not any("loss" in text for text in cells)
     assert "steps" in texts(RichReporter()) and any("loss" in t for t in texts(RichReporter()))
+
+
+def test_the_rate_leaves_out_the_cells_stored_before() -> None:
+    """28/64 cells with 24 stored before: one batch of 4 made in 20 s is 0.2 cells/s (not a
+    rate over the moments between the cells of one batch)."""
+    from dvkit.cli.progress import RichReporter
+    from dvkit.train.loop import count_progress
+
+    reporter = RichReporter(unit="cells", loss=False)
+    now = [0.0]
+    reporter._progress.get_time = lambda: now[0]
+    on_cell = count_progress(reporter, "cells")
+    on_cell(24, 64)  # the run starts
+    now[0] = 20.0
+    for done in range(25, 29):
+        on_cell(done, 64)
+    task = reporter._progress.tasks[0]
+    assert (task.completed, task.speed) == (28, 0.2)
+    reporter.end()

@@ -57,6 +57,27 @@ def _watched(home: Path, folder: Path, rank_log: str) -> dict[str, str]:
             "WATCH_LOG": str(folder / rank_log)}  # fmt: skip
 
 
+def _torchrun(home: Path, port: int, *args: str, env: dict[str, str] | None = None) -> list[str]:
+    """The command of a 2-rank `torchrun` of `dvkit bench` on `home`."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_addr", "127.0.0.1", "--master_port", str(port),
+            "-m", "dvkit", "--home", str(home), "bench", *args]  # fmt: skip
+
+
+def _launched_rank(rank: int, port: int) -> int:
+    """The process id of rank `rank` of the launch on `port` (a torchrun's child)."""
+    wanted = {f"RANK={rank}".encode(), f"MASTER_PORT={port}".encode()}
+    for folder in Path("/proc").iterdir():
+        try:
+            if folder.name.isdigit() and wanted <= set(
+                (folder / "environ").read_bytes().split(b"\0")
+            ):
+                return int(folder.name)
+        except OSError:  # gone, or not ours
+            continue
+    raise AssertionError(f"no rank {rank} on port {port}")
+
+
 def _rank(home: Path, rank: int, port: int, *args: str) -> subprocess.Popen:
     """Rank `rank` of 2 as a launcher starts it (RANK, WORLD_SIZE, MASTER_ADDR, ...)."""
     ranks = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
@@ -115,6 +136,10 @@ def test_rank_0_hears_cells_errors_and_silence(monkeypatch) -> None:
     worker.fail("CUDA out of memory")
     with pytest.raises(RankStopped, match="^rank 1 stopped: CUDA out of memory$"):
         coordinator.check([1])
+    coordinator, worker = (Link(World(rank, 2), "other run", timeout=5) for rank in range(2))
+    worker.told()  # stopped by its host's launcher
+    with pytest.raises(RankStopped, match="^rank 1 stopped: a signal stopped it"):
+        coordinator.check([1])
     del server
 
 
@@ -123,6 +148,10 @@ def test_shard_is_refused_under_a_launcher(cli, homes, monkeypatch) -> None:
     code, out, err = cli("--home", homes[0], "bench", "--shard", "0/2")
     assert code == 1 and out == "" and err.count("\n") == 1
     assert err.startswith("error: --shard splits a grid over processes of one host")
+    monkeypatch.setenv("RANK", "1")  # the other ranks exit with the same status, silently
+    assert cli("--home", homes[0], "bench", "--shard", "0/2") == (1, "", "")
+    assert cli("--home", homes[0], "bench", "--shard", "x") == (1, "", "")
+    assert cli("--home", homes[0], "bench", "--seed") == (2, "", "")
 
 
 def test_two_ranks_make_the_cells_and_scores_of_one_process(homes, cli, tmp_path) -> None:
@@ -131,9 +160,7 @@ def test_two_ranks_make_the_cells_and_scores_of_one_process(homes, cli, tmp_path
     assert code == 0, err
     assert "16 cells: 16 generated" in out
     env = _watched(two, tmp_path, "touched.log")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               "-m", "dvkit", "--home", str(two), "bench", *GRID]  # fmt: skip
+    command = _torchrun(two, _free_port(), *GRID)
     launched = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert launched.returncode == 0, launched.stderr[-3000:]
     assert launched.stdout.count("16 cells: 16 generated, 0 already scored") == 1  # rank 0's
@@ -151,44 +178,59 @@ def test_two_ranks_make_the_cells_and_scores_of_one_process(homes, cli, tmp_path
 
 
 def test_a_rank_that_dies_stops_the_grid_and_a_rerun_makes_the_rest(homes, cli) -> None:
+    """Under torchrun, which stops rank 0 with SIGTERM (long before `--rank-timeout`) once
+    rank 1 is killed: rank 0 names rank 1."""
     home = homes[0]
-    args = (*ONE_BY_ONE, "--rank-timeout", "3")
     port = _free_port()
-    ranks = [_rank(home, rank, port, *args) for rank in range(2)]
+    launch = subprocess.Popen(_torchrun(home, port, *ONE_BY_ONE), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        stored = _stored_at_least(home, 2, ranks[0])
-        ranks[1].send_signal(signal.SIGKILL)
-        _, err = ranks[0].communicate(timeout=120)
+        stored = _stored_at_least(home, 2, launch)
+        os.kill(_launched_rank(1, port), signal.SIGKILL)
+        _, err = launch.communicate(timeout=120)
     finally:
-        for process in ranks:
-            process.kill()
-            process.communicate()
-    assert ranks[0].returncode == 1, err
+        launch.kill()
+        launch.communicate()
     errors = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: rank 1 stopped"), err
-    assert "Traceback" not in err
+    assert errors == [
+        "error: rank 1 stopped (its process ended; the launcher stopped the others): the cells "
+        "finished so far are stored, re-run to make the rest"
+    ], err
     with Catalog.open(home) as catalog:
         kept = len(catalog.evaluation_rows())
     assert stored <= kept < 16  # every cell stored before rank 1 died, and more of rank 0's
-    code, out, err = cli("--home", home, "bench", *args)
+    code, out, err = cli("--home", home, "bench", *ONE_BY_ONE)
     assert code == 0, err
     assert f"16 cells: {16 - kept} generated, {kept} already scored" in out
 
 
-def test_ctrl_c_on_rank_0_stops_every_rank_and_keeps_the_stored_cells(homes) -> None:
+@pytest.mark.parametrize(
+    ("sent", "to", "codes", "said"),
+    [
+        (signal.SIGTERM, [0], [143, 0], "stopped by SIGTERM"),  # rank 1 is stopped by rank 0
+        (signal.SIGINT, [0, 1], [130, 130], "interrupted"),  # Ctrl-C of the whole group
+    ],
+)
+def test_a_signal_stops_every_rank_and_keeps_the_stored_cells(homes, sent, to, codes, said) -> None:
     home = homes[0]
     port = _free_port()
     ranks = [_rank(home, rank, port, *ONE_BY_ONE) for rank in range(2)]
     try:
         stored = _stored_at_least(home, 2, ranks[0])
-        ranks[0].send_signal(signal.SIGINT)
+        for rank in to:
+            ranks[rank].send_signal(sent)
         outputs = [process.communicate(timeout=30) for process in ranks]
     finally:
         for process in ranks:
             process.kill()
             process.communicate()
-    assert [process.returncode for process in ranks] == [130, 0], outputs
-    assert "Traceback" not in outputs[0][1] + outputs[1][1]
-    assert "error:" not in outputs[1][1]  # rank 1 just stops
+    assert [process.returncode for process in ranks] == codes, outputs
     with Catalog.open(home) as catalog:
-        assert stored <= len(catalog.evaluation_rows()) < 16
+        kept = len(catalog.evaluation_rows())
+    assert stored <= kept < 16
+    assert outputs[0][1].splitlines()[-1] == (
+        f"error: {said}: {kept} new cells stored ({kept}/16 in the catalog); re-run the same "
+        "command to make the rest"
+    ), outputs
+    assert outputs[0][1].count("error:") == 1 and "Traceback" not in outputs[0][1]
+    assert outputs[1][1] == ""  # rank 1 just stops: rank 0 says it

@@ -66,3 +66,46 @@ def test_ctrl_c_during_a_long_backward_pass_is_raised_before_it_ends(tmp_path) -
         _fit(tmp_path, weight, on_backward=press_ctrl_c_soon, depth=6000)
     assert weight.grad is None
     assert os.path.isfile(tmp_path / "stage" / "state.pt")
+
+
+def test_ctrl_c_of_a_command_says_so_once_and_only_on_rank_0(cli, tmp_path, monkeypatch) -> None:
+    """Typer turns a KeyboardInterrupt into a silent exit 130: the CLI says it stopped."""
+    from dvkit.catalog import Catalog
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Catalog, "open", interrupted)
+    assert cli("--home", tmp_path, "list") == (130, "", "error: interrupted\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")  # rank 0, stopped as well, says it
+    assert cli("--home", tmp_path, "list") == (130, "", "")
+
+
+def test_ctrl_c_of_a_grid_says_what_is_stored(cli, grid_home, tmp_path, monkeypatch) -> None:
+    import shutil
+
+    from dvkit.cli import progress
+    from dvkit.train import loop
+
+    home = tmp_path / "registry"
+    shutil.copytree(grid_home, home)
+    calls = []
+
+    def count_two_cells(*_args):
+        def on_cell(done: int, total: int) -> None:
+            calls.append(done)
+            if len(calls) == 3:  # the start, then two cells
+                raise progress.Terminated
+
+        return on_cell
+
+    monkeypatch.setattr(loop, "count_progress", count_two_cells)
+    grid = ("--steps", "2", "--frames", "3", "--size", "16", "--clip", "tiny", "--dino", "tiny",
+            "--device", "cpu", "--batch-size", "1")  # fmt: skip
+    code, out, err = cli("--home", home, "bench", *grid)
+    assert (code, out) == (143, ""), err
+    assert err == (
+        "error: stopped by SIGTERM: 2 new cells stored (2/8 in the catalog); re-run the same "
+        "command to make the rest\n"
+    )

@@ -80,4 +80,6 @@ def root(
         print(__version__)
         raise typer.Exit()
     if ctx.invoked_subcommand is None:
+        if home is not None:  # `dvkit --home bench`: the command was taken for the folder
+            ctx.fail("Missing command.")
         print(ctx.get_help())

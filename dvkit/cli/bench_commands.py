@@ -136,11 +136,16 @@ def bench(
 
     world = SINGLE_PROCESS
     if launched_size() > 1 and not report_only:
-        if _shard(shard) != (0, 1):
-            raise DvkitError(
-                "--shard splits a grid over processes of one host; under torchrun or accelerate "
-                "launch the ranks split it: give no --shard"
-            )
+        try:
+            if _shard(shard) != (0, 1):
+                raise DvkitError(
+                    "--shard splits a grid over processes of one host; under torchrun or "
+                    "accelerate launch the ranks split it: give no --shard"
+                )
+        except DvkitError as exc:
+            if os.environ.get("RANK", "0") != "0":  # rank 0 says it, once for all
+                raise typer.Exit(exc.exit_code) from None
+            raise
         world = current_world("gloo")  # messages are CPU objects: gloo, whatever the devices
         if not world.main:
             with interrupt_on_terminate():

@@ -19,6 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from dvkit.errors import Terminated
 from dvkit.wording import duration, plural
 
 ESTIMATE_AFTER = 3
@@ -55,6 +56,7 @@ class RichReporter:
         self._task = self._progress.add_task(
             stage, total=total, completed=completed, loss="", rate=""
         )
+        self._progress.advance(self._task, 0)  # the rate counts from now: work done before is not
         self._stage = stage
         self._times = []
 
@@ -94,10 +96,11 @@ class RichReporter:
 
 @contextmanager
 def interrupt_on_terminate() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C, so a killed training run still writes its checkpoint."""
+    """Treat SIGTERM like Ctrl-C (as `Terminated`), so a killed training run still writes its
+    checkpoint and a grid stores the cells it has."""
 
     def raise_interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:

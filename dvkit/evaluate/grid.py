@@ -32,10 +32,10 @@ from dvkit.bases import BaseSource, base_source
 from dvkit.catalog import Catalog
 from dvkit.catalog.records import EvaluationRecord
 from dvkit.distributed import World, rank_device
-from dvkit.errors import DvkitError, DvkitWarning
+from dvkit.errors import DvkitError, DvkitWarning, Terminated
 from dvkit.evaluate import metrics
 from dvkit.evaluate.encoders import DEFAULT_CLIP, DEFAULT_DINO
-from dvkit.evaluate.ranks import POLL, Link, assign, share
+from dvkit.evaluate.ranks import POLL, Link, RankStopped, assign, share
 from dvkit.evaluate.score import Scorer
 from dvkit.generate.compose import (
     LoadedAdapter,
@@ -58,8 +58,12 @@ from dvkit.models.text import check_prompts
 from dvkit.models.textual_inversion import expand_placeholder, initializer_word
 from dvkit.sprites.base import SPRITES_BASES
 from dvkit.templates import check_template
+from dvkit.wording import plural
 
 ROLES = ("joint", "subject", "motion", "base")
+STOP_WAIT = 3.0
+"""Seconds rank 0, stopped by a signal, waits at most to hear from each other rank (a beat, or
+that it was stopped too); each working rank beats every `dvkit.evaluate.ranks.BEAT` seconds."""
 DEFAULT_TEMPLATE = "a {subject} {motion}"
 _OPTIONS = {
     "steps": "--steps", "guidance_scale": "--guidance", "frames": "--frames", "height": "--size",
@@ -67,6 +71,18 @@ _OPTIONS = {
     "dino": "--dino",
 }  # fmt: skip
 """The `bench` option of each setting a report can be chosen by."""
+
+
+class GridInterrupted(DvkitError):
+    """A grid stopped by Ctrl-C or SIGTERM; the cells made before are stored."""
+
+    def __init__(self, signal: KeyboardInterrupt, made: int, stored: int, cells: int) -> None:
+        self.exit_code = 143 if isinstance(signal, Terminated) else 130
+        reason = "stopped by SIGTERM" if isinstance(signal, Terminated) else "interrupted"
+        super().__init__(
+            f"{reason}: {plural(made, 'new cell')} stored ({stored}/{cells} in the catalog); "
+            "re-run the same command to make the rest"
+        )
 
 
 @dataclass(frozen=True)
@@ -163,7 +179,8 @@ def bench(
     `DvkitWarning`. Subjects that share a token are each given their own while the grid runs
     (one subject acts per cell). Before the first cell, every prompt of the grid is checked: a
     learned token past the text encoder's length raises PromptTooLongError, a cut prompt warns.
-    `on_cell(done, total)` counts the cells of every base together.
+    `on_cell(done, total)` counts the cells of every base together: it is called once with the
+    cells already stored before the first cell is made, then after each cell.
 
     With a `world` of several ranks (`dvkit.distributed.current_world("gloo")`; this is rank
     0, the others run `serve`), rank 0 sends the adapters to the other ranks and deals them the
@@ -173,6 +190,11 @@ def bench(
     are the ones a single process makes, so the cells and scores are the same. A rank that
     fails, dies or gives no word for `rank_timeout` seconds stops the run with `RankStopped`
     (cells stored so far are kept); on any error or KeyboardInterrupt rank 0 stops the others.
+    Stopped by a signal (Ctrl-C, or SIGTERM from a launcher whose other rank died), rank 0
+    first waits `STOP_WAIT` seconds at most to hear from the other ranks: one that neither says
+    it was stopped too nor beats has died, and the run stops with `RankStopped` naming it.
+    Ctrl-C or SIGTERM (see `dvkit.cli.progress.interrupt_on_terminate`) otherwise raises
+    `GridInterrupted`, saying how many cells are stored.
 
     With `generate=False` nothing is generated: the result holds the stored cells of the chosen
     adapters, roles, and of the templates, seeds and settings given (any where not given), as
@@ -207,15 +229,21 @@ def bench(
         if on_cell:
             on_cell(result.skipped + result.generated, result.cells)
 
-    if spread:
-        assert world is not None
-        _spread(plans, batch_size, device, dtype, store, world, rank_timeout)
-    for plan in plans:
-        if plan.todo and not spread:
-            chosen = [*plan.subjects.values(), *plan.motions.values()]
-            components, _ = open_matching_base(catalog, chosen, plan.base)
-            _generate(plan, components, _batches(plan.todo, batch_size), device, dtype,
-                      partial(store, plan))  # fmt: skip
+    if on_cell and result.skipped < result.cells:
+        on_cell(result.skipped, result.cells)  # the clock of the cells made here starts
+    try:
+        if spread:
+            assert world is not None
+            _spread(plans, batch_size, device, dtype, store, world, rank_timeout)
+        for plan in plans:
+            if plan.todo and not spread:
+                chosen = [*plan.subjects.values(), *plan.motions.values()]
+                components, _ = open_matching_base(catalog, chosen, plan.base)
+                _generate(plan, components, _batches(plan.todo, batch_size), device, dtype,
+                          partial(store, plan))  # fmt: skip
+    except KeyboardInterrupt as exc:
+        stored = result.skipped + result.generated
+        raise GridInterrupted(exc, result.generated, stored, result.cells) from None
     result.rows = [row for plan in plans for row in catalog.evaluation_rows(list(plan.keys))]
     return result
 
@@ -309,10 +337,13 @@ def _spread(
     left = {rank: sum(len(batches[i][1]) for i in job.shares[rank])
             for rank in range(1, world.size)}  # fmt: skip
 
-    def collect() -> None:
+    def keep() -> None:
         for rank, (index, cell, frames, scores) in link.received():
             store(plans[index], cell, frames, scores)
             left[rank] -= 1
+
+    def collect() -> None:
+        keep()
         link.check(rank for rank, count in left.items() if count)
 
     try:
@@ -320,10 +351,19 @@ def _spread(
         while any(left.values()):
             collect()
             time.sleep(POLL)
+    except KeyboardInterrupt:
+        dead = link.silent([rank for rank, count in left.items() if count], STOP_WAIT, keep)
+        link.stop()
+        keep()
+        if dead is not None:
+            raise RankStopped(
+                f"rank {dead} stopped (its process ended; the launcher stopped the others): "
+                "the cells finished so far are stored, re-run to make the rest"
+            ) from None
+        raise
     except BaseException:
         link.stop()
-        for _, (index, cell, frames, scores) in link.received():  # keep what arrived
-            store(plans[index], cell, frames, scores)
+        keep()
         raise
 
 
@@ -352,6 +392,7 @@ def serve(world: World) -> None:
             link.close()  # a stop from rank 0 that came before is raised here at the latest
     except KeyboardInterrupt:
         if not link.stopped:
+            link.told()  # a signal (the launcher's, when another rank died): rank 0 hears it
             raise
     except Exception as exc:
         link.fail(" ".join(str(exc).split()) or type(exc).__name__)

@@ -7,8 +7,11 @@ MASTER_ADDR:MASTER_PORT), where rank 0 collects them as they arrive (`Link.recei
 
 While a rank works, a thread of it beats in the store. Rank 0 takes a rank that reported an
 error, or whose beats stopped for `timeout` seconds, as stopped (`Link.check` raises
-`RankStopped`). Rank 0 ends the run for everyone with `Link.stop` (after an error or Ctrl-C):
-the other ranks' beat threads see it, or see that the store is gone, and interrupt their work.
+`RankStopped`). When one rank dies, `torchrun` and `srun` stop the others with SIGTERM: each
+other rank says so in the store (`Link.told`) and rank 0, stopped too, takes the rank that did
+not say so and does not beat as the one that died (`Link.silent`). Rank 0 ends the run for
+everyone with `Link.stop` (after an error or Ctrl-C): the other ranks' beat threads see it, or
+see that the store is gone, and interrupt their work.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 
 import torch.distributed as dist
@@ -126,6 +129,12 @@ class Link:
         except RuntimeError:
             raise RankStopped("rank 0 stopped: this rank's cells have nowhere to go") from None
 
+    def told(self) -> None:
+        """Tell rank 0 (when it is still there) that a signal stopped this rank: the launcher
+        stops every rank when one dies, and rank 0 names the one that did not say so."""
+        with contextlib.suppress(RuntimeError):
+            _stored(self._store, self._key("told", self.world.rank), "1")
+
     def fail(self, message: str) -> None:
         """Tell rank 0 (when it is still there) why this rank stops."""
         with contextlib.suppress(RuntimeError):  # rank 0 is gone: nobody to tell
@@ -153,14 +162,21 @@ class Link:
         return messages
 
     def check(self, ranks: Iterable[int]) -> None:
-        """Raise `RankStopped` for the first of `ranks` that reported an error or has not beaten
-        for `timeout` seconds."""
+        """Raise `RankStopped` for the first of `ranks` that reported an error, was stopped by a
+        signal while rank 0 was not (another host's launcher stopped it) or has not beaten for
+        `timeout` seconds."""
         now = time.monotonic()
         for rank in ranks:
             error = self._key("error", rank)
             if self._store.check([error]):
                 message = self._store.get(error).decode()
                 raise RankStopped(f"rank {rank} stopped: {message}")
+            if self._store.check([self._key("told", rank)]):
+                raise RankStopped(
+                    f"rank {rank} stopped: a signal stopped it (its host's launcher stops every "
+                    "rank there when one dies); the cells finished so far are stored, re-run to "
+                    "make the rest"
+                )
             beats = self._store.add(self._key("beat", rank), 0)
             last, since = self._heard[rank]
             if beats != last:
@@ -170,6 +186,23 @@ class Link:
                     f"rank {rank} stopped: no word from it for {self.timeout:g} s (its process "
                     "died or hangs); the cells finished so far are stored, re-run to make the rest"
                 )
+
+    def silent(self, ranks: Sequence[int], wait: float, between: Callable[[], None]) -> int | None:
+        """The first of `ranks` that within `wait` seconds neither beat nor said it was `told`
+        to stop (its process is gone), else None as soon as every one did; `between` runs after
+        each look."""
+        beats = {rank: self._store.add(self._key("beat", rank), 0) for rank in ranks}
+        deadline = time.monotonic() + wait
+        while True:
+            quiet = [
+                rank for rank in ranks
+                if not self._store.check([self._key("told", rank)])
+                and self._store.add(self._key("beat", rank), 0) == beats[rank]
+            ]  # fmt: skip
+            between()
+            if not quiet or time.monotonic() >= deadline:
+                return quiet[0] if quiet else None
+            time.sleep(POLL)
 
     def stop(self) -> None:
         """Tell every other rank to stop."""

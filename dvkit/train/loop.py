@@ -63,14 +63,16 @@ class SilentReporter:
 
 def count_progress(reporter: Reporter, stage: str) -> Callable[[int, int], None]:
     """An `on_done(done, total)` callback that shows counted work (e.g. grid cells) on
-    `reporter`; the first call may report work already done before this run."""
+    `reporter`: the first call starts the bar at `done` (work done before, such as cells
+    stored by an earlier run, which the rate leaves out), each later one counts one more."""
     started: list[bool] = []
 
     def on_done(done: int, total: int) -> None:
-        if not started:
-            reporter.start(stage, total, done - 1)
+        if started:
+            reporter.step(None)
+        else:
+            reporter.start(stage, total, done)
             started.append(True)
-        reporter.step(None)
         if done == total:
             reporter.end()
 
