@@ -50,6 +50,7 @@ class RichReporter:
         self._estimate = estimate
         self._stage = ""
         self._times: list[float] = []
+        self._stepped = False
 
     def start(self, stage: str, total: int, completed: int) -> None:
         self._progress.start()
@@ -59,9 +60,11 @@ class RichReporter:
         self._progress.advance(self._task, 0)  # the rate counts from now: work done before is not
         self._stage = stage
         self._times = []
+        self._stepped = False
 
     def step(self, loss: float | None = None) -> None:
         assert self._task is not None
+        self._stepped = True
         self._progress.advance(self._task)
         speed = self._progress.tasks[self._task].speed
         rate = f"{speed:.2f} {self.unit}/s" if speed else ""
@@ -87,9 +90,12 @@ class RichReporter:
         )
 
     def end(self) -> None:
-        """Stop drawing the stage's bar (nothing when none is drawn)."""
+        """Stop drawing the stage's bar (nothing when none is drawn); a bar that never moved (an
+        error before the first step) is removed rather than left on the screen."""
         if self._task is None:
             return
+        if not self._stepped:
+            self._progress.remove_task(self._task)
         self._progress.stop()
         self._task = None
 
