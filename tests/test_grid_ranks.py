@@ -207,7 +207,9 @@ def test_a_rank_that_dies_stops_the_grid_and_a_rerun_makes_the_rest(homes, cli) 
 @pytest.mark.parametrize(
     ("sent", "to", "codes", "said"),
     [
-        (signal.SIGTERM, [0], [143, 0], "stopped by SIGTERM"),  # rank 1 is stopped by rank 0
+        pytest.param(  # rank 1 is stopped by rank 0
+            signal.SIGTERM, [0], [143, 0], "stopped by SIGTERM", marks=pytest.mark.slow
+        ),
         (signal.SIGINT, [0, 1], [130, 130], "interrupted"),  # Ctrl-C of the whole group
     ],
 )
