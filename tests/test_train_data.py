@@ -4,6 +4,7 @@ import torch
 from media_files import frame_index, write_clip, write_frames, write_gif, write_litter
 from PIL import Image
 
+from dvkit.families import family
 from dvkit.io.clips import read_video
 from dvkit.io.folders import collect_files
 from dvkit.models.image_encoder import load_image_encoder
@@ -161,6 +162,13 @@ def test_short_clips_are_padded_with_a_warning(tmp_path) -> None:
     clips, _ = load_videos([gif], frames=4, size=8, fps=8, encoder=TINY, notify=notes.append)
     assert clips.windows.tolist() == [[0, 1, 2, -1]]
     assert "gives 3 frames at 8 fps" in notes[1] and "--frames 3 or a higher --fps" in notes[1]
+    wan = family("wan")  # 4k + 1 frames: a 6-frame clip suggests 5, not 6
+    notes.clear()
+    load_videos([write_frames(tmp_path / "six", 6)], frames=9, size=8, fps=None, encoder=TINY,
+                notify=notes.append, frames_at_most=wan.frames_at_most)  # fmt: skip
+    assert notes[1].endswith("(ask for --frames 5)")
+    assert [wan.frames_at_most(n) for n in (1, 4, 5, 12, 13)] == [1, 1, 5, 9, 13]
+    assert [wan.frames_at_least(n) for n in (1, 2, 4, 5, 12)] == [1, 5, 5, 5, 13]
 
 
 def test_corrupt_video(tmp_path) -> None:

@@ -207,6 +207,14 @@ class Family:
         a `SizeError` naming the nearest counts it takes."""
         return frames
 
+    def frames_at_most(self, frames: int) -> int:
+        """The largest frame count ≤ `frames` (≥ 1) the family's VAE takes (`frames` here)."""
+        return frames
+
+    def frames_at_least(self, frames: int) -> int:
+        """The smallest frame count ≥ `frames` the family's VAE takes (`frames` here)."""
+        return frames
+
     def size_multiple(self, components: BaseComponents) -> int:
         """What a video's height and width must be multiples of, in pixels."""
         return self.scale_factor(components)

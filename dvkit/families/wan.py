@@ -242,6 +242,14 @@ class WanFamily(Family):
             f"{what} {frames} is not a count the Wan VAE takes (4k + 1 frames): use {nearest}"
         )
 
+    def frames_at_most(self, frames: int) -> int:
+        """The largest 4k + 1 ≤ `frames` (1 at least)."""
+        return max(1, (frames - 1) // TEMPORAL_FACTOR * TEMPORAL_FACTOR + 1)
+
+    def frames_at_least(self, frames: int) -> int:
+        """The smallest 4k + 1 ≥ `frames`."""
+        return self.frames_at_most(frames + TEMPORAL_FACTOR - 1)
+
     def latent_frames(self, frames: int) -> int:
         """(F − 1) / 4 + 1 latent frames for F = 4k + 1 frames."""
         return (frames - 1) // TEMPORAL_FACTOR + 1
@@ -450,6 +458,8 @@ class SpritesWanFamily(WanFamily):
     encode_text = Family.encode_text
     scale_factor = Family.scale_factor
     check_frames = Family.check_frames
+    frames_at_most = Family.frames_at_most
+    frames_at_least = Family.frames_at_least
     latent_frames = Family.latent_frames
     encode_frames = Family.encode_frames
     encode_videos = Family.encode_videos

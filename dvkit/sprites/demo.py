@@ -88,7 +88,7 @@ def run_demo(
     from dvkit.generate.compose import compose
     from dvkit.sprites.files import write_clips, write_images
     from dvkit.train.api import add_motion, add_subject
-    from dvkit.train.loop import count_progress
+    from dvkit.train.loop import TrainingInterrupted, count_progress
 
     say = on_stage or (lambda text: None)
     phrase = MOTION_PHRASES[motion]
@@ -103,20 +103,27 @@ def run_demo(
                 raise DvkitError(
                     f"{folder} holds a demo on base {other}; run --base {base} in another folder"
                 )
-        if not catalog.versions(subject_name):
-            say(f"training subject {subject_name} (initializer word: {sprite.shape})")
-            add_subject(
-                subject_name, images, catalog=catalog, base=base, device=device,
-                initializer=sprite.shape, resume=_interrupted(catalog, "subject", subject_name),
-                reporter=reporter, **SUBJECT_TRAINING,
-            )  # fmt: skip
-        if not catalog.versions(motion_name):
-            say(f"training motion {motion_name} (caption: {MOTION_PHRASES[motion]})")
-            add_motion(
-                motion_name, clips, catalog=catalog, base=base, device=device,
-                caption=MOTION_PHRASES[motion], resume=_interrupted(catalog, "motion", motion_name),
-                reporter=reporter, **MOTION_TRAINING,
-            )  # fmt: skip
+        try:
+            if not catalog.versions(subject_name):
+                say(f"training subject {subject_name} (initializer word: {sprite.shape})")
+                add_subject(
+                    subject_name, images, catalog=catalog, base=base, device=device,
+                    initializer=sprite.shape,
+                    resume=_interrupted(catalog, "subject", subject_name), reporter=reporter,
+                    **SUBJECT_TRAINING,
+                )  # fmt: skip
+            if not catalog.versions(motion_name):
+                say(f"training motion {motion_name} (caption: {MOTION_PHRASES[motion]})")
+                add_motion(
+                    motion_name, clips, catalog=catalog, base=base, device=device,
+                    caption=MOTION_PHRASES[motion],
+                    resume=_interrupted(catalog, "motion", motion_name), reporter=reporter,
+                    **MOTION_TRAINING,
+                )  # fmt: skip
+        except TrainingInterrupted as exc:  # the demo resumes by itself when run again
+            raise TrainingInterrupted(
+                exc.stage, exc.step, exc.total, again="the same dvkit demo command again"
+            ) from None
         say("composing the subject with the motion")
         (folder / "videos").mkdir(exist_ok=True)
         composed = compose(

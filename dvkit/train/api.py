@@ -265,7 +265,11 @@ def add_motion(
     architecture = base_architecture(catalog, base)
     defaults = training_defaults(base, architecture)
     settings = _settings(MotionSettings, "motion", preset, overrides, defaults)
-    family(architecture).check_frames(settings.frames, "--frames")
+    base_family = family(architecture)
+    if overrides.get("frames") is None:  # a preset's count, made one the base's VAE takes
+        frames = base_family.frames_at_least(settings.frames)
+        settings = settings.model_copy(update={"frames": frames})
+    base_family.check_frames(settings.frames, "--frames")
     world = current_world()
     run_device = rank_device(device, world)
     run_dtype = resolve_dtype(dtype, run_device)
@@ -276,7 +280,7 @@ def add_motion(
     encoder = load_image_encoder(settings.image_encoder, run_device)  # embeds frames as read
     clips, paths = data.load_videos(
         videos, settings.frames, settings.resolution, settings.fps, encoder,
-        settings.clip_windows, notify,
+        settings.clip_windows, notify, base_family.frames_at_most,
     )  # fmt: skip
     notify(motion_summary(clips, len(paths), settings, base, run_device))
     fingerprints = data.fingerprint(paths)

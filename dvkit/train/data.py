@@ -142,9 +142,12 @@ def load_videos(
     encoder: AppearanceEncoder,
     clip_windows: int = CLIP_WINDOWS,
     notify: Notify = log_note,
+    frames_at_most: Callable[[int], int] = int,
 ) -> tuple[MotionClips, list[Path]]:
     """Clips as `MotionClips`: up to `clip_windows` windows of `frames` frames each, sampled at
-    `fps` (every frame when None or for folders of frames), and the files they came from.
+    `fps` (every frame when None or for folders of frames), and the files they came from. A
+    clip shorter than a window gets a warning suggesting `frames_at_most(its frames)` (the
+    base family's `Family.frames_at_most`).
 
     Frames are decoded one at a time; each kept one is resized to the training size and
     prepared for `encoder` as it comes (`prepare_frame`), and embedded with up to
@@ -164,7 +167,7 @@ def load_videos(
     plans = [plan_windows(s.timeline, frames, fps, clip_windows) for s in sources]
     for source, plan in zip(sources, plans, strict=True):
         if plan.real_frames < frames:
-            notify(_short_clip_warning(source, plan.real_frames, frames, fps))
+            notify(_short_clip_warning(source, plan.real_frames, frames, fps, frames_at_most))
     kept = torch.empty(sum(len(p.frames) for p in plans), 3, size, size, dtype=torch.uint8)
     embeds: list[torch.Tensor] = []
     windows: list[torch.Tensor] = []
@@ -219,9 +222,15 @@ def to_pixels(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def _short_clip_warning(source: VideoSource, real: int, frames: int, fps: float | None) -> str:
+def _short_clip_warning(
+    source: VideoSource,
+    real: int,
+    frames: int,
+    fps: float | None,
+    frames_at_most: Callable[[int], int],
+) -> str:
     at = f" at {fps:g} fps" if fps and source.timeline.timed else ""
-    ask = f"--frames {real}" + (" or a higher --fps" if at else "")
+    ask = f"--frames {frames_at_most(real)}" + (" or a higher --fps" if at else "")
     return (
         f"warning: {source.path} gives {plural(real, 'frame')}{at}, fewer than the {frames} of a "
         f"training window: zero-padded after them, as the official trainer does (ask for {ask})"

@@ -33,11 +33,11 @@ class TrainingInterrupted(DvkitError):
 
     exit_code = 130
 
-    def __init__(self, stage: str, step: int, total: int) -> None:
-        super().__init__(
-            f"interrupted at {stage} step {step}/{total}; run the same command with --resume "
-            "to continue"
-        )
+    def __init__(
+        self, stage: str, step: int, total: int, again: str = "the same command with --resume"
+    ) -> None:
+        self.stage, self.step, self.total = stage, step, total
+        super().__init__(f"interrupted at {stage} step {step}/{total}; run {again} to continue")
 
 
 class Reporter(Protocol):

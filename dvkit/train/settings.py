@@ -73,8 +73,8 @@ class CommonSettings(BaseModel):
             unknown = [mode for mode in value if mode not in MEMORY_MODES]
             if unknown:
                 raise ValueError(
-                    f"unknown memory mode {unknown[0]!r} (expected none or a comma-separated "
-                    f"list of {', '.join(MEMORY_MODES)})"
+                    f"unknown memory mode {unknown[0]!r} (expected none alone, or a "
+                    f"comma-separated list of {', '.join(MEMORY_MODES)})"
                 )
             value = [mode for mode in MEMORY_MODES if mode in value]
         return value
