@@ -315,13 +315,19 @@ def test_grid_of_dreamvideo_and_lora_subjects_and_motions_batched_equals_one_at_
             assert (batched[index] - alone[0]).abs().max().item() <= 1e-5
         small = SamplerSettings(steps=2, frames=3, height=8, width=8)
         options = {"clip": "tiny", "dino": "tiny", "device": "cpu", "baselines": False}
-        subjects, motions = ["dvsubject", "lorasubject"], ["dvmotion", "zoom"]
+        subjects, motions = (
+            ["dvsubject", "lorasubject"],
+            ["dvmotion", "zoom@1"],
+        )  # as bench lists them
         grid = bench(catalog, subjects, motions, seeds=[1], batch_size=4, settings=small, **options)
         catalog._conn.execute("DELETE FROM evaluations")
         single = bench(
             catalog, subjects, motions, seeds=[1], batch_size=1, settings=small, **options
         )
     assert grid.generated == single.generated == 4
+    # the imported motion has no caption: its prompt word is its name, not its `name@version`
+    prompts = {row["prompt"] for row in grid.rows}
+    assert "a <lorasubject> zoom" in prompts and not any("@" in p for p in prompts)
     by_cell = {row["cell"]: row["metrics"] for row in grid.rows}
     for row in single.rows:
         for name, value in row["metrics"].items():

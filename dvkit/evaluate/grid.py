@@ -569,7 +569,8 @@ def prompt_text(cell: Cell, subjects: dict, motions: dict, for_scoring: bool) ->
 
 def _filled(cell: Cell, word: str, motions: dict) -> str:
     """The cell's template with `word` for the subject and the motion's caption (or name)."""
-    caption = motions[cell.pair_motion].record.training.get("caption") or cell.pair_motion
+    record = motions[cell.pair_motion].record
+    caption = record.training.get("caption") or record.name
     return cell.template.format(subject=word, motion=caption.replace("_", " ").replace("-", " "))
 
 
