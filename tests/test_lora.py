@@ -524,6 +524,7 @@ def test_lora_mistakes_are_one_line_and_leave_the_catalog_alone(
     torch.save({"state_dict": {"x.to_q_lora.down.weight": torch.zeros(2, 2)}, "opt": object()},
                tmp_path / "unsafe.ckpt")  # fmt: skip
     (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\xff" * 8 + b"{}")
     _, before, _ = cli("--home", four, "list", "--all")
     mistakes = [
         (("import", subject, "--base", BASE), "--kind subject or motion"),
@@ -533,6 +534,10 @@ def test_lora_mistakes_are_one_line_and_leave_the_catalog_alone(
          "only for --kind subject"),
         (("import", tmp_path / "unsafe.ckpt", "--kind", "motion", "--base", BASE), "unsafe.ckpt"),
         (("import", tmp_path / "broken.safetensors", "--kind", "motion"), "broken.safetensors"),
+        *(  # the file's own problem first, whatever the options
+            (("import", tmp_path / "corrupt.safetensors", *options), "header length")
+            for options in ((), ("--kind", "subject"), ("--kind", "subject", "--base", BASE))
+        ),
         (("export", "zoom", "--out", tmp_path / "z.safetensors", "--format", "onnx"),
          "unknown export format"),
         (("export", "--merged", "--subject", "lorasubject", "--motion", "zoom", "--out",
