@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from dvkit.catalog.blobs import hash_file
 from dvkit.errors import AdapterFileError, DvkitError
+from dvkit.io.adapter_file import non_finite
 from dvkit.names import name_from_text, validate_name, validate_tag
 
 if TYPE_CHECKING:
@@ -273,7 +274,7 @@ def _embedding(
             f"{path}: the learned embedding {key!r} has shape {list(vectors.shape)}, not "
             "[vectors, width]"
         )
-    if not bool(torch.isfinite(vectors).all()):
+    if non_finite({key: vectors}):
         raise EmbeddingFileError(f"{path}: the learned embedding holds NaN or infinite values")
     if own_name is None and isinstance(key, str) and key not in ("*", A1111_SAFETENSORS_KEY):
         own_name = key

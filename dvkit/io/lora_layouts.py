@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from dvkit.errors import AdapterFileError
+from dvkit.io.adapter_file import check_finite
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +91,8 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
     `pipeline_class` is the base family's diffusers pipeline, whose `lora_state_dict` converts
     kohya names. Names of other components are kept as they are (`LoraWeights.from_tensors`
     counts them as not fitting). Raises `AdapterFileError` for a file that holds no LoRA, a
-    DoRA (its magnitude vectors have no place in a LoRA), or one diffusers cannot convert.
+    DoRA (its magnitude vectors have no place in a LoRA), NaN or infinite weights, or one
+    diffusers cannot convert.
     """
     path = Path(path)
     loaded, header = _load(path)
@@ -100,6 +102,7 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
     dora = next((k for k in keys if "dora_scale" in k or "lora_magnitude_vector" in k), None)
     if dora is not None:
         raise AdapterFileError(f"{path}: a DoRA ({dora}), which dvkit does not apply")
+    check_finite(path, loaded, "LoRA")
     configs = {
         "unet": _adapter_config(header, denoiser_component(pipeline_class)),
         "text_encoder": _adapter_config(header, "text_encoder"),
