@@ -46,6 +46,7 @@ from dvkit.generate.compose import (
     load_adapter,
     load_weights,
     open_matching_base,
+    takes_appearance,
     warn_zero_embedding,
 )
 from dvkit.generate.sampler import Row, SamplerSettings, check_size, sample
@@ -517,7 +518,11 @@ def _generate(
     }  # fmt: skip
     todo = [cell for batch in batches for cell in batch]
     for s in subject_adapters:
-        missing = [m for m in motion_adapters if guidance[(s, m)] is None]
+        missing = [
+            m
+            for m, motion in motion_adapters.items()
+            if guidance[(s, m)] is None and takes_appearance(motion)
+        ]
         if missing and any(c.role == "joint" and c.pair_subject == s for c in todo):
             warn_zero_embedding(motion_adapters[missing[0]], subject_adapters[s])
     scorer = _CachedScorer(
