@@ -549,7 +549,9 @@ def test_lora_mistakes_are_one_line_and_leave_the_catalog_alone(
     mistakes = [
         (("import", subject, "--base", BASE), "--kind subject or motion"),
         (("import", subject, "--kind", "motion"), "needs --base NAME"),
-        (("import", subject, "--kind", "style", "--base", BASE), "--kind subject or motion"),
+        (("import", subject, "--kind", "banana", "--base", BASE),
+         "--kind 'banana': not a LoRA kind; choose subject or motion"),
+        (("import", ckpt, "--kind", "subject", "--base", BASE), "mm_zoom.ckpt: a motion LoRA"),
         (("import", ckpt, "--kind", "motion", "--base", BASE, "--embedding", subject),
          "only for --kind subject"),
         (("import", tmp_path / "unsafe.ckpt", "--kind", "motion", "--base", BASE), "unsafe.ckpt"),

@@ -41,7 +41,8 @@ def prepare_lora_file(
     """A LoRA file as a dvkit LoRA of `base`, checked, not yet registered.
 
     `embedding` (a textual-inversion file) pairs a subject LoRA with its learned token, named
-    `token` or `<name>`. Raises `DvkitError` without a kind or for a two-expert base,
+    `token` or `<name>`. Raises `DvkitError` without a kind, for a kind its layers contradict
+    (`_check_kind`) or for a two-expert base,
     `LoraMismatchError` naming how many of the file's tensors fit the base when any does not,
     and the embedding's own errors.
     """
@@ -53,8 +54,10 @@ def prepare_lora_file(
     from dvkit.models.lora import TWO_EXPERTS, LoraMismatchError, LoraWeights
 
     path = Path(path)
-    if kind not in LORA_KINDS:
+    if kind is None:
         raise DvkitError(f"{path}: a LoRA file; say what it is with --kind subject or motion")
+    if kind not in LORA_KINDS:
+        raise DvkitError(f"--kind {kind!r}: not a LoRA kind; choose subject or motion")
     if embedding is not None and kind != "subject":
         raise DvkitError("--embedding pairs a LoRA with a learned token: only for --kind subject")
     name = validate_name(name or name_from_text(path.stem) or "lora")
@@ -69,6 +72,7 @@ def prepare_lora_file(
         weights = LoraWeights.from_tensors(kind, lora.tensors, roots, f"base {record.name}")
     except LoraMismatchError as exc:
         raise LoraMismatchError(f"{path} ({lora.layout} layout): {exc}") from None
+    _check_kind(path, kind, components, list(weights.modules_by_path))
     tensors = weights.tensors()
     training: dict[str, Any] = {
         "source": "lora",
@@ -101,3 +105,20 @@ def prepare_lora_file(
         alpha=next(iter(alphas)) if len(alphas) == 1 else None,
     )
     return PreparedImport(path, info, tensors)
+
+
+def _check_kind(path: Path, kind: str, components: BaseComponents, layers: list[str]) -> None:
+    """Refuse a subject LoRA whose layers all sit in the family's motion (temporal) containers
+    (e.g. a MotionLoRA): it is a motion LoRA. Families without a spatial/temporal split (Wan)
+    accept either kind."""
+    family = components.family
+    if kind != "subject" or family.sites["subject"] == family.sites["motion"]:
+        return
+    motion = family.containers("motion")
+    inside = [f"unet.{name}." for name, module in components.unet.named_modules()
+              if isinstance(module, motion)]  # fmt: skip
+    if all(layer.startswith(tuple(inside)) for layer in layers):
+        raise DvkitError(
+            f"{path}: a motion LoRA (all its {len(layers)} layers are in the base's temporal "
+            "motion modules); import it with --kind motion"
+        )
