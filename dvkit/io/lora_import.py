@@ -69,7 +69,9 @@ def prepare_lora_file(
     roots = {"unet": components.unet, "text_encoder": components.text_encoder}
     lora.tensors = model_names(lora.tensors, components.text_encoder)
     try:
-        weights = LoraWeights.from_tensors(kind, lora.tensors, roots, f"base {record.name}")
+        weights = LoraWeights.from_tensors(
+            kind, lora.tensors, roots, f"base {record.name}", lora.added
+        )
     except LoraMismatchError as exc:
         raise LoraMismatchError(f"{path} ({lora.layout} layout): {exc}") from None
     _check_kind(path, kind, components, list(weights.modules_by_path))

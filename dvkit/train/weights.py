@@ -130,7 +130,7 @@ class PeftLora:
         from dvkit.io.lora_layouts import convert_lora
 
         copies = {key: value.detach().float().cpu().clone() for key, value in named.items()}
-        _, tensors = convert_lora(copies, self.pipeline, {"unet": {"lora_alpha": self.alpha}})
+        _, tensors, _ = convert_lora(copies, self.pipeline, {"unet": {"lora_alpha": self.alpha}})
         return tensors
 
     def remove(self) -> None:
