@@ -306,7 +306,7 @@ def to_wan_original(
         name = f"diffusion_model.blocks.{match[1]}.{WAN_ORIGINAL[match[2]]}"
         out |= {f"{name}.lora_A.weight": down, f"{name}.lora_B.weight": scaled}
         expected |= {f"{layer}.lora_A.weight": down, f"{layer}.lora_B.weight": scaled}
-    _, back = convert_lora(out, pipeline_class, {})
+    _, back, _ = convert_lora(out, pipeline_class, {})
     back = {k: v for k, v in back.items() if not k.endswith(".alpha")}
     if back.keys() != expected.keys() or any(
         not torch.equal(back[k], v) for k, v in expected.items()
