@@ -536,6 +536,9 @@ def test_lora_mistakes_are_one_line_and_leave_the_catalog_alone(
     torch.save({"state_dict": {"x.to_q_lora.down.weight": torch.zeros(2, 2)}, "opt": object()},
                tmp_path / "unsafe.ckpt")  # fmt: skip
     (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    generic = _peft_file(
+        tmp_path / "pytorch_lora_weights.safetensors", _lora_weights(unet, False, 8)
+    )
     (tmp_path / "corrupt.safetensors").write_bytes(b"\xff" * 8 + b"{}")
     nan = _lora_weights(unet, False, 9)
     first = next(iter(nan))
@@ -549,6 +552,7 @@ def test_lora_mistakes_are_one_line_and_leave_the_catalog_alone(
     mistakes = [
         (("import", subject, "--base", BASE), "--kind subject or motion"),
         (("import", subject, "--kind", "motion"), "needs --base NAME"),
+        (("import", generic, "--kind", "subject", "--base", BASE), "pass --name NAME"),
         (("import", subject, "--kind", "banana", "--base", BASE),
          "--kind 'banana': not a LoRA kind; choose subject or motion"),
         (("import", ckpt, "--kind", "subject", "--base", BASE), "mm_zoom.ckpt: a motion LoRA"),

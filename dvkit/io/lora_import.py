@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from dvkit.models.components import BaseComponents
 
 LORA_KINDS = ("subject", "motion")
+GENERIC_STEMS = ("pytorch_lora_weights", "adapter_model")
+"""File names diffusers (`save_lora_weights`) and peft (`save_pretrained`) give every LoRA: no
+name for a catalog entry."""
 
 
 def pipeline_class(components: BaseComponents) -> type:
@@ -41,7 +44,8 @@ def prepare_lora_file(
     """A LoRA file as a dvkit LoRA of `base`, checked, not yet registered.
 
     `embedding` (a textual-inversion file) pairs a subject LoRA with its learned token, named
-    `token` or `<name>`. Raises `DvkitError` without a kind, for a kind its layers contradict
+    `token` or `<name>`. Without `name`, the file's name (refused when generic,
+    `GENERIC_STEMS`). Raises `DvkitError` without a kind, for a kind its layers contradict
     (`_check_kind`) or for a two-expert base,
     `LoraMismatchError` naming how many of the file's tensors fit the base when any does not,
     and the embedding's own errors.
@@ -60,7 +64,12 @@ def prepare_lora_file(
         raise DvkitError(f"--kind {kind!r}: not a LoRA kind; choose subject or motion")
     if embedding is not None and kind != "subject":
         raise DvkitError("--embedding pairs a LoRA with a learned token: only for --kind subject")
-    name = validate_name(name or name_from_text(path.stem) or "lora")
+    if name is None and (path.stem in GENERIC_STEMS or not name_from_text(path.stem)):
+        raise DvkitError(
+            f"{path}: no name to register it under ({path.stem!r} is not one: diffusers and "
+            "peft give every LoRA file their generic name); pass --name NAME"
+        )
+    name = validate_name(name or name_from_text(path.stem))
     catalog.check_kind(name, kind)
     components, record = open_base(catalog, base)
     if components.unet_2 is not None:
