@@ -426,9 +426,10 @@ def test_subject_lora_export_carries_its_token_for_diffusers(four, cli, tmp_path
     from dvkit.catalog import Catalog
 
     out = tmp_path / "subject.safetensors"
-    code, _, err = cli("--home", four, "export", "lorasubject", "--out", out, "--format",
-                       "diffusers")  # fmt: skip
+    code, printed, err = cli("--home", four, "export", "lorasubject", "--out", out, "--format",
+                             "diffusers")  # fmt: skip
     assert code == 0, err
+    assert f"its token's embedding to {tmp_path / 'subject.embedding.safetensors'}" in printed
     with safe_open(out, "pt") as handle:
         assert handle.metadata()["modelspec.trigger_phrase"] == "<lorasubject>"
     embedding = tmp_path / "subject.embedding.safetensors"
@@ -741,3 +742,16 @@ def test_lora_training_is_reproducible_and_resumes_to_the_same_weights(tmp_path)
         assert all(torch.equal(v, other.kept[2][k]) for k, v in straight.kept[2].items())
     assert {k.rsplit(".", 1)[-1] for k in straight.kept[2]} == {"weight", "alpha"}
     assert not hasattr(base.unet, "peft_config")
+
+
+def test_base_pipeline_is_the_familys_diffusers_pipeline_of_a_built_in_base(home) -> None:
+    from diffusers import AnimateDiffPipeline
+
+    import dvkit
+    from dvkit.catalog import Catalog
+
+    with Catalog.open(home) as catalog:
+        pipe = dvkit.base_pipeline(catalog, BASE)
+        assert isinstance(pipe, AnimateDiffPipeline)
+        unet = open_base(catalog, BASE)[0].unet
+    assert pipe.unet.state_dict().keys() == unet.state_dict().keys()

@@ -4,7 +4,6 @@ textual-inversion embedding for a subject (its learned token)."""
 
 from __future__ import annotations
 
-import importlib
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,11 +22,6 @@ LORA_KINDS = ("subject", "motion")
 GENERIC_STEMS = ("pytorch_lora_weights", "adapter_model")
 """File names diffusers (`save_lora_weights`) and peft (`save_pretrained`) give every LoRA: no
 name for a catalog entry."""
-
-
-def pipeline_class(components: BaseComponents) -> type:
-    """The diffusers pipeline of a base's family (`Family.reference_pipeline`)."""
-    return getattr(importlib.import_module("diffusers"), components.family.reference_pipeline)
 
 
 def prepare_lora_file(
@@ -53,6 +47,7 @@ def prepare_lora_file(
     from dvkit.bases import open_base
     from dvkit.io.adapter_file import TOKEN_EMBEDDING_KEY, AdapterFileInfo
     from dvkit.io.embeddings import check_fits, read_embedding
+    from dvkit.io.lora_export import family_pipeline
     from dvkit.io.lora_layouts import model_names, read_lora
     from dvkit.io.vgen import DEFAULT_HIDDEN_RATIO, PreparedImport
     from dvkit.models.lora import TWO_EXPERTS, LoraMismatchError, LoraWeights
@@ -74,7 +69,7 @@ def prepare_lora_file(
     components, record = open_base(catalog, base)
     if components.unet_2 is not None:
         raise DvkitError(f"{path}: " + TWO_EXPERTS.format(base=record.name))
-    lora = read_lora(path, pipeline_class(components))
+    lora = read_lora(path, family_pipeline(components.architecture))
     roots = {"unet": components.unet, "text_encoder": components.text_encoder}
     lora.tensors = model_names(lora.tensors, components.text_encoder)
     try:
