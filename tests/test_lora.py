@@ -585,7 +585,8 @@ def test_lora_mistakes_are_one_line_and_leave_the_catalog_alone(
     assert lines["zoom@1"][1:3] == ["motion", "LoRA"] and lines["dvmotion@1"][2] == "DV"
     assert all(len(line) <= 80 and "…" not in line for line in before.splitlines())
     code, shown, _ = cli("--home", four, "show", "zoom")
-    assert code == 0 and "lora, rank 2" in shown and "to_q" in shown
+    assert code == 0 and "lora, rank 2" in shown
+    assert "unet.motion_modules.attn1.to_q ×" in shown and "attn2.to_k" in shown
     code, _, err = cli("--home", four, "import", subject, "--kind", "subject", "--base", BASE,
                        "--name", "plain")  # fmt: skip
     assert code == 0, err  # a subject LoRA without a learned token
