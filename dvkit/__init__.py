@@ -17,6 +17,7 @@ _LAZY = {
     "add_motion": "dvkit.train.api",
     "add_base": "dvkit.bases",
     "set_default_base": "dvkit.bases",
+    "base_pipeline": "dvkit.bases",
     "compose": "dvkit.generate.compose",
     "score": "dvkit.evaluate.score",
     "bench": "dvkit.evaluate.grid",

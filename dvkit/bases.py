@@ -88,6 +88,16 @@ def open_base(catalog: Catalog, name: str) -> tuple[BaseComponents, BaseModelRec
         return components, record
 
 
+def base_pipeline(catalog: Catalog, name: str | None = None) -> Any:
+    """The diffusers pipeline of base `name` (default: the catalog's default base) built from
+    its components: `AnimateDiffPipeline`, `TextToVideoSDPipeline` or `WanPipeline`, to make or
+    try LoRAs with diffusers and peft on a built-in base."""
+    from dvkit.io.lora_export import reference_pipeline
+
+    components, _ = open_base(catalog, choose_base(catalog, name))
+    return reference_pipeline(components)
+
+
 @dataclass(frozen=True)
 class BaseSource:
     """Where a base's weights come from, so that a process without the catalog can load it (each

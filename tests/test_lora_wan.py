@@ -216,7 +216,14 @@ def test_wan_lora_mistakes_are_one_line_and_leave_the_catalog_alone(cli, home, t
     partial = dict(list(weights.items())[1:])  # musubi-tuner writes every block layer
     musubi = _write(tmp_path / "partial.safetensors", "musubi", partial, 1.0)
     err = refused("import", musubi, "--kind", "motion", "--base", BASE)
-    assert "partial.safetensors: kohya LoRA that WanPipeline.lora_state_dict cannot" in err
+    assert "partial.safetensors: kohya LoRA that WanPipeline.lora_state_dict cannot read" in err
+    assert "diffusers' reader needs every layer of each block" in err
+    unet_kohya = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file({f"{unet_kohya}.lora_down.weight": torch.zeros(2, 16),
+               f"{unet_kohya}.lora_up.weight": torch.zeros(16, 2)},
+              tmp_path / "unet.safetensors")  # fmt: skip
+    err = refused("import", tmp_path / "unet.safetensors", "--kind", "motion", "--base", BASE)
+    assert f"not a Wan layout diffusers reads (first: {unet_kohya}.lora_down.weight)" in err
     down, up = (t.clone() for t in weights["blocks.0.attn1.to_q"])
     outside = {f"transformer.{k}.lora_{p}.weight": t for k, w in weights.items()
                for p, t in zip("AB", w, strict=True)}  # fmt: skip

@@ -291,11 +291,15 @@ class Catalog:
         the default `<OLD NAME>` gets `<NAME>`. The same weights again under the same name are
         reported (`duplicate`), not registered twice (a `ConflictError` if `token` differs from
         theirs); under another name they become that name's adapter, sharing the weights file.
+        Weights with NaN or infinite values are refused (`AdapterFileError`).
         """
-        from dvkit.io.adapter_file import read_adapter_info
+        from safetensors.torch import load_file
+
+        from dvkit.io.adapter_file import check_finite, read_adapter_info
 
         path = Path(path)
         info = read_adapter_info(path, verify_hash=False)
+        check_finite(path, load_file(path), "adapter")
         name = validate_name(name or info.name)
         tags = [validate_tag(tag) for tag in tags]
         if token is not None and info.kind != "subject":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -99,6 +100,8 @@ def show(
         row["checkpoints"] = sorted(catalog.checkpoint_steps(f"{row['name']}@{row['version']}"))
         run = catalog.run_row(row["run_id"]) if row.get("run_id") else None
         bases = {base["name"] for base in catalog.base_rows()}
+        lora = row.get("method") == "lora"
+        targets = _lora_layers(catalog.blobs.path(row["blob"])) if lora else _placement(row)
     if as_json:
         render.print_json(row)
         return
@@ -114,7 +117,7 @@ def show(
         ("parameters", f"{row['params']:,}"),
         ("size", render.human_size(row["size"])),
         ("hidden ratio", None if row.get("method") == "lora" else row.get("hidden_ratio")),
-        ("targets" if row.get("method") == "lora" else "placement", _placement(row)),
+        ("targets" if lora else "placement", targets),
         ("tags", row["tags"]),
         ("description", row.get("description")),
         ("created", row["created"]),
@@ -125,6 +128,27 @@ def show(
         ("training", row.get("training")),
     ]
     render.details(f"{row['name']}@{row['version']}", fields)
+
+
+_LEVELS = re.compile(r"(down_blocks|up_blocks|mid_block|transformer_blocks)\.")
+"""Path parts `show` leaves out of a LoRA's layers (where in the UNet, not what kind of layer)."""
+
+
+def _lora_layers(path: Path) -> list[str]:
+    """A LoRA's layers, read from its file's header (no torch): each layer's path without block
+    indices and UNet levels (`unet.motion_modules.attn1.to_q`: which model, which container,
+    which attention), with how many layers share it."""
+    from collections import Counter
+
+    from dvkit.io.safetensors_header import read_header
+
+    suffix = ".lora_A.weight"
+    layers = Counter(
+        _LEVELS.sub("", re.sub(r"\.\d+(?=\.)", "", key.removesuffix(suffix)))
+        for key in read_header(path).tensors
+        if key.endswith(suffix)
+    )
+    return [f"{layer} ×{count}" if count > 1 else layer for layer, count in sorted(layers.items())]
 
 
 def _placement(row: dict[str, Any]) -> Any:

@@ -217,6 +217,8 @@ def export(
         f"exported {' + '.join(result.refs)} to {result.path} "
         f"({render.human_size(result.size)}, weights {result.weights_hash[:14]}…)"
     )
+    if result.embedding is not None:
+        print(f"its token's embedding to {result.embedding} (pipe.load_textual_inversion)")
 
 
 def _export_into_base(

@@ -46,6 +46,7 @@ from dvkit.generate.compose import (
     load_adapter,
     load_weights,
     open_matching_base,
+    takes_appearance,
     warn_zero_embedding,
 )
 from dvkit.generate.sampler import Row, SamplerSettings, check_size, sample
@@ -558,7 +559,11 @@ def _generate(
     }  # fmt: skip
     todo = [cell for batch in batches for cell in batch]
     for s in subject_adapters:
-        missing = [m for m in motion_adapters if guidance[(s, m)] is None]
+        missing = [
+            m
+            for m, motion in motion_adapters.items()
+            if guidance[(s, m)] is None and takes_appearance(motion)
+        ]
         if missing and any(c.role == "joint" and c.pair_subject == s for c in todo):
             warn_zero_embedding(motion_adapters[missing[0]], subject_adapters[s])
     scorer = _CachedScorer(
@@ -610,7 +615,8 @@ def prompt_text(cell: Cell, subjects: dict, motions: dict, for_scoring: bool) ->
 
 def _filled(cell: Cell, word: str, motions: dict) -> str:
     """The cell's template with `word` for the subject and the motion's caption (or name)."""
-    caption = motions[cell.pair_motion].record.training.get("caption") or cell.pair_motion
+    record = motions[cell.pair_motion].record
+    caption = record.training.get("caption") or record.name
     return cell.template.format(subject=word, motion=caption.replace("_", " ").replace("-", " "))
 
 

@@ -195,7 +195,7 @@ def compose(
         embed = guidance_embedding(
             motion_adapter, subject_adapter, guidance_image, settings.height, run_device
         )
-        if embed is None:
+        if embed is None and takes_appearance(motion_adapter):
             warn_zero_embedding(motion_adapter, subject_adapter)
     rows = [
         Row(text, seed, negative_prompt, scales, embed, image_strength, image_strength_uncond)
@@ -459,6 +459,12 @@ def guidance_embedding(
     spec = motion.record.training.get("image_encoder") or "tiny"
     resolution = int(motion.record.training.get("resolution") or size)
     return appearance_embedding(load_image_encoder(spec, device), image, resolution)
+
+
+def takes_appearance(motion: LoadedAdapter) -> bool:
+    """Whether `motion` reads an appearance embedding: a DreamVideo motion adapter does, a LoRA
+    motion does not (no zero-embedding warning for it)."""
+    return motion.record.method != "lora"
 
 
 def warn_zero_embedding(motion: LoadedAdapter, subject: LoadedAdapter | None) -> None:

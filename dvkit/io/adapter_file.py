@@ -291,6 +291,30 @@ def _training(source: str | Path, text: str) -> dict[str, Any]:
     return training
 
 
+def non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the float tensors holding NaN or infinite values (meta tensors hold none)."""
+    import torch
+
+    return [
+        name
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point()
+        and not tensor.is_meta
+        and not bool(torch.isfinite(tensor).all())
+    ]
+
+
+def check_finite(source: str | Path, tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise `AdapterFileError` naming how many of a file's `what` tensors are not finite (a
+    NaN or inf weight composes to a black video)."""
+    bad = non_finite(tensors)
+    if bad:
+        raise AdapterFileError(
+            f"{source}: {len(bad)} of {len(tensors)} {what} tensors hold NaN or infinite values "
+            f"(first: {bad[0]})"
+        )
+
+
 @dataclass
 class AdapterTensors:
     """An adapter file's tensors, split by role."""

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from dvkit.catalog.blobs import hash_file
 from dvkit.errors import AdapterFileError, DvkitError
+from dvkit.io.adapter_file import non_finite
 from dvkit.names import name_from_text, validate_name, validate_tag
 
 if TYPE_CHECKING:
@@ -102,8 +103,9 @@ def import_kind(path: str | Path) -> tuple[ImportKind, LearnedEmbedding | None]:
     metadata), a LoRA (`dvkit.io.lora_layouts.looks_like_lora`), an official DreamVideo adapter
     checkpoint, or an embedding (returned, read).
 
-    A file that is neither safetensors nor PyTorch goes by its extension: `.safetensors` to the
-    dvkit reader and `.pth` to the official one (each says what is wrong), others are refused.
+    A file that is neither safetensors nor PyTorch goes by its extension: a `.safetensors` file's
+    header is read here (an `AdapterFileError` says what is wrong, whatever the options), a `.pth`
+    goes to the official reader (which says what is wrong), others are refused.
     """
     from dvkit.io.lora_layouts import looks_like_lora
     from dvkit.io.safetensors_header import read_header
@@ -112,8 +114,11 @@ def import_kind(path: str | Path) -> tuple[ImportKind, LearnedEmbedding | None]:
     found = container(path)
     if found is None:
         suffix = path.suffix.lower()
-        if suffix in (".safetensors", ".pth"):
-            return ("dvkit" if suffix == ".safetensors" else "official"), None
+        if suffix == ".safetensors":
+            read_header(path)  # says what is wrong with the file, before any option is judged
+            return "dvkit", None
+        if suffix == ".pth":
+            return "official", None
         raise EmbeddingFileError(
             f"{path}: unsupported file type {path.suffix or '(no extension)'!r} (neither a "
             "safetensors nor a PyTorch file): dvkit imports its own .safetensors adapter files, "
@@ -269,7 +274,7 @@ def _embedding(
             f"{path}: the learned embedding {key!r} has shape {list(vectors.shape)}, not "
             "[vectors, width]"
         )
-    if not bool(torch.isfinite(vectors).all()):
+    if non_finite({key: vectors}):
         raise EmbeddingFileError(f"{path}: the learned embedding holds NaN or infinite values")
     if own_name is None and isinstance(key, str) and key not in ("*", A1111_SAFETENSORS_KEY):
         own_name = key

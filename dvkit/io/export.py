@@ -77,6 +77,8 @@ class ExportResult:
     refs: list[str]
     weights_hash: str
     size: int
+    embedding: Path | None = None
+    """The subject's token file written beside a LoRA export (`NAME.embedding.safetensors`)."""
 
 
 @dataclass

@@ -15,7 +15,7 @@ import inspect
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dvkit.errors import DvkitError
 from dvkit.io.files import write_atomically
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from dvkit.catalog import Catalog
     from dvkit.catalog.records import AdapterRecord
     from dvkit.io.export import ExportResult
+    from dvkit.models.components import BaseComponents
 
 FORMATS = ("dvkit", "diffusers", "comfyui")
 EMBEDDING_SUFFIX = ".embedding.safetensors"
@@ -41,6 +42,26 @@ def family_pipeline(architecture: str) -> type:
 
     name = family(architecture).reference_pipeline
     return getattr(importlib.import_module("diffusers"), name)
+
+
+def reference_pipeline(components: BaseComponents) -> Any:
+    """The family's diffusers pipeline (`Family.reference_pipeline`) built from a base's
+    components and its sampling scheduler; components it requires that the base keeps inside
+    its denoiser (AnimateDiff's `motion_adapter`) are None."""
+    from dvkit.io.lora_layouts import denoiser_component
+
+    pipeline = family_pipeline(components.architecture)
+    given = {
+        "vae": components.vae, "text_encoder": components.text_encoder,
+        "tokenizer": components.tokenizer, denoiser_component(pipeline): components.unet,
+        "scheduler": components.family.sampling_scheduler(components),
+    }  # fmt: skip
+    optional = {
+        key: None
+        for key, parameter in inspect.signature(pipeline).parameters.items()
+        if key not in given and key != "self" and parameter.default is inspect.Parameter.empty
+    }
+    return pipeline(**given, **optional)
 
 
 def export_lora(
@@ -83,12 +104,13 @@ def export_lora(
     metadata = {**extra, **_modelspec(record)}
     data, weights_hash = serialize_with_hash(foreign, metadata)
     write_atomically(out, data)
+    beside = None
     if adapter.tensors.token_embedding is not None and record.token:
         embedding, _ = serialize_with_hash({record.token: adapter.tensors.token_embedding}, {})
-        write_atomically(out.with_name(out.name.removesuffix(".safetensors") + EMBEDDING_SUFFIX),
-                         embedding)  # fmt: skip
+        beside = out.with_name(out.name.removesuffix(".safetensors") + EMBEDDING_SUFFIX)
+        write_atomically(beside, embedding)
     label = record.ref if step is None else f"{record.ref} step {step}"
-    return ExportResult(out, [label], weights_hash, len(data))
+    return ExportResult(out, [label], weights_hash, len(data), beside)
 
 
 def export_into_base(
@@ -110,7 +132,6 @@ def export_into_base(
     import torch
 
     from dvkit.generate.compose import load_adapter, open_matching_base
-    from dvkit.io.lora_layouts import denoiser_component
     from dvkit.models.lora import LoraWeights
     from dvkit.models.textual_inversion import apply_token_embedding
 
@@ -134,19 +155,7 @@ def export_into_base(
             for path, module in lora.modules_by_path.items():
                 layer = roots[module.component].get_submodule(module.module_path)
                 layer.weight += scale * lora.weight_delta(path).to(layer.weight.dtype)
-    pipeline = family_pipeline(components.architecture)
-    accepted = inspect.signature(pipeline).parameters
-    given = {
-        "vae": components.vae, "text_encoder": components.text_encoder,
-        "tokenizer": components.tokenizer, denoiser_component(pipeline): components.unet,
-        "scheduler": components.family.sampling_scheduler(components),
-    }  # fmt: skip
-    optional = {
-        key: None
-        for key, parameter in accepted.items()
-        if key not in given and key != "self" and parameter.default is inspect.Parameter.empty
-    }
-    pipeline(**given, **optional).save_pretrained(out)
+    reference_pipeline(components).save_pretrained(out)
     return [adapter.label for adapter, _ in chosen]
 
 

@@ -4,7 +4,6 @@ textual-inversion embedding for a subject (its learned token)."""
 
 from __future__ import annotations
 
-import importlib
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,11 +19,9 @@ if TYPE_CHECKING:
     from dvkit.models.components import BaseComponents
 
 LORA_KINDS = ("subject", "motion")
-
-
-def pipeline_class(components: BaseComponents) -> type:
-    """The diffusers pipeline of a base's family (`Family.reference_pipeline`)."""
-    return getattr(importlib.import_module("diffusers"), components.family.reference_pipeline)
+GENERIC_STEMS = ("pytorch_lora_weights", "adapter_model")
+"""File names diffusers (`save_lora_weights`) and peft (`save_pretrained`) give every LoRA: no
+name for a catalog entry."""
 
 
 def prepare_lora_file(
@@ -41,34 +38,47 @@ def prepare_lora_file(
     """A LoRA file as a dvkit LoRA of `base`, checked, not yet registered.
 
     `embedding` (a textual-inversion file) pairs a subject LoRA with its learned token, named
-    `token` or `<name>`. Raises `DvkitError` without a kind or for a two-expert base,
+    `token` or `<name>`. Without `name`, the file's name (refused when generic,
+    `GENERIC_STEMS`). Raises `DvkitError` without a kind, for a kind its layers contradict
+    (`_check_kind`) or for a two-expert base,
     `LoraMismatchError` naming how many of the file's tensors fit the base when any does not,
     and the embedding's own errors.
     """
     from dvkit.bases import open_base
     from dvkit.io.adapter_file import TOKEN_EMBEDDING_KEY, AdapterFileInfo
     from dvkit.io.embeddings import check_fits, read_embedding
+    from dvkit.io.lora_export import family_pipeline
     from dvkit.io.lora_layouts import model_names, read_lora
     from dvkit.io.vgen import DEFAULT_HIDDEN_RATIO, PreparedImport
     from dvkit.models.lora import TWO_EXPERTS, LoraMismatchError, LoraWeights
 
     path = Path(path)
-    if kind not in LORA_KINDS:
+    if kind is None:
         raise DvkitError(f"{path}: a LoRA file; say what it is with --kind subject or motion")
+    if kind not in LORA_KINDS:
+        raise DvkitError(f"--kind {kind!r}: not a LoRA kind; choose subject or motion")
     if embedding is not None and kind != "subject":
         raise DvkitError("--embedding pairs a LoRA with a learned token: only for --kind subject")
-    name = validate_name(name or name_from_text(path.stem) or "lora")
+    if name is None and (path.stem in GENERIC_STEMS or not name_from_text(path.stem)):
+        raise DvkitError(
+            f"{path}: no name to register it under ({path.stem!r} is not one: diffusers and "
+            "peft give every LoRA file their generic name); pass --name NAME"
+        )
+    name = validate_name(name or name_from_text(path.stem))
     catalog.check_kind(name, kind)
     components, record = open_base(catalog, base)
     if components.unet_2 is not None:
         raise DvkitError(f"{path}: " + TWO_EXPERTS.format(base=record.name))
-    lora = read_lora(path, pipeline_class(components))
+    lora = read_lora(path, family_pipeline(components.architecture))
     roots = {"unet": components.unet, "text_encoder": components.text_encoder}
     lora.tensors = model_names(lora.tensors, components.text_encoder)
     try:
-        weights = LoraWeights.from_tensors(kind, lora.tensors, roots, f"base {record.name}")
+        weights = LoraWeights.from_tensors(
+            kind, lora.tensors, roots, f"base {record.name}", lora.added
+        )
     except LoraMismatchError as exc:
         raise LoraMismatchError(f"{path} ({lora.layout} layout): {exc}") from None
+    _check_kind(path, kind, components, list(weights.modules_by_path))
     tensors = weights.tensors()
     training: dict[str, Any] = {
         "source": "lora",
@@ -101,3 +111,20 @@ def prepare_lora_file(
         alpha=next(iter(alphas)) if len(alphas) == 1 else None,
     )
     return PreparedImport(path, info, tensors)
+
+
+def _check_kind(path: Path, kind: str, components: BaseComponents, layers: list[str]) -> None:
+    """Refuse a subject LoRA whose layers all sit in the family's motion (temporal) containers
+    (e.g. a MotionLoRA): it is a motion LoRA. Families without a spatial/temporal split (Wan)
+    accept either kind."""
+    family = components.family
+    if kind != "subject" or family.sites["subject"] == family.sites["motion"]:
+        return
+    motion = family.containers("motion")
+    inside = [f"unet.{name}." for name, module in components.unet.named_modules()
+              if isinstance(module, motion)]  # fmt: skip
+    if all(layer.startswith(tuple(inside)) for layer in layers):
+        raise DvkitError(
+            f"{path}: a motion LoRA (all its {len(layers)} layers are in the base's temporal "
+            "motion modules); import it with --kind motion"
+        )

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from dvkit.errors import AdapterFileError
+from dvkit.io.adapter_file import check_finite
 
 if TYPE_CHECKING:
     import torch
@@ -75,6 +76,8 @@ class ForeignLora:
     path: Path
     layout: Layout
     tensors: dict[str, torch.Tensor]
+    added: frozenset[str] = frozenset()
+    """Names of the alphas dvkit added (the file gives none for their layers)."""
 
 
 def looks_like_lora(keys: list[str]) -> bool:
@@ -90,7 +93,8 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
     `pipeline_class` is the base family's diffusers pipeline, whose `lora_state_dict` converts
     kohya names. Names of other components are kept as they are (`LoraWeights.from_tensors`
     counts them as not fitting). Raises `AdapterFileError` for a file that holds no LoRA, a
-    DoRA (its magnitude vectors have no place in a LoRA), or one diffusers cannot convert.
+    DoRA (its magnitude vectors have no place in a LoRA), NaN or infinite weights, or one
+    diffusers cannot convert.
     """
     path = Path(path)
     loaded, header = _load(path)
@@ -100,25 +104,27 @@ def read_lora(path: str | Path, pipeline_class: type) -> ForeignLora:
     dora = next((k for k in keys if "dora_scale" in k or "lora_magnitude_vector" in k), None)
     if dora is not None:
         raise AdapterFileError(f"{path}: a DoRA ({dora}), which dvkit does not apply")
+    check_finite(path, loaded, "LoRA")
     configs = {
         "unet": _adapter_config(header, denoiser_component(pipeline_class)),
         "text_encoder": _adapter_config(header, "text_encoder"),
     }
     try:
-        layout, tensors = convert_lora(loaded, pipeline_class, configs)
+        layout, tensors, added = convert_lora(loaded, pipeline_class, configs)
     except AdapterFileError as exc:
         raise AdapterFileError(f"{path}: {exc}") from None
-    return ForeignLora(path, layout, tensors)
+    return ForeignLora(path, layout, tensors, added)
 
 
 def convert_lora(
     loaded: Mapping[str, torch.Tensor],
     pipeline_class: type,
     configs: Mapping[str, Mapping[str, Any]],
-) -> tuple[Layout, dict[str, torch.Tensor]]:
+) -> tuple[Layout, dict[str, torch.Tensor], frozenset[str]]:
     """LoRA tensors in any layout above (told apart by their names) in dvkit names, with one
     alpha per layer: the file's, else by the component's peft `LoraConfig` fields in `configs`
-    (`alpha_pattern`, `lora_alpha`; component → fields), else the layer's rank.
+    (`alpha_pattern`, `lora_alpha`; component → fields), else the layer's rank. Also returns
+    the names of the alphas added (not the file's).
 
     `pipeline_class` converts kohya names (`lora_state_dict`). Names of other components are
     kept as they are. Also what turns peft's own state dict of a trained LoRA
@@ -133,10 +139,7 @@ def convert_lora(
         try:
             read = pipeline_class.lora_state_dict(dict(loaded))
         except (KeyError, ValueError, IndexError) as exc:
-            raise AdapterFileError(
-                f"{layout} LoRA that {pipeline_class.__name__}.lora_state_dict cannot convert "
-                f"({type(exc).__name__}: {exc})"[:300]
-            ) from None
+            raise AdapterFileError(_unread(layout, pipeline_class, keys, exc)) from None
         prefix = f"{denoiser}."
         converted = {f"unet.{k.removeprefix(prefix)}" if k.startswith(prefix) else k: v
                      for k, v in read.items()}  # fmt: skip
@@ -161,6 +164,7 @@ def convert_lora(
         for name, value in ((k.removesuffix(".alpha"), v) for k, v in alphas.items())
     }
     tensors = {k: v for k, v in converted.items() if not k.startswith(COMPONENT_PREFIXES)}
+    added = set()
     for component in COMPONENTS:
         part = _to_peft(component, converted)
         layer_alphas = {
@@ -171,9 +175,11 @@ def convert_lora(
             tensors[key] = value
             if key.endswith(".lora_A.weight"):
                 layer = key.removesuffix(".lora_A.weight")
+                if layer not in layer_alphas:
+                    added.add(f"{layer}.alpha")
                 alpha = layer_alphas.get(layer, _configured_alpha(layer, value.shape[0], config))
                 tensors[f"{layer}.alpha"] = _scalar(alpha)
-    return layout, tensors
+    return layout, tensors, frozenset(added)
 
 
 def file_names(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -300,13 +306,29 @@ def to_wan_original(
         name = f"diffusion_model.blocks.{match[1]}.{WAN_ORIGINAL[match[2]]}"
         out |= {f"{name}.lora_A.weight": down, f"{name}.lora_B.weight": scaled}
         expected |= {f"{layer}.lora_A.weight": down, f"{layer}.lora_B.weight": scaled}
-    _, back = convert_lora(out, pipeline_class, {})
+    _, back, _ = convert_lora(out, pipeline_class, {})
     back = {k: v for k, v in back.items() if not k.endswith(".alpha")}
     if back.keys() != expected.keys() or any(
         not torch.equal(back[k], v) for k, v in expected.items()
     ):
         raise AdapterFileError("diffusers reads the ComfyUI export back as other layers")
     return out
+
+
+def _unread(layout: Layout, pipeline_class: type, keys: list[str], exc: Exception) -> str:
+    """Why `pipeline_class.lora_state_dict` failed on a file's names: a layer its reader needs
+    missing from blocks the file names as the family does (a `KeyError` naming a layer under
+    the same block prefix, e.g. musubi's `blocks_0_`), else names not of the family."""
+    if isinstance(exc, KeyError):
+        missing = str(exc.args[0])
+        blocks = missing.split("_", 1)[0] + "_"
+        if any(key.removeprefix("lora_unet_").startswith(blocks) for key in keys):
+            return (
+                f"{layout} LoRA that {pipeline_class.__name__}.lora_state_dict cannot read: "
+                f"diffusers' reader needs every layer of each block, and {missing!r} is missing"
+            )
+    family = pipeline_class.__name__.removesuffix("Pipeline")
+    return f"{layout} LoRA whose names are not a {family} layout diffusers reads (first: {keys[0]})"
 
 
 def _transformer_layout(keys: list[str]) -> Layout:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from dvkit.catalog.blobs import hash_file
 from dvkit.errors import AdapterFileError, DvkitError
+from dvkit.io.adapter_file import non_finite
 from dvkit.names import name_from_text, validate_name, validate_tag, validate_token
 
 if TYPE_CHECKING:
@@ -248,7 +249,6 @@ def map_vgen_state_dict(
     slot must be filled; otherwise `CheckpointMismatchError` says how many keys fit and names a
     few that do not. Works on meta tensors and a meta UNet too (no value checks then).
     """
-    import torch
 
     parsed = {key: _KEY.fullmatch(key) for key in state}
     found = [match for match in parsed.values() if match is not None]
@@ -306,10 +306,11 @@ def map_vgen_state_dict(
             raise AdapterFileError(
                 f"{source}: {dvkit_to_vgen(name, block_map)} is not a float tensor"
             )
-        if not value.is_meta and not bool(torch.isfinite(value).all()):
-            raise AdapterFileError(
-                f"{source}: {dvkit_to_vgen(name, block_map)} holds NaN or infinite values"
-            )
+    bad = non_finite(tensors)
+    if bad:
+        raise AdapterFileError(
+            f"{source}: {dvkit_to_vgen(bad[0], block_map)} holds NaN or infinite values"
+        )
     tensors = {name: tensors[name].detach().float().contiguous() for name in sorted(tensors)}
     return MappedAdapter(kind, tensors, hidden_ratio, cond_dim)
 
@@ -348,7 +349,7 @@ def read_vgen_embedding(path: str | Path) -> VgenEmbedding:
         raise AdapterFileError(
             f"{path}: the learned embedding has shape {list(vectors.shape)}, not [vectors, dim]"
         )
-    if not bool(torch.isfinite(vectors).all()):
+    if non_finite({"vectors": vectors}):
         raise AdapterFileError(f"{path}: the learned embedding holds NaN or infinite values")
     step = _file_step(path, _EMBEDDING_FILE)
     return VgenEmbedding(path, vectors.float().contiguous().clone(), step, hash_file(path))

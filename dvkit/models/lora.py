@@ -18,7 +18,7 @@ Tensor names (dvkit's file format, peft's with the component first):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -118,13 +118,15 @@ class LoraWeights(nn.Module):
         tensors: Mapping[str, torch.Tensor],
         roots: Mapping[str, nn.Module],
         base: str = "the base",
+        added: Collection[str] = (),
     ) -> LoraWeights:
         """The LoRA in `tensors` (dvkit names) checked against the layers of `roots` (component
         name → module, e.g. {"unet": unet, "text_encoder": encoder}).
 
         Raises `LoraMismatchError` naming how many tensors fit `base` out of how many, and the
         first that do not: an unknown component or layer, a layer LoRAs do not take, a part
-        missing, or a shape that differs.
+        missing, or a shape that differs. Tensors named in `added` (alphas dvkit added to a
+        file's) are not counted.
         """
         fitting, misfits, modules = 0, [], []
         for layer_path, parts in group_lora_tensors(tensors).items():
@@ -132,7 +134,7 @@ class LoraWeights(nn.Module):
             if problem is not None:
                 misfits.append(problem)
                 continue
-            fitting += len(parts)
+            fitting += len([part for part in parts if f"{layer_path}.{part}" not in added])
             alpha = float(parts["alpha"]) if "alpha" in parts else None
             rank = parts["lora_A.weight"].shape[0]
             modules.append(LoraModule(layer_path, rank, rank if alpha is None else alpha))
@@ -140,7 +142,7 @@ class LoraWeights(nn.Module):
             shown = "; ".join(misfits[:_NAMES_SHOWN])
             more = f" and {len(misfits) - _NAMES_SHOWN} more" if len(misfits) > _NAMES_SHOWN else ""
             raise LoraMismatchError(
-                f"{fitting} of {len(tensors)} LoRA tensors fit {base}"
+                f"{fitting} of {len(tensors) - len(added)} LoRA tensors fit {base}"
                 + (f" ({shown}{more})" if misfits else "")
             )
         weights = cls(kind, modules)

@@ -29,7 +29,7 @@ from dvkit.errors import DvkitError
 from dvkit.families import family_of_denoiser
 from dvkit.families.base import Family
 from dvkit.io.adapter_layout import lora_target
-from dvkit.io.lora_import import pipeline_class
+from dvkit.io.lora_export import family_pipeline
 from dvkit.models.adapters import AdapterKind
 from dvkit.models.components import BaseComponents
 from dvkit.models.injection import (
@@ -69,7 +69,7 @@ def lora_layers(unet: torch.nn.Module, kind: AdapterKind) -> list[str]:
 class PeftLora:
     """A LoRA of `rank` and `alpha` trained through peft on the layers `layers` (`unet.<path>`)
     of `unet`, a training run's own copy of the denoiser; `pipeline` is the family's diffusers
-    pipeline class (`dvkit.io.lora_import.pipeline_class`).
+    pipeline class (`dvkit.io.lora_export.family_pipeline`).
 
     Per layer A [rank, in] (peft: Kaiming-uniform) and B [out, rank] (zero); the layer's output
     gains (alpha / rank) · B(A(x)). peft draws A from the global torch generator; with a `seed`
@@ -130,7 +130,7 @@ class PeftLora:
         from dvkit.io.lora_layouts import convert_lora
 
         copies = {key: value.detach().float().cpu().clone() for key, value in named.items()}
-        _, tensors = convert_lora(copies, self.pipeline, {"unet": {"lora_alpha": self.alpha}})
+        _, tensors, _ = convert_lora(copies, self.pipeline, {"unet": {"lora_alpha": self.alpha}})
         return tensors
 
     def remove(self) -> None:
@@ -164,7 +164,12 @@ def fresh_weights(
         alpha = settings.lora_alpha or float(settings.lora_rank)
         layers = lora_layers(base.unet, kind)
         return PeftLora(
-            base.unet, layers, settings.lora_rank, alpha, settings.seed, pipeline_class(base)
+            base.unet,
+            layers,
+            settings.lora_rank,
+            alpha,
+            settings.seed,
+            family_pipeline(base.architecture),
         )
     fresh = create_adapter_state(
         denoisers, kind, settings.hidden_ratio, cond_dim=cond_dim, seed=settings.seed
