@@ -426,3 +426,18 @@ def test_memory_option_is_validated_and_recorded(cli, home, images) -> None:
                        "tiny-wan", "--preset", "quick", "--memory", "checkpoint,fp4")  # fmt: skip
     assert code != 0 and err.strip().count("\n") == 0 and "error:" in err
     assert "unknown memory mode 'fp4'" in err and "Traceback" not in err
+
+
+def test_an_expert_no_adapter_trains_on_stays_in_cpu_memory() -> None:
+    from dvkit.models.tiny_wan import build_tiny_wan22_base
+    from dvkit.train.settings import MotionSettings
+    from dvkit.train.setup import prepare_base, trained_denoisers
+
+    base = build_tiny_wan22_base()
+    trained = trained_denoisers(base, None, "motion")  # the high-noise expert by default
+    prepare_base(base, torch.device("meta"), torch.float32, MotionSettings(), trained)
+    assert (base.unet.device.type, base.unet_2.device.type) == ("meta", "cpu")
+    both = build_tiny_wan22_base()
+    prepare_base(both, torch.device("meta"), torch.float32, MotionSettings(),
+                 trained_denoisers(both, "both", "motion"))  # fmt: skip
+    assert (both.unet.device.type, both.unet_2.device.type) == ("meta", "meta")

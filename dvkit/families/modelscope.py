@@ -77,22 +77,27 @@ class ModelScopeFamily(Family):
         return components
 
 
+SPRITES_DEFAULTS = FamilyDefaults(
+    frames=8,
+    fps=8,
+    size=16,
+    train_frames=8,
+    steps=25,
+    guidance=2.0,
+    motion_until=0.4,
+    offset_noise=0.0,
+)
+"""The sprites world's defaults (16×16 clips of 8 frames at 8 fps; the sampler settings
+`bench_sprites.py` measured), shared by its UNet and Wan-shaped bases."""
+
+
 class SpritesFamily(ModelScopeFamily):
     """The built-in `sprites` base: a pixel-space 3D UNet (no VAE) whose temporal blocks carry
     sinusoidal frame positions, v-prediction, 16×16 videos."""
 
     name = "sprites-pixel-t2v"
     description = "pixel-space 3D UNet of the sprites world (built-in)"
-    defaults = FamilyDefaults(
-        frames=8,
-        fps=8,
-        size=16,
-        train_frames=8,
-        steps=25,
-        guidance=2.0,
-        motion_until=0.4,
-        offset_noise=0.0,
-    )
+    defaults = SPRITES_DEFAULTS
     layouts = ()
 
     def detect(self, folder: Path) -> bool:

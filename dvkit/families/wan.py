@@ -48,6 +48,7 @@ from dvkit.families.base import (
     config_class,
     load_failure,
 )
+from dvkit.families.modelscope import SPRITES_DEFAULTS
 from dvkit.models.weight_files import component_files, hub_snapshot
 
 if TYPE_CHECKING:
@@ -443,16 +444,7 @@ class SpritesWanFamily(WanFamily):
     name = "sprites-pixel-wan"
     description = "pixel-space Wan transformer of the sprites world (built-in)"
     temporal_vae = False
-    defaults = FamilyDefaults(
-        frames=8,
-        fps=8,
-        size=16,
-        train_frames=8,
-        steps=25,
-        guidance=2.0,
-        motion_until=0.4,
-        offset_noise=0.0,
-    )
+    defaults = SPRITES_DEFAULTS
     tokenize = Family.tokenize
     embed_ids = Family.embed_ids
     encode_text = Family.encode_text

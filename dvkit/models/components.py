@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,13 +57,20 @@ class BaseComponents:
         return family(self.architecture)
 
     def freeze(
-        self, device: torch.device, dtype: torch.dtype, denoiser_device: torch.device | None = None
+        self,
+        device: torch.device,
+        dtype: torch.dtype,
+        denoiser_device: torch.device | None = None,
+        idle: Sequence[Any] = (),
     ) -> None:
-        """Move the denoisers (to `denoiser_device` when given), VAE and text encoder to
-        `device` in `dtype`, frozen in eval mode."""
+        """Move the denoisers (to `denoiser_device` when given; those in `idle` to the CPU), VAE
+        and text encoder to `device` in `dtype`, frozen in eval mode."""
         denoisers = list(self.denoisers.values())
         for model in (*denoisers, self.vae, self.text_encoder):
-            model.to(device=denoiser_device or device if model in denoisers else device)
+            if any(model is other for other in idle):
+                model.to(device=torch.device("cpu"))
+            else:
+                model.to(device=denoiser_device or device if model in denoisers else device)
             if model.dtype != dtype:
                 model.to(dtype=dtype)
             model.requires_grad_(False).eval()

@@ -52,9 +52,9 @@ def train_motion(
     (N, F, 3, S, S) in [-1, 1] (one window each, embedded here by `encoder`)."""
     if isinstance(clips, torch.Tensor):
         clips = MotionClips.whole(clips, encoder)
-    prepare_base(base, device, dtype, settings)
     family, unet = base.family, base.unet
     denoisers = trained_denoisers(base, settings.experts, "motion")
+    prepare_base(base, device, dtype, settings, denoisers)
     if family.temporal_vae:  # (W, C, f, h, w): each window through the 3-D VAE
         mean, std = _window_posteriors(base, clips)
     else:  # (M + 1, C, h, w): the kept frames, then zeros

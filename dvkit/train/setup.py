@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,10 +20,16 @@ from dvkit.train.settings import MEMORY_MODES, CommonSettings
 
 
 def prepare_base(
-    base: BaseComponents, device: torch.device, dtype: torch.dtype, settings: CommonSettings
+    base: BaseComponents,
+    device: torch.device,
+    dtype: torch.dtype,
+    settings: CommonSettings,
+    trained: Mapping[str, torch.nn.Module] | None = None,
 ) -> None:
-    """Move the base to `device` in `dtype`, frozen (no gradients for any of its weights), its
-    denoisers set up for the run's memory modes (`memory_modes`):
+    """Move the base to `device` in `dtype`, frozen (no gradients for any of its weights), the
+    denoisers adapters train on (`trained`, see `trained_denoisers`; None: all) set up for the
+    run's memory modes (`memory_modes`); an expert no adapter trains on (Wan 2.2 A14B's
+    low-noise one for a motion by default) never runs in training and stays in CPU memory:
 
     - `checkpoint`: each block's activations are recomputed in the backward pass
       (`checkpoint_blocks`);
@@ -42,8 +49,14 @@ def prepare_base(
     `DvkitError` when the installed torch or diffusers cannot do a mode."""
     modes = memory_modes(settings)
     on_cpu = "fp8" in modes or "offload" in modes
-    base.freeze(device, dtype, torch.device("cpu") if on_cpu else device)
-    for denoiser in base.denoisers.values():
+    used = [
+        d
+        for d in base.denoisers.values()
+        if trained is None or any(d is t for t in trained.values())
+    ]
+    idle = [d for d in base.denoisers.values() if not any(d is u for u in used)]
+    base.freeze(device, dtype, torch.device("cpu") if on_cpu else device, idle=idle)
+    for denoiser in used:
         if "checkpoint" in modes:
             checkpoint_blocks(denoiser)
         if "fp8" in modes:

@@ -70,9 +70,9 @@ def train_subject(
     those vectors, fixed: textual inversion is skipped and only the identity adapter trains
     (the result's `initializer` is then empty).
     """
-    prepare_base(base, device, dtype, settings)
     family, unet, text_encoder = base.family, base.unet, base.text_encoder
     denoisers = trained_denoisers(base, settings.experts, "subject")
+    prepare_base(base, device, dtype, settings, denoisers)
     if embedding is None:
         initializer = choose_initializer(base.tokenizer, settings.initializer, name)
         ids = add_placeholder_tokens(
