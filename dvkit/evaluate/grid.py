@@ -339,8 +339,9 @@ def _spread(
             for rank in range(1, world.size)}  # fmt: skip
 
     def keep() -> None:
-        for rank, (index, cell, frames, scores) in link.received():
-            store(plans[index], cell, frames, scores)
+        for rank, message in link.received():
+            cell = Cell(**message["cell"])
+            store(plans[message["index"]], cell, message["frames"], message["scores"])
             left[rank] -= 1
 
     def collect() -> None:
@@ -384,7 +385,7 @@ def serve(world: World) -> None:
     link.beat()
 
     def send(index: int, cell: Cell, frames: np.ndarray, scores: dict[str, float]) -> None:
-        link.send((index, cell, frames, scores))
+        link.send({"index": index, "cell": asdict(cell), "frames": frames, "scores": scores})
 
     try:
         try:

@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import json
 import os
-import pickle
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
+from typing import Any
 
+import numpy as np
 import torch.distributed as dist
+from safetensors.numpy import load as load_arrays
+from safetensors.numpy import save as save_arrays
 
 from dvkit.distributed import World
 from dvkit.errors import DvkitError
@@ -120,10 +124,11 @@ class Link:
         """Whether rank 0 ended the run (or went away)."""
         return self._stopping.is_set()
 
-    def send(self, message: object) -> None:
-        """Send `message` (picklable) to rank 0; `RankStopped` when rank 0 is gone."""
+    def send(self, message: dict[str, Any]) -> None:
+        """Send `message` to rank 0: numpy arrays and JSON values by name (see `encode`);
+        `RankStopped` when rank 0 is gone."""
         try:
-            self._store.set(self._key("cell", self.world.rank, self._sent), pickle.dumps(message))
+            self._store.set(self._key("cell", self.world.rank, self._sent), encode(message))
             self._sent += 1
             self._store.add(self._key("sent", self.world.rank), 1)
         except RuntimeError:
@@ -149,14 +154,14 @@ class Link:
 
     # Rank 0.
 
-    def received(self) -> list[tuple[int, object]]:
+    def received(self) -> list[tuple[int, dict[str, Any]]]:
         """Every message sent since the last call, as (rank, message), each rank's in order."""
         messages = []
         for rank, count in self._received.items():
             sent = self._store.add(self._key("sent", rank), 0)
             for number in range(count, sent):
                 key = self._key("cell", rank, number)
-                messages.append((rank, pickle.loads(self._store.get(key))))
+                messages.append((rank, decode(self._store.get(key))))
                 self._store.delete_key(key)
             self._received[rank] = sent
         return messages
@@ -207,6 +212,21 @@ class Link:
     def stop(self) -> None:
         """Tell every other rank to stop."""
         _stored(self._store, self._key("stop"), "1")
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """`message` as safetensors bytes: its numpy arrays as tensors, the other values as JSON in
+    the header's metadata. Nothing is pickled: the store is a network port, and what arrives
+    there is read as data only (`decode`)."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in message.items() if isinstance(v, np.ndarray)}
+    values = {k: v for k, v in message.items() if k not in arrays}
+    return save_arrays(arrays, metadata={"values": json.dumps(values)})
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """The message `encode` wrote."""
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    return {**json.loads(header["__metadata__"]["values"]), **load_arrays(data)}
 
 
 def _client() -> dist.TCPStore:
